@@ -1,0 +1,44 @@
+# cxrdet — run `make help` for the list of targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Offline-safe defaults: albumentations checks for updates on import, W&B syncs online.
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= offline
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all lint format bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv/ and install cxrdet (editable) with its dev tools
+
+demo: $(STAMP) ## Synthetic data -> prepare -> train -> predict -> score, under outputs/demo/ (FORCE=1 redoes every step)
+	$(PY) -m cxrdet.demo $(if $(FORCE),--force)
+
+test: $(STAMP) ## Run the test suite (no network, CPU only)
+	$(PY) -m pytest -q
+
+lint: $(STAMP) ## ruff check and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP) ## Training throughput: cxrdet's Lightning loop vs a plain PyTorch loop
+	$(PY) benchmarks/train_throughput.py
+
+clean: ## Remove outputs/, caches and .venv/
+	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache $(VENV) *.egg-info

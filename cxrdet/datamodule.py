@@ -1,0 +1,112 @@
+"""LightningDataModule over the prepared layout and a train.csv-format labels file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from cxrdet.dataset import DetectionDataset, build_records, collate, load_png, read_meta
+from cxrdet.labels import read_labels
+from cxrdet.splits import split_ids
+
+log = logging.getLogger(__name__)
+
+
+class CXRDataModule(pl.LightningDataModule):
+    """Train/validation detection data from ``labels_csv`` + ``image_dir`` + ``meta_csv``.
+
+    Args:
+        labels_csv: train.csv (Kaggle columns; boxes in original pixels).
+        image_dir: folder of ``<image_id>.png`` (e.g. ``prepared/512/train``).
+        meta_csv: ``image_id,dim0,dim1`` with the original sizes.
+        image_size: side of the prepared PNGs the model is built for; a mismatch is logged.
+        split: ``all_train`` or ``valid20`` (see :func:`cxrdet.splits.split_ids`).
+        val_fraction: held-out share for ``valid20``.
+        split_seed: seed of the split.
+        use_class14: train "No finding" as a class with a ``0 0 1 1`` box.
+        batch_size: images per training batch.
+        val_batch_size: images per validation batch.
+        num_workers: DataLoader worker processes.
+        augment: training transform called as ``augment(image=, bboxes=, labels=)`` (an
+            ``albumentations.Compose`` with pascal_voc bbox params), or None.
+    """
+
+    def __init__(
+        self,
+        labels_csv: str,
+        image_dir: str,
+        meta_csv: str,
+        image_size: int = 512,
+        split: str = "valid20",
+        val_fraction: float = 0.2,
+        split_seed: int = 111,
+        use_class14: bool = False,
+        batch_size: int = 2,
+        val_batch_size: int = 4,
+        num_workers: int = 4,
+        augment=None,
+    ):
+        super().__init__()
+        self.labels_csv, self.image_dir, self.meta_csv = labels_csv, image_dir, meta_csv
+        self.image_size = image_size
+        self.split, self.val_fraction, self.split_seed = split, val_fraction, split_seed
+        self.use_class14 = use_class14
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.train_set: DetectionDataset | None = None
+        self.val_set: DetectionDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if not Path(self.image_dir).is_dir():
+            raise FileNotFoundError(
+                f"image folder not found: {self.image_dir} (run python -m cxrdet.prepare)"
+            )
+        labels, _ = read_labels(self.labels_csv)
+        meta = read_meta(self.meta_csv)
+        train_ids, val_ids = split_ids(
+            labels["image_id"], self.split, self.val_fraction, self.split_seed
+        )
+        train = build_records(labels, meta, self.image_dir, train_ids, self.use_class14)
+        val = build_records(labels, meta, self.image_dir, val_ids, self.use_class14)
+        if not train:
+            raise ValueError(
+                f"no usable training images: {self.labels_csv} and {self.image_dir} share no ids"
+            )
+        self.train_set = DetectionDataset(self.image_dir, train, self.augment)
+        self.val_set = DetectionDataset(self.image_dir, val) if val else None
+        log.info("data: %d train / %d validation images", len(train), len(val))
+        shape = load_png(Path(self.image_dir) / f"{train[0].image_id}.png").shape
+        if max(shape) != self.image_size:
+            log.warning(
+                "%s holds %dx%d images but data.image_size=%d: the model rescales them to %d",
+                self.image_dir,
+                shape[0],
+                shape[1],
+                self.image_size,
+                self.image_size,
+            )
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False)

@@ -1,0 +1,167 @@
+"""Torch datasets over prepared PNGs: detection samples for training, bare images for predicting.
+
+Samples follow torchvision's detection convention: ``(image [3, H, W] float in [0, 1],
+{"boxes": float32 [N, 4] xyxy, "labels": int64 [N], ...})`` with labels = class id + 1
+(0 is torchvision's background). Boxes are kept in original DICOM pixels and scaled to the
+loaded image at load time, so any prepared size (or a public PNG dataset) works.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cxrdet.boxes import clip, to_prepared, valid
+from cxrdet.labels import BOX_COLUMNS, NO_FINDING
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Record:
+    """One image: its id, original size and boxes (original pixels) with class ids."""
+
+    image_id: str
+    orig_hw: tuple[int, int]
+    boxes: np.ndarray  # [N, 4] xyxy, original pixels
+    classes: np.ndarray  # [N] class ids 0..14
+
+
+def read_meta(path: str | Path) -> pd.DataFrame:
+    """Read ``image_id,dim0,dim1`` into a frame indexed by image id, with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"meta CSV not found: {path} (run python -m cxrdet.prepare)")
+    meta = pd.read_csv(path, dtype={"image_id": str})
+    missing = {"image_id", "dim0", "dim1"} - set(meta.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need image_id,dim0,dim1")
+    return meta.drop_duplicates("image_id").set_index("image_id")
+
+
+def load_png(path: Path) -> np.ndarray:
+    """Read an 8-bit grey PNG; a missing or unreadable file raises naming the file."""
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return image
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W] → float [3, H, W] in [0, 1] (grey repeated for ImageNet-style backbones)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).float().div_(255).expand(3, -1, -1)
+
+
+def build_records(
+    labels: pd.DataFrame,
+    meta: pd.DataFrame,
+    image_dir: str | Path,
+    image_ids: list[str],
+    use_class14: bool = False,
+) -> list[Record]:
+    """Group label rows into per-image records, skipping (with a logged count) what cannot load.
+
+    Images without a meta row or PNG are skipped; boxes are clipped to the original image and
+    dropped when nothing is left. Class-14 rows become one ``0 0 1 1`` box per image (prepared
+    pixels, as the seed did) when ``use_class14`` is set, and no box otherwise.
+    """
+    image_dir = Path(image_dir)
+    grouped = dict(tuple(labels.groupby("image_id", sort=False)))
+    records, no_image, outside = [], [], 0
+    for image_id in image_ids:
+        if image_id not in meta.index or not (image_dir / f"{image_id}.png").is_file():
+            no_image.append(image_id)
+            continue
+        hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
+        rows = grouped.get(image_id, labels.iloc[:0])
+        finding = rows["class_id"].to_numpy() != NO_FINDING
+        boxes = clip(rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64), hw)
+        classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
+        keep = valid(boxes)
+        outside += int((~keep).sum())
+        boxes, classes = boxes[keep], classes[keep]
+        if use_class14 and (~finding).any():
+            boxes = np.vstack([boxes, [[np.nan] * 4]])  # placeholder: 0 0 1 1 once loaded
+            classes = np.append(classes, NO_FINDING)
+        records.append(Record(image_id, hw, boxes.reshape(-1, 4), classes))
+    if no_image:
+        log.warning(
+            "skipped %d image(s) listed in the labels with no PNG or meta row in %s (e.g. %s)",
+            len(no_image),
+            image_dir,
+            ", ".join(no_image[:3]),
+        )
+    if outside:
+        log.warning("dropped %d box(es) lying outside their image or under 1 px", outside)
+    return records
+
+
+class DetectionDataset(Dataset):
+    """Prepared PNGs with their boxes, optionally through an Albumentations pipeline."""
+
+    def __init__(self, image_dir: str | Path, records: list[Record], transform=None):
+        self.image_dir = Path(image_dir)
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        image = load_png(self.image_dir / f"{r.image_id}.png")
+        boxes = to_prepared(r.boxes, r.orig_hw, image.shape)
+        boxes[np.isnan(boxes).any(axis=1)] = [0.0, 0.0, 1.0, 1.0]  # class-14 placeholder
+        boxes = clip(boxes, image.shape)
+        keep = valid(boxes, min_size=0.5)
+        boxes, classes = boxes[keep], r.classes[keep]
+        if self.transform is not None:
+            out = self.transform(image=image, bboxes=boxes, labels=classes)
+            image, boxes, classes = out["image"], out["bboxes"], out["labels"]
+        target = {
+            "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(np.asarray(classes, np.int64).reshape(-1)) + 1,
+            "image_id": r.image_id,
+        }
+        return to_tensor(image), target
+
+
+class ImageDataset(Dataset):
+    """Prepared PNGs listed in a meta CSV, for prediction: ``(image, {image_id, orig_hw})``."""
+
+    def __init__(self, image_dir: str | Path, meta_csv: str | Path):
+        self.image_dir = Path(image_dir)
+        self.meta = read_meta(meta_csv)
+        missing = [i for i in self.meta.index if not (self.image_dir / f"{i}.png").is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) in {meta_csv} have no PNG in {self.image_dir} "
+                f"(e.g. {', '.join(missing[:3])}); run python -m cxrdet.prepare first"
+            )
+        self.ids = list(self.meta.index)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        image_id = self.ids[i]
+        image = load_png(self.image_dir / f"{image_id}.png")
+        hw = (int(self.meta.at[image_id, "dim0"]), int(self.meta.at[image_id, "dim1"]))
+        return to_tensor(image), {"image_id": image_id, "orig_hw": hw}
+
+
+def collate(batch):
+    """Detection batches are tuples: (images, targets), images of any size."""
+    return tuple(zip(*batch))
+
+
+def batch_size(batch) -> int:
+    """Images in a collated batch (for Lightning's ThroughputMonitor)."""
+    return len(batch[0])

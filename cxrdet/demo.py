@@ -1,0 +1,127 @@
+"""make demo: the whole job on synthetic phantoms, offline, on CPU, under outputs/demo/.
+
+synth → prepare → train (validates, checkpoints) → predict the test set → score → summary.
+Each step is the same command a user runs; a rerun reuses finished steps unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path("outputs/demo")
+RAW, PREPARED, TRAIN = ROOT / "raw", ROOT / "prepared", ROOT / "train"
+SIZE = 256
+SYNTH_ARGS = ["--train", "200", "--test", "50", "--seed", "0"]
+
+
+def run(step: str, cmd: list[str]) -> float:
+    """Run one step's command, echoing it; stop the demo when it fails."""
+    print(f"\n=== {step}\n$ {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        sys.exit(f"demo: step '{step}' failed (exit {done.returncode}); see the output above")
+    return time.perf_counter() - start
+
+
+def best_checkpoint() -> Path | None:
+    best = sorted((TRAIN / "checkpoints").glob("best-*.ckpt"))
+    last = TRAIN / "checkpoints" / "last.ckpt"
+    return best[-1] if best else (last if last.is_file() else None)
+
+
+def training_figures() -> dict:
+    """Last validation AP40 and mean training images/s from the run's metrics.csv."""
+    path = TRAIN / "csv" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    m = pd.read_csv(path)
+    out = {}
+    if "val/AP40" in m:
+        out["val_AP40"] = float(m["val/AP40"].dropna().iloc[-1])
+    rate = [c for c in m.columns if c.endswith("samples_per_sec") and c.startswith("train")]
+    if rate and m[rate[0]].notna().any():
+        out["train_images_per_s"] = float(m[rate[0]].dropna().mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m cxrdet.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--force", action="store_true", help="delete outputs/demo/ and redo every step")
+    a = p.parse_args(argv)
+    if a.force and ROOT.exists():
+        shutil.rmtree(ROOT)
+    py = sys.executable
+    times = {}
+    if (RAW / "train.csv").is_file() and (RAW / "test_labels.csv").is_file():
+        print(f"=== synth: reusing {RAW}")
+    else:
+        times["synth"] = run(
+            "1/5 synth", [py, "-m", "cxrdet.synth", "--out", str(RAW), *SYNTH_ARGS]
+        )
+    for split in ("train", "test"):
+        times[f"prepare {split}"] = run(
+            f"2/5 prepare {split}",
+            [
+                py,
+                "-m",
+                "cxrdet.prepare",
+                "--input",
+                str(RAW / split),
+                "--output",
+                str(PREPARED),
+                "--sizes",
+                str(SIZE),
+                "--workers",
+                "2",
+            ],
+        )
+    if best_checkpoint() is None:
+        times["train"] = run("3/5 train (about 10 minutes)", [py, "train.py", "experiment=demo"])
+    else:
+        print(f"\n=== train: reusing {best_checkpoint()} (make demo FORCE=1 to retrain)")
+    ckpt = best_checkpoint()
+    if ckpt is None:
+        sys.exit(f"demo: training wrote no checkpoint under {TRAIN / 'checkpoints'}")
+    submission = ROOT / "submission.csv"
+    times["predict"] = run(
+        "4/5 predict the test set",
+        [
+            py,
+            "predict.py",
+            f"ckpt_path={ckpt}",
+            f"image_size={SIZE}",
+            f"paths.prepared_dir={PREPARED}",
+            f"output={submission}",
+            "num_workers=0",
+            f"hydra.run.dir={ROOT / 'predict'}",
+        ],
+    )
+    print("\n=== 5/5 score the submission against test_labels.csv", flush=True)
+    from cxrdet.score import score  # after the steps: keeps the demo's own start-up light
+
+    result = score(str(RAW / "test_labels.csv"), str(submission))
+    predict_json = pd.read_json(ROOT / "predict.json", typ="series")
+    figures = training_figures()
+    print("\n=== cxrdet demo summary")
+    if "val_AP40" in figures:
+        print(f"  validation AP40 (phantoms, 20 % split): {figures['val_AP40']:.3f}")
+    print(f"  test AP40 ({result['images']} test images):       {result['AP40']:.3f}")
+    if "train_images_per_s" in figures:
+        print(f"  training:   {figures['train_images_per_s']:.2f} images/s")
+    print(f"  prediction: {predict_json['images_per_s']} images/s")
+    print("  step times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    print(f"  checkpoint: {ckpt}")
+    print(f"  metrics:    {TRAIN / 'csv' / 'metrics.csv'}")
+    print(f"  submission: {submission}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""LightningModule: Faster R-CNN training, validation loss without BatchNorm drift, and AP40."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from cxrdet.labels import CLASS_NAMES
+from cxrdet.metrics import AP40Evaluator
+from cxrdet.model import build_fasterrcnn
+
+
+@contextmanager
+def loss_mode(model: nn.Module):
+    """Train mode (so torchvision returns losses) with every BatchNorm in eval mode.
+
+    This is how the seed's LossEvalHook measured validation loss, minus its trap: in train mode
+    BatchNorm would normalise with batch statistics and update its running buffers from
+    validation images. Restores each module's previous mode on exit.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+class DetectorModule(pl.LightningModule):
+    """Faster R-CNN R50-FPN with SGD + warmup-cosine, validation loss and AP40.
+
+    Args:
+        model: keyword arguments of :func:`cxrdet.model.build_fasterrcnn` (plain values).
+        optim: optimiser config with ``_target_`` and ``_partial_: true``.
+        scheduler: LR scheduler config with ``_target_`` and ``_partial_: true``, called with the
+            optimiser and ``total_steps``; or None for a constant LR.
+        class_names: names of the trained classes, for per-class logging.
+    """
+
+    def __init__(self, model: dict, optim: dict, scheduler: dict | None = None, class_names=None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_fasterrcnn(**model)
+        self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
+        self.evaluator = AP40Evaluator(num_classes=len(self.class_names))
+
+    def forward(self, images, targets=None):
+        return self.model(images, targets)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        losses = self.model(list(images), list(targets))
+        loss = sum(losses.values())
+        n = len(images)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = list(batch[0]), list(batch[1])
+        # Validation loss draws random ROI samples: keep the training RNG stream untouched.
+        with torch.random.fork_rng(devices=[]), loss_mode(self.model):
+            losses = self.model(images, targets)
+        n = len(images)
+        self.log("val/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=n, sync_dist=True)
+        self.evaluator.process(targets, self.model(images))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.evaluator.gt:
+            return
+        result = self.evaluator.evaluate()
+        ap = result["AP"] if result["AP"] == result["AP"] else 0.0
+        self.log("val/AP40", ap, prog_bar=True)
+        for c, value in result["per_class"].items():
+            self.log(f"val/AP40/{self.class_names[c]}", value)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optim)(params)
+        if not self.hparams.scheduler:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+def load_detector(ckpt_path: str, map_location="cpu") -> DetectorModule:
+    """Load a trained DetectorModule for inference, never fetching pretrained weights again.
+
+    The checkpoint holds every trained tensor; the weight sources it was started from are
+    dropped (keeping the BatchNorm kind they implied) so that loading works offline.
+    """
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        model_cfg = dict(ckpt["hyper_parameters"]["model"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{ckpt_path}: not a cxrdet training checkpoint (no model config)") from e
+    pretrained = bool(model_cfg.get("weights") not in (None, "", "none", "None")) or bool(
+        model_cfg.get("weights_backbone") not in (None, "", "none", "None")
+    )
+    model_cfg.update(weights=None, weights_backbone=None)
+    model_cfg.setdefault("frozen_bn", pretrained)
+    return DetectorModule.load_from_checkpoint(
+        ckpt_path, map_location=map_location, model=model_cfg
+    )

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny synthetic dataset in the Kaggle layout, prepared at 64 px."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TINY = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Raw DICOMs + labels (16 train / 4 test, 64–96 px) and PNGs prepared at 64 px."""
+    from cxrdet.prepare import prepare
+    from cxrdet.synth import synthesize
+
+    root = tmp_path_factory.mktemp("tiny")
+    raw, prepared = root / "raw", root / "prepared"
+    synthesize(raw, 16, 4, seed=3, normal_share=0.4, min_px=64, max_px=96, progress=False)
+    for split in ("train", "test"):
+        prepare(raw / split, prepared, [TINY], progress=False)
+    return {"root": root, "raw": raw, "prepared": prepared, "size": TINY}
+
+
+def tiny_overrides(data: dict, run_dir: Path) -> list[str]:
+    """train.py overrides that point at the tiny dataset and keep a run to seconds."""
+    return [
+        "data=256",
+        f"paths.raw_dir={data['raw']}",
+        f"paths.prepared_dir={data['prepared']}",
+        f"data.image_size={data['size']}",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "trainer=cpu",
+        "model.roi_batch_size_per_image=32",
+        f"hydra.run.dir={run_dir}",
+    ]

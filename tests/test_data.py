@@ -1,0 +1,158 @@
+"""Labels, box scaling, augmentation and the data module."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from cxrdet.boxes import to_original, to_prepared
+from cxrdet.cli import CONF_DIR
+from cxrdet.datamodule import CXRDataModule
+from cxrdet.labels import read_labels
+from cxrdet.splits import split_ids
+
+
+def test_box_to_prepared_and_back_is_exact():
+    box = np.array([[123.5, 456.25, 1789.0, 2345.75]])
+    orig, prepared = (2500, 2048), (512, 512)
+    small = to_prepared(box, orig, prepared)
+    np.testing.assert_allclose(
+        small, [[123.5 * 0.25, 456.25 * 512 / 2500, 1789 * 0.25, 2345.75 * 512 / 2500]]
+    )
+    np.testing.assert_allclose(to_original(small, orig, prepared), box, atol=1e-9)
+
+
+def _augment(transforms):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["augment=seed"])
+    cfg.augment.transforms = transforms
+    return instantiate(cfg.augment)
+
+
+def test_horizontal_flip_moves_boxes():
+    flip = _augment([{"_target_": "albumentations.HorizontalFlip", "p": 1.0}])
+    image = np.zeros((50, 100), np.uint8)
+    image[10:20, 5:25] = 255
+    out = flip(image=image, bboxes=np.array([[5.0, 10, 25, 20]]), labels=np.array([3]))
+    np.testing.assert_allclose(out["bboxes"], [[75.0, 10, 95, 20]])
+    assert out["image"][10:20, 75:95].min() == 255 and list(out["labels"]) == [3]
+
+
+def test_seed_augmentation_keeps_boxes_valid():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        aug = instantiate(compose(config_name="train").augment)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    for _ in range(20):
+        out = aug(image=image, bboxes=np.array([[10.0, 10, 30, 40]]), labels=np.array([5]))
+        b = np.asarray(out["bboxes"]).reshape(-1, 4)
+        assert out["image"].shape == (64, 64)
+        assert (
+            ((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all() and (b >= 0).all() and (b <= 64).all()
+        )
+
+
+def _write_labels(path, rows):
+    cols = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
+
+
+def test_bad_label_rows_are_skipped_and_counted(tmp_path, caplog):
+    path = tmp_path / "train.csv"
+    _write_labels(
+        path,
+        [
+            ["a", "Nodule/Mass", 8, "R1", 10, 10, 50, 50],
+            ["a", "Nope", 17, "R1", 10, 10, 50, 50],  # unknown class
+            ["b", "Nodule/Mass", 8, "R2", 10, 10, 10, 50],  # zero width
+            ["b", "Nodule/Mass", 8, "R2", None, None, None, None],  # no box
+            ["c", "No finding", 14, "R3", None, None, None, None],
+        ],
+    )
+    labels, report = read_labels(path)
+    assert list(labels.class_id) == [8, 14]
+    assert report.n_skipped == 3
+    assert report.skipped["an unknown class_id (expected 0..14)"] == [3]
+    assert "train.csv: skipped 1 row(s) with a zero-area box" in caplog.text
+
+
+def test_labels_missing_columns_error_names_file(tmp_path):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"image_id": ["a"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"labels\.csv: missing column"):
+        read_labels(path)
+
+
+def test_split_has_no_leak_and_is_seeded():
+    ids = [f"{i:032x}" for i in range(50)] * 3
+    train, val = split_ids(ids, "valid20", 0.2, seed=1)
+    assert len(val) == 10 and len(train) == 40 and not set(train) & set(val)
+    assert split_ids(ids[::-1], "valid20", 0.2, seed=1) == (train, val)
+    assert split_ids(ids, "valid20", 0.2, seed=2)[1] != val
+    assert split_ids(ids, "all_train") == (sorted(set(ids)), [])
+
+
+def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(tiny_data, caplog):
+    raw, prepared = tiny_data["raw"], tiny_data["prepared"]
+    labels = pd.read_csv(raw / "train.csv")
+    extra = labels.iloc[:1].copy()
+    extra["image_id"] = "f" * 32  # a CSV row whose image was never prepared
+    outside = labels[labels.class_id < 14].iloc[:1].copy()
+    outside[["x_min", "x_max"]] = [5000.0, 6000.0]  # entirely right of the image
+    path = tiny_data["root"] / "train_extra.csv"
+    pd.concat([labels, extra, outside]).to_csv(path, index=False)
+    dm = CXRDataModule(
+        str(path),
+        str(prepared / "64" / "train"),
+        str(prepared / "64" / "train_meta.csv"),
+        image_size=64,
+        split="all_train",
+        num_workers=0,
+    )
+    dm.setup()
+    assert len(dm.train_set) == 16 and dm.val_set is None and dm.val_dataloader() == []
+    assert "skipped 1 image(s)" in caplog.text and "f" * 32 in caplog.text
+    assert "dropped 1 box(es) lying outside" in caplog.text
+
+    meta = pd.read_csv(prepared / "64" / "train_meta.csv", dtype={"image_id": str}).set_index(
+        "image_id"
+    )
+    n_empty = 0
+    for image, target in dm.train_set:
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+        assert target["labels"].dtype == torch.int64 and target["boxes"].shape[1] == 4
+        rows = labels[(labels.image_id == target["image_id"]) & (labels.class_id < 14)]
+        if rows.empty:
+            n_empty += 1
+            assert target["boxes"].shape == (0, 4)
+            continue
+        dim0, dim1 = meta.loc[target["image_id"], ["dim0", "dim1"]]
+        expected = rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy() * np.array(
+            [64 / dim1, 64 / dim0] * 2
+        )
+        np.testing.assert_allclose(target["boxes"].numpy(), expected, rtol=1e-5, atol=1e-3)
+        assert (target["labels"].numpy() == rows.class_id.to_numpy() + 1).all()
+    assert n_empty > 0
+
+
+def test_use_class14_adds_one_box_per_normal_image(tiny_data):
+    prepared = tiny_data["prepared"]
+    dm = CXRDataModule(
+        str(tiny_data["raw"] / "train.csv"),
+        str(prepared / "64" / "train"),
+        str(prepared / "64" / "train_meta.csv"),
+        image_size=64,
+        split="all_train",
+        use_class14=True,
+        num_workers=0,
+    )
+    dm.setup()
+    normals = [t for _, t in dm.train_set if (t["labels"] == 15).any()]
+    assert normals
+    for t in normals:
+        assert (t["labels"] == 15).sum() == 1
+        np.testing.assert_allclose(t["boxes"][t["labels"] == 15].numpy(), [[0, 0, 1, 1]])

@@ -1,0 +1,133 @@
+"""train.py → checkpoint → predict.py → submission → score, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PY, REPO, tiny_overrides
+
+from cxrdet.score import main as score_main
+from cxrdet.submission import SubmissionError, format_prediction, parse_prediction, read_submission
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, cwd=REPO):
+    done = subprocess.run([PY, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_fast_dev_run(tiny_data, tmp_path):
+    done = _run(
+        ["train.py", *tiny_overrides(tiny_data, tmp_path / "run"), "+trainer.fast_dev_run=true"]
+    )
+    assert "max_steps=1" in done.stdout + done.stderr
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("train") / "run"
+    _run(
+        [
+            "train.py",
+            *tiny_overrides(tiny_data, run),
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "scheduler.warmup_steps=1",
+            "trainer.log_every_n_steps=1",
+        ]
+    )
+    return run
+
+
+def test_training_writes_checkpoints_and_metrics(trained):
+    ckpts = sorted(p.name for p in (trained / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    metrics = pd.read_csv(trained / "csv" / "metrics.csv")
+    for column in ("train/loss", "val/loss", "val/AP40", "lr-SGD"):
+        assert metrics[column].notna().any(), column
+    assert metrics["val/AP40"].dropna().between(0, 1).all()
+
+
+def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):
+    out = tmp_path / "submission.csv"
+    _run(
+        [
+            "predict.py",
+            f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+            f"image_size={tiny_data['size']}",
+            f"paths.prepared_dir={tiny_data['prepared']}",
+            f"output={out}",
+            "num_workers=0",
+            "score_thresh=0.0",
+            f"hydra.run.dir={tmp_path / 'predict'}",
+        ]
+    )
+    meta = pd.read_csv(tiny_data["prepared"] / "64" / "test_meta.csv", dtype={"image_id": str})
+    sub = pd.read_csv(out, dtype=str)
+    assert list(sub.columns) == ["image_id", "PredictionString"]
+    assert sorted(sub.image_id) == sorted(meta.image_id)  # every test image exactly once
+    parsed = read_submission(out, image_ids=meta.image_id)
+    for row in meta.itertuples():
+        boxes, scores, classes = parsed[row.image_id]
+        assert len(scores) <= 100 and ((scores >= 0) & (scores <= 1)).all()
+        assert (boxes[:, [0, 2]] <= row.dim1).all() and (boxes[:, [1, 3]] <= row.dim0).all()
+        assert (boxes >= 0).all() and ((classes >= 0) & (classes <= 14)).all()
+    summary = json.loads((tmp_path / "predict.json").read_text())
+    assert summary["images"] == len(meta) and summary["images_per_s"] > 0
+
+    code = score_main(
+        ["--labels", str(tiny_data["raw"] / "test_labels.csv"), "--submission", str(out), "--json"]
+    )
+    assert code == 0
+
+
+def test_predict_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    done = subprocess.run(
+        [
+            PY,
+            "predict.py",
+            f"ckpt_path={tmp_path / 'nope.ckpt'}",
+            f"paths.prepared_dir={tiny_data['prepared']}",
+            "image_size=64",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "nope.ckpt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_prediction_string_round_trip_and_empty_image():
+    boxes = np.array([[10.0, 20, 30, 40], [1, 2, 3, 4]])
+    text = format_prediction(boxes, np.array([0.2, 0.9]), np.array([3, 0]))
+    assert text.startswith("0 0.9000 1.0 2.0 3.0 4.0")
+    b, s, c = parse_prediction(text)
+    np.testing.assert_allclose(b, boxes[::-1]) and np.testing.assert_allclose(s, [0.9, 0.2])
+    assert format_prediction(np.zeros((0, 4)), np.zeros(0), np.zeros(0)) == "14 1 0 0 1 1"
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("a,0 0.5 1 2 3", "tokens"),
+        ("a,15 0.5 1 2 3 4", "class 15"),
+        ("a,3 1.5 1 2 3 4", "score 1.5"),
+        ("a,3 0.5 5 2 3 4", "x_min >= x_max"),
+        ("zzz,14 1 0 0 1 1", "unknown image_id"),
+    ],
+)
+def test_malformed_submission_rejected_with_row_and_reason(tmp_path, row, reason):
+    path = tmp_path / "s.csv"
+    path.write_text(f"image_id,PredictionString\nb,14 1 0 0 1 1\n{row}\n")
+    with pytest.raises(SubmissionError, match=reason):
+        read_submission(path, image_ids=["a", "b"])

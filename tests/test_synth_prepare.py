@@ -1,0 +1,130 @@
+"""Synthetic DICOMs → prepare round trip: inversion, sizes, failures, resume, no identifiers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from cxrdet.dicom import DicomError, read_dicom
+from cxrdet.labels import LABEL_COLUMNS, NO_FINDING
+from cxrdet.prepare import main as prepare_main
+from cxrdet.prepare import prepare
+from cxrdet.synth import write_dicom
+
+PATIENT_TAGS = ["PatientName", "PatientID", "PatientBirthDate", "StudyDate", "InstitutionName"]
+
+
+def _ramp(h=40, w=30):
+    """A display image that brightens left to right."""
+    return np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("bits", [12, 16])
+def test_monochrome1_is_inverted_to_display_convention(tmp_path, photometric, bits):
+    path = tmp_path / "x.dicom"
+    write_dicom(path, _ramp(), photometric=photometric, bits_stored=bits)
+    stored = pydicom.dcmread(path).pixel_array
+    raw_left_darker = stored[:, 0].mean() < stored[:, -1].mean()
+    assert raw_left_darker == (photometric == "MONOCHROME2")  # MONOCHROME1 stores it flipped
+    image = read_dicom(path)
+    assert image.dtype == np.uint8 and image.shape == (40, 30)
+    assert image[:, 0].mean() < 10 and image[:, -1].mean() > 245  # bright = dense in both
+
+
+def test_synth_layout_and_labels(tiny_data):
+    raw = tiny_data["raw"]
+    train = pd.read_csv(raw / "train.csv")
+    assert list(train.columns) == LABEL_COLUMNS
+    assert len(list((raw / "train").glob("*.dicom"))) == 16
+    per_image = train.groupby("image_id")["rad_id"].nunique()
+    assert (per_image == 3).all() and len(per_image) == 16
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in per_image.index)
+    normal = train[train.class_id == NO_FINDING]
+    assert normal[["x_min", "y_min", "x_max", "y_max"]].isna().all().all()
+    finding = train[train.class_id != NO_FINDING]
+    assert (finding.x_max > finding.x_min).all() and (finding.y_max > finding.y_min).all()
+    test = pd.read_csv(raw / "test_labels.csv")
+    assert test.groupby("image_id")["rad_id"].nunique().eq(1).all()
+
+
+def test_synth_is_deterministic(tmp_path):
+    from cxrdet.synth import synthesize
+
+    for name in ("a", "b"):
+        synthesize(tmp_path / name, 3, 1, seed=5, min_px=48, max_px=64, progress=False)
+    a, b = (pd.read_csv(tmp_path / n / "train.csv") for n in ("a", "b"))
+    pd.testing.assert_frame_equal(a, b)
+    for f in (tmp_path / "a" / "train").iterdir():
+        assert f.read_bytes() == (tmp_path / "b" / "train" / f.name).read_bytes()
+
+
+def test_prepare_round_trip_sizes_and_no_identifiers(tiny_data):
+    raw, prepared = tiny_data["raw"], tiny_data["prepared"]
+    meta = pd.read_csv(prepared / "64" / "train_meta.csv", dtype={"image_id": str})
+    assert len(meta) == 16
+    for row in meta.itertuples():
+        ds = pydicom.dcmread(raw / "train" / f"{row.image_id}.dicom")
+        assert (row.dim0, row.dim1) == (ds.Rows, ds.Columns)
+        assert not any(tag in ds for tag in PATIENT_TAGS)
+        png = cv2.imread(str(prepared / "64" / "train" / f"{row.image_id}.png"), -1)
+        assert png.shape == (64, 64) and png.dtype == np.uint8
+    # Lungs are dark and the heart bright after prepare, whatever the photometric tag.
+    for row in meta.itertuples():
+        png = cv2.imread(str(prepared / "64" / "train" / f"{row.image_id}.png"), 0)
+        assert png[38:44, 30:40].mean() > png[22:30, 14:22].mean()
+    assert list(meta.columns) == ["image_id", "dim0", "dim1"]
+    assert not any(tag.lower() in meta.to_csv().lower() for tag in PATIENT_TAGS)
+
+
+def test_prepare_skips_unreadable_files_and_resumes(tmp_path, caplog):
+    src = tmp_path / "in" / "train"
+    src.mkdir(parents=True)
+    for i in range(3):
+        write_dicom(src / f"img{i}.dicom", _ramp() * (i + 1))
+    good = (src / "img0.dicom").read_bytes()
+    (src / "broken.dicom").write_bytes(good[: len(good) // 2])  # truncated pixel data
+    (src / "nested").mkdir()
+    write_dicom(src / "nested" / "deep.dcm", _ramp())
+
+    counts = prepare(src, tmp_path / "out", [32, 16], progress=False)
+    assert counts == {"done": 4, "skipped": 0, "failed": 1, "images": 4}
+    failures = pd.read_csv(tmp_path / "out" / "failures_train.csv")
+    assert len(failures) == 1 and "broken.dicom" in failures.file[0]
+    assert "broken.dicom" in caplog.text
+    for size in (32, 16):
+        meta = pd.read_csv(tmp_path / "out" / str(size) / "train_meta.csv")
+        assert sorted(meta.image_id) == ["deep", "img0", "img1", "img2"]
+        assert (meta.dim0 == 40).all() and (meta.dim1 == 30).all()
+
+    # An interrupted run: one PNG lost. The rerun redoes only that image.
+    lost = tmp_path / "out" / "16" / "train" / "img1.png"
+    before = (tmp_path / "out" / "32" / "train" / "img2.png").stat().st_mtime_ns
+    lost.unlink()
+    counts = prepare(src, tmp_path / "out", [32, 16], progress=False)
+    assert counts["done"] == 1 and counts["skipped"] == 3 and lost.is_file()
+    assert (tmp_path / "out" / "32" / "train" / "img2.png").stat().st_mtime_ns == before
+    assert not list((tmp_path / "out").rglob("*.tmp*"))
+
+
+def test_unreadable_dicom_error_names_the_file(tmp_path):
+    bad = tmp_path / "junk.dicom"
+    bad.write_bytes(b"not a dicom at all")
+    with pytest.raises(DicomError, match="junk.dicom"):
+        read_dicom(bad)
+
+
+def test_prepare_cli_exit_codes(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_main(["--input", str(empty), "--output", str(tmp_path / "o")]) == 2
+    assert "no .dicom/.dcm files" in capsys.readouterr().err
+    src = tmp_path / "only_bad"
+    src.mkdir()
+    (src / "a.dicom").write_bytes(b"junk")
+    assert (
+        prepare_main(["--input", str(src), "--output", str(tmp_path / "o"), "--sizes", "16"]) == 1
+    )

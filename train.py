@@ -1,0 +1,64 @@
+"""Train a detector: python train.py [data=512] [model=frcnn_r50fpn] [key=value ...] [-m].
+
+The recipe (Faster R-CNN R50-FPN, SGD, warmup-cosine, AP40 validation) is in conf/; see
+``python train.py --help`` for the config groups and ``--cfg job`` for the resolved config.
+Returns the best monitored metric, so Hydra sweepers can optimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
+from cxrdet.cli import quote_numeric_choices
+from cxrdet.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.module import DetectorModule
+
+log = logging.getLogger("cxrdet.train")
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Build data, model, callbacks and loggers from ``cfg``; fit; return the best metric."""
+    pl.seed_everything(cfg.seed, workers=True)
+    augment = instantiate(cfg.augment) if cfg.augment else None
+    datamodule = instantiate(cfg.data, augment=augment, _recursive_=False)
+    num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    module = DetectorModule(
+        model={**model_cfg, "num_classes": num_classes},
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.scheduler else None,
+        class_names=CLASS_NAMES[:num_classes],
+    )
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:  # bad data fails here, before any training, with the file and the reason
+        datamodule.setup("fit")
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None:
+        log.info("best checkpoint: %s", ckpt.best_model_path or "(none)")
+        log.info("last checkpoint: %s", ckpt.last_model_path or "(none)")
+        if ckpt.best_model_score is not None:
+            return float(ckpt.best_model_score)
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = quote_numeric_choices(sys.argv)
+    main()
