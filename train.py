@@ -14,6 +14,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
 from cxrdet.cli import quote_numeric_choices
@@ -38,6 +39,8 @@ def train(cfg: DictConfig) -> float | None:
     )
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    if not loggers:  # logger=none: the LR monitor has nowhere to write and would refuse to run
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:  # bad data fails here, before any training, with the file and the reason
         datamodule.setup("fit")

@@ -99,22 +99,28 @@ class DetectorModule(pl.LightningModule):
         }
 
 
-def load_detector(ckpt_path: str, map_location="cpu") -> DetectorModule:
-    """Load a trained DetectorModule for inference, never fetching pretrained weights again.
+def load_detector(ckpt_path: str) -> DetectorModule:
+    """Load a trained DetectorModule (on the CPU) for inference, never fetching weights again.
 
-    The checkpoint holds every trained tensor; the weight sources it was started from are
+    The checkpoint holds every trained tensor; the weight sources training started from are
     dropped (keeping the BatchNorm kind they implied) so that loading works offline.
     """
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     try:
-        model_cfg = dict(ckpt["hyper_parameters"]["model"])
+        hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+        model_cfg = dict(hparams["model"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"{ckpt_path}: not a cxrdet training checkpoint (no model config)") from e
-    pretrained = bool(model_cfg.get("weights") not in (None, "", "none", "None")) or bool(
-        model_cfg.get("weights_backbone") not in (None, "", "none", "None")
+    pretrained = any(
+        model_cfg.get(k) not in (None, "", "none", "None") for k in ("weights", "weights_backbone")
     )
     model_cfg.update(weights=None, weights_backbone=None)
     model_cfg.setdefault("frozen_bn", pretrained)
-    return DetectorModule.load_from_checkpoint(
-        ckpt_path, map_location=map_location, model=model_cfg
+    module = DetectorModule(
+        model=model_cfg,
+        optim=hparams["optim"],
+        scheduler=hparams.get("scheduler"),
+        class_names=hparams.get("class_names"),
     )
+    module.load_state_dict(state)
+    return module

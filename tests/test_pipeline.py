@@ -30,6 +30,23 @@ def test_fast_dev_run(tiny_data, tmp_path):
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 
+def test_all_train_without_logger_still_checkpoints(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    overrides = [*tiny_overrides(tiny_data, run), "data.split=all_train", "logger=none"]
+    _run(["train.py", *overrides, "trainer.max_steps=1"])
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "csv").exists()
+
+
+def test_bad_labels_path_fails_before_training_with_the_file_named(tiny_data, tmp_path):
+    overrides = [*tiny_overrides(tiny_data, tmp_path / "run"), "data.labels_csv=/nowhere/train.csv"]
+    done = subprocess.run(
+        [PY, "train.py", *overrides], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "/nowhere/train.csv" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("train") / "run"
