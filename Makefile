@@ -37,8 +37,10 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(STAMP) ## Training throughput: cxrdet's Lightning loop vs a plain PyTorch loop
+bench: $(STAMP) ## Run every benchmark (training throughput, prepare speed, EDA speed)
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/eda.py
 
 clean: ## Remove outputs/, caches and .venv/
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache $(VENV) *.egg-info

@@ -1,24 +1,35 @@
-"""Box geometry between original DICOM pixels and prepared (resized) image pixels."""
+"""Box geometry between original DICOM pixels and prepared (resized) image pixels.
+
+A prepared image holds the original, resized, in a *content* rectangle ``(x0, y0, w, h)``: the
+whole image when it was squashed to a square (the default), or an inner rectangle when it was
+letterboxed (``prepare --keep-ratio``; the meta CSV records the rectangle).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+Content = tuple[float, float, float, float]  # x0, y0, width, height in prepared pixels
+CONTENT_COLUMNS = ["content_x0", "content_y0", "content_w", "content_h"]  # in the meta CSV
 
-def scale_factors(orig_hw: tuple[float, float], image_hw: tuple[float, float]) -> np.ndarray:
-    """Per-coordinate factors (x, y, x, y) that take original pixels to prepared pixels."""
+
+def _affine(orig_hw, image_hw, content: Content | None) -> tuple[np.ndarray, np.ndarray]:
     (oh, ow), (h, w) = orig_hw, image_hw
-    return np.array([w / ow, h / oh, w / ow, h / oh], dtype=np.float64)
+    x0, y0, cw, ch = content if content is not None else (0.0, 0.0, w, h)
+    scale = np.array([cw / ow, ch / oh, cw / ow, ch / oh], dtype=np.float64)
+    return scale, np.array([x0, y0, x0, y0], dtype=np.float64)
 
 
-def to_prepared(boxes: np.ndarray, orig_hw, image_hw) -> np.ndarray:
-    """Scale xyxy boxes from original DICOM pixels to a prepared image of size ``image_hw``."""
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale_factors(orig_hw, image_hw)
+def to_prepared(boxes, orig_hw, image_hw, content: Content | None = None) -> np.ndarray:
+    """Map xyxy boxes from original DICOM pixels into a prepared image of size ``image_hw``."""
+    scale, offset = _affine(orig_hw, image_hw, content)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale + offset
 
 
-def to_original(boxes: np.ndarray, orig_hw, image_hw) -> np.ndarray:
-    """Scale xyxy boxes from a prepared image back to original DICOM pixels."""
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale_factors(orig_hw, image_hw)
+def to_original(boxes, orig_hw, image_hw, content: Content | None = None) -> np.ndarray:
+    """Map xyxy boxes from a prepared image back to original DICOM pixels."""
+    scale, offset = _affine(orig_hw, image_hw, content)
+    return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4) - offset) / scale
 
 
 def clip(boxes: np.ndarray, hw: tuple[float, float]) -> np.ndarray:
@@ -34,3 +45,11 @@ def valid(boxes: np.ndarray, min_size: float = 1.0) -> np.ndarray:
     """Mask of boxes whose width and height are both at least ``min_size``."""
     b = np.asarray(boxes).reshape(-1, 4)
     return ((b[:, 2] - b[:, 0]) >= min_size) & ((b[:, 3] - b[:, 1]) >= min_size)
+
+
+def letterbox_content(orig_hw: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """Where an image of ``orig_hw`` lands in a ``size``² letterbox: centred, aspect kept."""
+    oh, ow = orig_hw
+    scale = size / max(oh, ow)
+    w, h = max(1, round(ow * scale)), max(1, round(oh * scale))
+    return (size - w) // 2, (size - h) // 2, w, h

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from cxrdet.dataset import DetectionDataset, build_records, collate, load_png, read_meta
+from cxrdet.dataset import DetectionDataset, build_records, collate, load_png
+from cxrdet.fusion import fuse_readers
 from cxrdet.labels import read_labels
+from cxrdet.meta import read_meta
 from cxrdet.splits import split_ids
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,14 @@ class CXRDataModule(pl.LightningDataModule):
         image_dir: folder of ``<image_id>.png`` (e.g. ``prepared/512/train``).
         meta_csv: ``image_id,dim0,dim1`` with the original sizes.
         image_size: side of the prepared PNGs the model is built for; a mismatch is logged.
-        split: ``all_train`` or ``valid20`` (see :func:`cxrdet.splits.split_ids`).
+        split: ``all_train``, ``valid20`` or ``kfold`` (see :func:`cxrdet.splits.split_ids`).
         val_fraction: held-out share for ``valid20``.
         split_seed: seed of the split.
+        fold: the validation fold for ``kfold``.
+        n_folds: folds for ``kfold``.
+        fusion: fuse the readers' training boxes: ``none``, ``wbf`` or ``nms``.
+        val_fusion: the same for the validation ground truth.
+        fusion_iou: IoU threshold of the fusion.
         use_class14: train "No finding" as a class with a ``0 0 1 1`` box.
         batch_size: images per training batch.
         val_batch_size: images per validation batch.
@@ -43,6 +50,11 @@ class CXRDataModule(pl.LightningDataModule):
         split: str = "valid20",
         val_fraction: float = 0.2,
         split_seed: int = 111,
+        fold: int = 0,
+        n_folds: int = 5,
+        fusion: str = "none",
+        val_fusion: str = "none",
+        fusion_iou: float = 0.4,
         use_class14: bool = False,
         batch_size: int = 2,
         val_batch_size: int = 4,
@@ -53,6 +65,8 @@ class CXRDataModule(pl.LightningDataModule):
         self.labels_csv, self.image_dir, self.meta_csv = labels_csv, image_dir, meta_csv
         self.image_size = image_size
         self.split, self.val_fraction, self.split_seed = split, val_fraction, split_seed
+        self.fold, self.n_folds = fold, n_folds
+        self.fusion, self.val_fusion, self.fusion_iou = fusion, val_fusion, fusion_iou
         self.use_class14 = use_class14
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers = num_workers
@@ -70,10 +84,13 @@ class CXRDataModule(pl.LightningDataModule):
         labels, _ = read_labels(self.labels_csv)
         meta = read_meta(self.meta_csv)
         train_ids, val_ids = split_ids(
-            labels["image_id"], self.split, self.val_fraction, self.split_seed
+            labels, self.split, self.val_fraction, self.split_seed, self.fold, self.n_folds
         )
-        train = build_records(labels, meta, self.image_dir, train_ids, self.use_class14)
-        val = build_records(labels, meta, self.image_dir, val_ids, self.use_class14)
+        in_val = labels["image_id"].isin(set(val_ids))
+        train_labels = fuse_readers(labels[~in_val], self.fusion, self.fusion_iou)
+        val_labels = fuse_readers(labels[in_val], self.val_fusion, self.fusion_iou)
+        train = build_records(train_labels, meta, self.image_dir, train_ids, self.use_class14)
+        val = build_records(val_labels, meta, self.image_dir, val_ids, self.use_class14)
         if not train:
             raise ValueError(
                 f"no usable training images: {self.labels_csv} and {self.image_dir} share no ids"

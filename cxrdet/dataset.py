@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from cxrdet.boxes import clip, to_prepared, valid
+from cxrdet.boxes import Content, clip, to_prepared, valid
 from cxrdet.labels import BOX_COLUMNS, NO_FINDING
+from cxrdet.meta import content_of, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,7 @@ class Record:
     orig_hw: tuple[int, int]
     boxes: np.ndarray  # [N, 4] xyxy, original pixels
     classes: np.ndarray  # [N] class ids 0..14
-
-
-def read_meta(path: str | Path) -> pd.DataFrame:
-    """Read ``image_id,dim0,dim1`` into a frame indexed by image id, with a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"meta CSV not found: {path} (run python -m cxrdet.prepare)")
-    meta = pd.read_csv(path, dtype={"image_id": str})
-    missing = {"image_id", "dim0", "dim1"} - set(meta.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need image_id,dim0,dim1")
-    return meta.drop_duplicates("image_id").set_index("image_id")
+    content: Content | None = None  # letterbox rectangle in the PNG; None = squashed
 
 
 def load_png(path: Path) -> np.ndarray:
@@ -90,7 +80,8 @@ def build_records(
         if use_class14 and (~finding).any():
             boxes = np.vstack([boxes, [[np.nan] * 4]])  # placeholder: 0 0 1 1 once loaded
             classes = np.append(classes, NO_FINDING)
-        records.append(Record(image_id, hw, boxes.reshape(-1, 4), classes))
+        content = content_of(meta, image_id)
+        records.append(Record(image_id, hw, boxes.reshape(-1, 4), classes, content))
     if no_image:
         log.warning(
             "skipped %d image(s) listed in the labels with no PNG or meta row in %s (e.g. %s)",
@@ -117,7 +108,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, i: int):
         r = self.records[i]
         image = load_png(self.image_dir / f"{r.image_id}.png")
-        boxes = to_prepared(r.boxes, r.orig_hw, image.shape)
+        boxes = to_prepared(r.boxes, r.orig_hw, image.shape, r.content)
         boxes[np.isnan(boxes).any(axis=1)] = [0.0, 0.0, 1.0, 1.0]  # class-14 placeholder
         boxes = clip(boxes, image.shape)
         keep = valid(boxes, min_size=0.5)
@@ -134,7 +125,10 @@ class DetectionDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Prepared PNGs listed in a meta CSV, for prediction: ``(image, {image_id, orig_hw})``."""
+    """Prepared PNGs listed in a meta CSV, for prediction.
+
+    Samples are ``(image, {"image_id", "orig_hw", "content"})``.
+    """
 
     def __init__(self, image_dir: str | Path, meta_csv: str | Path):
         self.image_dir = Path(image_dir)
@@ -154,7 +148,8 @@ class ImageDataset(Dataset):
         image_id = self.ids[i]
         image = load_png(self.image_dir / f"{image_id}.png")
         hw = (int(self.meta.at[image_id, "dim0"]), int(self.meta.at[image_id, "dim1"]))
-        return to_tensor(image), {"image_id": image_id, "orig_hw": hw}
+        info = {"image_id": image_id, "orig_hw": hw, "content": content_of(self.meta, image_id)}
+        return to_tensor(image), info
 
 
 def collate(batch):

@@ -41,7 +41,10 @@ def predict_dataset(
         outputs = model([im.to(device) for im in images])
         for image, info, out in zip(images, infos, outputs):
             boxes = to_original(
-                out["boxes"].float().cpu().numpy(), info["orig_hw"], image.shape[-2:]
+                out["boxes"].float().cpu().numpy(),
+                info["orig_hw"],
+                image.shape[-2:],
+                info["content"],
             )
             results[info["image_id"]] = (
                 clip(boxes, info["orig_hw"]),

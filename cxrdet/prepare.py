@@ -3,7 +3,9 @@
     python -m cxrdet.prepare --input DIR/train --output OUT --sizes 256 512
 
 writes ``OUT/<size>/train/<image_id>.png`` (8-bit, one channel, square, cv2 INTER_AREA) and
-``OUT/<size>/train_meta.csv`` (``image_id,dim0,dim1`` = original rows, columns). The split name
+``OUT/<size>/train_meta.csv`` (``image_id,dim0,dim1`` = original rows, columns; with
+``--keep-ratio`` the image is letterboxed and ``content_x0,content_y0,content_w,content_h`` say
+where it lies, so boxes map back exactly). Each DICOM is decoded once for all sizes. The split name
 (``train``/``test``) is the input folder's name unless ``--split`` says otherwise. A rerun skips
 images whose PNGs exist; unreadable files are skipped, counted and listed in
 ``OUT/failures_<split>.csv``. The exit code is non-zero only when nothing could be prepared.
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cxrdet.boxes import CONTENT_COLUMNS, letterbox_content
 from cxrdet.dicom import DicomError, read_dicom
 
 log = logging.getLogger(__name__)
@@ -44,17 +47,47 @@ def write_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def prepare_one(src: Path, out: Path, split: str, sizes: list[int]) -> tuple[str, int, int, str]:
-    """Decode one DICOM and write every requested size; returns (image_id, rows, cols, error)."""
+def resize(image: np.ndarray, size: int, keep_ratio: bool = False) -> np.ndarray:
+    """Square ``size``² image: squashed (default) or letterboxed (aspect kept, centred, black)."""
+    if not keep_ratio:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    x0, y0, w, h = letterbox_content(image.shape, size)
+    out = np.zeros((size, size), dtype=image.dtype)
+    out[y0 : y0 + h, x0 : x0 + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def prepare_one(
+    src: Path, out: Path, split: str, sizes: list[int], keep_ratio: bool = False
+) -> tuple[str, int, int, str]:
+    """Decode one DICOM once and write every requested size.
+
+    Returns:
+        (image_id, original rows, original columns, error message or "").
+    """
     image_id = src.stem
-    targets = [out / str(s) / split / f"{image_id}.png" for s in sizes]
     try:
         image = read_dicom(src)
     except DicomError as e:
         return image_id, 0, 0, str(e)
-    for size, target in zip(sizes, targets):
-        write_png(target, cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+    for size in sizes:
+        write_png(out / str(size) / split / f"{image_id}.png", resize(image, size, keep_ratio))
     return image_id, image.shape[0], image.shape[1], ""
+
+
+def meta_frame(dims: dict[str, tuple[int, int]], size: int, keep_ratio: bool) -> pd.DataFrame:
+    """The meta CSV: ``image_id,dim0,dim1`` (+ the letterbox content rectangle)."""
+    rows = [(k, *v) for k, v in sorted(dims.items())]
+    meta = pd.DataFrame(rows, columns=["image_id", "dim0", "dim1"])
+    if keep_ratio:
+        rects = [letterbox_content(v, size) for _, *v in rows]
+        meta[CONTENT_COLUMNS] = pd.DataFrame(rects, index=meta.index)
+    return meta
+
+
+def one_core() -> None:
+    """Keep OpenCV to one thread in this process."""
+    cv2.setNumThreads(1)
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
@@ -70,8 +103,13 @@ def prepare(
     split: str | None = None,
     workers: int = 1,
     progress: bool = True,
+    keep_ratio: bool = False,
 ) -> dict:
-    """Prepare every DICOM under ``input_dir``; returns counts ``{done, skipped, failed}``."""
+    """Prepare every DICOM under ``input_dir``.
+
+    Returns:
+        Counts ``{done, skipped (already prepared), failed, images (in the meta CSV)}``.
+    """
     input_dir, output = Path(input_dir), Path(output)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder not found: {input_dir}")
@@ -95,10 +133,15 @@ def prepare(
         or not all((output / str(s) / split / f"{f.stem}.png").is_file() for s in sizes)
     ]
     failures = []
-    one = partial(prepare_one, out=output, split=split, sizes=sizes)
+    one = partial(prepare_one, out=output, split=split, sizes=sizes, keep_ratio=keep_ratio)
+    one_core()  # one process = one core: --workers sets the parallelism
     with ExitStack() as stack:
-        pool = stack.enter_context(ProcessPoolExecutor(workers)) if workers > 1 else None
-        jobs = pool.map(one, todo, chunksize=4) if pool else map(one, todo)
+        pool = (
+            stack.enter_context(ProcessPoolExecutor(workers, initializer=one_core))
+            if workers > 1
+            else None
+        )
+        jobs = pool.map(one, todo) if pool else map(one, todo)
         results = list(
             tqdm(jobs, total=len(todo), desc=f"prepare {split}", unit="img", disable=not progress)
         )
@@ -108,11 +151,8 @@ def prepare(
             failures.append({"file": str(by_id[image_id]), "reason": error})
         else:
             known[image_id] = (rows, cols)
-    meta = pd.DataFrame(
-        [(k, *v) for k, v in sorted(known.items())], columns=["image_id", "dim0", "dim1"]
-    )
-    for path in metas.values():
-        _atomic_csv(meta, path)
+    for size, path in metas.items():
+        _atomic_csv(meta_frame(known, size, keep_ratio), path)
     fail_path = output / f"failures_{split}.csv"
     if failures:
         _atomic_csv(pd.DataFrame(failures), fail_path)
@@ -139,12 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[512], help="square sizes (px)")
     p.add_argument("--split", help="split name (default: the input folder's name)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument(
+        "--keep-ratio",
+        action="store_true",
+        help="letterbox (keep the aspect ratio, pad black) instead of squashing to a square; "
+        "the meta CSV records where the image lies",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if any(s < 8 for s in a.sizes):
         p.error("--sizes must be at least 8 px")
     try:
-        counts = prepare(a.input, a.output, a.sizes, a.split, a.workers)
+        counts = prepare(a.input, a.output, a.sizes, a.split, a.workers, keep_ratio=a.keep_ratio)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -87,13 +87,36 @@ def test_labels_missing_columns_error_names_file(tmp_path):
         read_labels(path)
 
 
+def _labels_for(ids, classes):
+    return pd.DataFrame({"image_id": ids, "class_id": classes})
+
+
 def test_split_has_no_leak_and_is_seeded():
     ids = [f"{i:032x}" for i in range(50)] * 3
-    train, val = split_ids(ids, "valid20", 0.2, seed=1)
+    labels = _labels_for(ids, [i % 15 for i in range(150)])
+    train, val = split_ids(labels, "valid20", 0.2, seed=1)
     assert len(val) == 10 and len(train) == 40 and not set(train) & set(val)
-    assert split_ids(ids[::-1], "valid20", 0.2, seed=1) == (train, val)
-    assert split_ids(ids, "valid20", 0.2, seed=2)[1] != val
-    assert split_ids(ids, "all_train") == (sorted(set(ids)), [])
+    assert split_ids(labels.iloc[::-1], "valid20", 0.2, seed=1) == (train, val)
+    assert split_ids(labels, "valid20", 0.2, seed=2)[1] != val
+    assert split_ids(labels, "all_train") == (sorted(set(ids)), [])
+
+
+def test_kfold_covers_every_image_once_without_leak_and_stratifies():
+    rng = np.random.default_rng(0)
+    ids = [f"{i:032x}" for i in range(200)]
+    rare = set(ids[:20])  # 20 images with class 12, the rest class 14 or 0
+    rows = [(i, 12 if i in rare else int(rng.choice([0, 14]))) for i in ids for _ in range(3)]
+    labels = _labels_for(*zip(*rows))
+    seen = []
+    for fold in range(5):
+        train, val = split_ids(labels, "kfold", seed=7, fold=fold, n_folds=5)
+        assert not set(train) & set(val) and len(train) + len(val) == 200
+        assert len(set(val) & rare) == 4  # stratified: the rare class spread evenly
+        seen += val
+    assert sorted(seen) == ids
+    assert split_ids(labels, "kfold", seed=7, fold=2) == split_ids(labels, "kfold", seed=7, fold=2)
+    with pytest.raises(ValueError, match="fold"):
+        split_ids(labels, "kfold", fold=5, n_folds=5)
 
 
 def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(tiny_data, caplog):
@@ -156,3 +179,33 @@ def test_use_class14_adds_one_box_per_normal_image(tiny_data):
     for t in normals:
         assert (t["labels"] == 15).sum() == 1
         np.testing.assert_allclose(t["boxes"][t["labels"] == 15].numpy(), [[0, 0, 1, 1]])
+
+
+def test_letterboxed_data_places_boxes_inside_the_content(tiny_data, tmp_path):
+    from cxrdet.boxes import letterbox_content
+    from cxrdet.prepare import prepare
+
+    prepare(tiny_data["raw"] / "train", tmp_path, [64], keep_ratio=True, progress=False)
+    dm = CXRDataModule(
+        str(tiny_data["raw"] / "train.csv"),
+        str(tmp_path / "64" / "train"),
+        str(tmp_path / "64" / "train_meta.csv"),
+        image_size=64,
+        split="all_train",
+        num_workers=0,
+    )
+    dm.setup()
+    labels = pd.read_csv(tiny_data["raw"] / "train.csv")
+    checked = 0
+    for record, (_, target) in zip(dm.train_set.records, dm.train_set):
+        x0, y0, w, h = letterbox_content(record.orig_hw, 64)
+        assert record.content == (x0, y0, w, h)
+        rows = labels[(labels.image_id == record.image_id) & (labels.class_id < 14)]
+        if rows.empty:
+            continue
+        oh, ow = record.orig_hw
+        raw = rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
+        expected = raw * np.array([w / ow, h / oh] * 2) + np.array([x0, y0] * 2)
+        np.testing.assert_allclose(target["boxes"].numpy(), expected, rtol=1e-5, atol=1e-3)
+        checked += 1
+    assert checked > 0

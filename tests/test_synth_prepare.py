@@ -102,10 +102,11 @@ def test_prepare_skips_unreadable_files_and_resumes(tmp_path, caplog):
 
     # An interrupted run: one PNG lost. The rerun redoes only that image.
     lost = tmp_path / "out" / "16" / "train" / "img1.png"
+    lost_bytes = lost.read_bytes()
     before = (tmp_path / "out" / "32" / "train" / "img2.png").stat().st_mtime_ns
     lost.unlink()
     counts = prepare(src, tmp_path / "out", [32, 16], progress=False)
-    assert counts["done"] == 1 and counts["skipped"] == 3 and lost.is_file()
+    assert counts["done"] == 1 and counts["skipped"] == 3 and lost.read_bytes() == lost_bytes
     assert (tmp_path / "out" / "32" / "train" / "img2.png").stat().st_mtime_ns == before
     assert not list((tmp_path / "out").rglob("*.tmp*"))
 
@@ -128,3 +129,52 @@ def test_prepare_cli_exit_codes(tmp_path, capsys):
     assert (
         prepare_main(["--input", str(src), "--output", str(tmp_path / "o"), "--sizes", "16"]) == 1
     )
+
+
+def test_letterbox_keeps_ratio_and_maps_boxes_back_to_a_pixel(tmp_path):
+    from cxrdet.boxes import to_original, to_prepared
+    from cxrdet.meta import content_of, read_meta
+
+    display = np.zeros((300, 200), np.float32)
+    box = np.array([[40.0, 90.0, 120.0, 210.0]])  # x0, y0, x1, y1 in original pixels
+    display[90:210, 40:120] = 1.0
+    src = tmp_path / "in" / "test"
+    src.mkdir(parents=True)
+    write_dicom(src / "tall.dicom", display, window=False)
+    prepare(src, tmp_path / "out", [100, 64], keep_ratio=True, progress=False)
+    for size in (100, 64):
+        meta = read_meta(tmp_path / "out" / str(size) / "test_meta.csv")
+        content = content_of(meta, "tall")
+        scale = size / 300
+        assert content == ((size - round(200 * scale)) // 2, 0, round(200 * scale), size)
+        png = cv2.imread(str(tmp_path / "out" / str(size) / "test" / "tall.png"), 0)
+        assert png.shape == (size, size)
+        x0, y0, w, h = (int(v) for v in content)
+        assert png[:, : x0 - 1].max() == 0 and png[:, x0 + w + 1 :].max() == 0  # black bars
+        small = to_prepared(box, (300, 200), png.shape, content)[0]
+        ys, xs = np.nonzero(png > 127)
+        assert np.abs(small - [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).max() <= 1.0
+        back = to_original(small, (300, 200), png.shape, content)
+        np.testing.assert_allclose(back, box, atol=1e-9)
+        # A box found to the nearest prepared pixel maps back within one prepared pixel.
+        found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float)
+        err = np.abs(to_original(found, (300, 200), png.shape, content) - box).max()
+        assert err <= 300 / size
+
+
+def test_patient_identifiers_never_reach_any_output(tmp_path):
+    src = tmp_path / "in" / "train"
+    src.mkdir(parents=True)
+    write_dicom(src / "p1.dicom", _ramp())
+    ds = pydicom.dcmread(src / "p1.dicom")
+    ds.PatientName, ds.PatientID = "Doe^Jane", "PID-7731"
+    ds.PatientBirthDate, ds.StudyDate, ds.InstitutionName = "19610203", "20200117", "St Elsewhere"
+    ds.save_as(src / "p1.dicom")
+    (src / "p2.dicom").write_bytes(ds.to_json().encode())  # unreadable: lands in failures
+    prepare(src, tmp_path / "out", [32], progress=False)
+    outputs = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".png" for p in outputs) and any("failures" in p.name for p in outputs)
+    for p in outputs:
+        data = p.read_bytes()
+        for secret in (b"Doe", b"PID-7731", b"19610203", b"20200117", b"Elsewhere"):
+            assert secret not in data, (p, secret)

@@ -1,0 +1,345 @@
+"""The report's dataset figures and tables from a train.csv-format file.
+
+    python -m cxrdet.eda --labels train.csv [--meta train_meta.csv] --out DIR
+        [--split valid20 --seed 111] [--augment-preview N --images PNG_DIR]
+
+Writes PNG figures (findings per class: report figs 1/2; annotations per radiologist: fig 3;
+box area per class: fig 8, needs --meta; spatial heatmaps: fig 9, needs --meta; class
+co-occurrence; boxes per image; reader agreement), ``summary.json`` and ``summary.md``.
+``--augment-preview N`` draws one image with its boxes and N augmented variants (fig 13).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels  # noqa: E402
+from cxrdet.splits import SPLIT_MODES, split_ids  # noqa: E402
+
+GRID = 128  # heatmap resolution (normalised image coordinates)
+
+
+def summarise(labels: pd.DataFrame) -> dict:
+    """Counts for summary.json: rows, images, normal images, per class and per reader."""
+    per_image = labels.groupby("image_id")["class_id"]
+    findings = labels[labels["class_id"] != NO_FINDING]
+    boxes_per_image = (
+        findings.groupby("image_id").size().reindex(per_image.size().index, fill_value=0)
+    )
+    return {
+        "rows": int(len(labels)),
+        "images": int(labels["image_id"].nunique()),
+        "normal_images": int((per_image.max() == NO_FINDING).sum()),
+        "class_counts": {
+            CLASS_NAMES[c]: int(n)
+            for c, n in labels["class_id"].value_counts().sort_index().items()
+        },
+        "images_per_class": {
+            CLASS_NAMES[c]: int(n)
+            for c, n in labels.groupby("class_id")["image_id"].nunique().sort_index().items()
+        },
+        "rad_counts": {
+            str(r): int(n)
+            for r, n in sorted(
+                labels["rad_id"].value_counts().items(), key=lambda kv: _rad_order(kv[0])
+            )
+        },
+        "boxes_per_image": {
+            "mean": float(boxes_per_image.mean()),
+            "max": int(boxes_per_image.max()) if len(boxes_per_image) else 0,
+        },
+    }
+
+
+def _rad_order(rad: str):
+    return (0, int(rad[1:])) if str(rad)[1:].isdigit() else (1, str(rad))
+
+
+def relative_boxes(findings: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """Finding boxes in [0, 1] image coordinates (rows without meta are dropped)."""
+    joined = findings.join(meta[["dim0", "dim1"]], on="image_id", how="inner")
+    rel = joined[BOX_COLUMNS].to_numpy(np.float64)
+    rel /= joined[["dim1", "dim0", "dim1", "dim0"]].to_numpy(np.float64)
+    out = pd.DataFrame(np.clip(rel, 0, 1), columns=BOX_COLUMNS, index=joined.index)
+    out["class_id"] = joined["class_id"].to_numpy()
+    return out
+
+
+def heatmaps(rel: pd.DataFrame) -> np.ndarray:
+    """[14, GRID, GRID] box coverage per class (2-D difference arrays, then cumulative sums)."""
+    maps = np.zeros((NUM_FINDINGS, GRID + 1, GRID + 1), np.float64)
+    cells = np.rint(rel[BOX_COLUMNS].to_numpy() * GRID).astype(int)
+    c = rel["class_id"].to_numpy()
+    x0, y0, x1, y1 = cells.T
+    for ys, xs, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+        np.add.at(maps, (c, ys, xs), sign)
+    return maps.cumsum(1).cumsum(2)[:, :GRID, :GRID]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def reader_agreement(findings: pd.DataFrame) -> dict[str, float]:
+    """Per class: mean over boxes of the best IoU with another reader's boxes, same image.
+
+    Only images where that class was marked by at least two readers count.
+    """
+    scores: dict[int, list[float]] = {}
+    for (_, cls), rows in findings.groupby(["image_id", "class_id"], sort=False):
+        readers = rows["rad_id"].to_numpy()
+        if len(set(readers)) < 2:
+            continue
+        boxes = rows[BOX_COLUMNS].to_numpy(np.float64)
+        iou = _iou(boxes, boxes)
+        iou[readers[:, None] == readers[None, :]] = 0.0  # only other readers' boxes
+        scores.setdefault(int(cls), []).extend(iou.max(1).tolist())
+    return {CLASS_NAMES[c]: float(np.mean(v)) for c, v in sorted(scores.items())}
+
+
+def _bar(ax, names, values, title, xlabel):
+    ax.barh(names[::-1], values[::-1], color="#3b75af")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    for y, v in enumerate(values[::-1]):
+        ax.text(v, y, f" {v:g}", va="center", fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) -> dict:
+    """Every figure; returns the extra summary entries they computed."""
+    findings = labels[labels["class_id"] != NO_FINDING]
+    s = summarise(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    names = list(s["images_per_class"])
+    _bar(
+        axes[0], names, list(s["images_per_class"].values()), "Images per class (fig. 1)", "images"
+    )
+    names = list(s["class_counts"])
+    _bar(axes[1], names, list(s["class_counts"].values()), "Annotations per class (fig. 2)", "rows")
+    _save(fig, out / "fig1_2_findings_per_class.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(list(s["rad_counts"]), list(s["rad_counts"].values()), color="#c4553a")
+    ax.set_title("Annotations per radiologist (fig. 3)")
+    ax.set_ylabel("rows")
+    _save(fig, out / "fig3_annotations_per_radiologist.png")
+
+    images = sorted(labels["image_id"].unique())
+    present = pd.crosstab(labels["image_id"], labels["class_id"]).clip(upper=1)
+    present = present.reindex(index=images, columns=range(len(CLASS_NAMES)), fill_value=0)
+    co = present.T.to_numpy() @ present.to_numpy()
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(np.log1p(co), cmap="viridis")
+    ax.set_xticks(range(15), CLASS_NAMES, rotation=90, fontsize=7)
+    ax.set_yticks(range(15), CLASS_NAMES, fontsize=7)
+    ax.set_title("Class co-occurrence (images, log scale)")
+    fig.colorbar(im, ax=ax)
+    _save(fig, out / "class_cooccurrence.png")
+
+    per_image = findings.groupby("image_id").size().reindex(images, fill_value=0)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(per_image, bins=np.arange(per_image.max() + 2) - 0.5, color="#3b75af")
+    ax.set_title("Finding boxes per image (all readers)")
+    ax.set_xlabel("boxes")
+    ax.set_ylabel("images")
+    _save(fig, out / "boxes_per_image.png")
+
+    agreement = reader_agreement(findings)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    _bar(
+        ax,
+        list(agreement),
+        [round(v, 3) for v in agreement.values()],
+        "Reader agreement: mean best IoU with another reader",
+        "IoU",
+    )
+    _save(fig, out / "reader_agreement.png")
+    extra = {"reader_agreement": agreement, "cooccurrence": co.astype(int).tolist()}
+
+    if meta is not None:
+        rel = relative_boxes(findings, meta)
+        area = (rel.x_max - rel.x_min) * (rel.y_max - rel.y_min) * 100
+        groups = [area[rel.class_id == c].to_numpy() for c in range(NUM_FINDINGS)]
+        fig, ax = plt.subplots(figsize=(10, 5))
+        ax.boxplot(groups, tick_labels=CLASS_NAMES[:NUM_FINDINGS], showfliers=False)
+        ax.tick_params(axis="x", rotation=90, labelsize=7)
+        ax.set_ylabel("box area, % of the image")
+        ax.set_title("Box size per class (fig. 8)")
+        _save(fig, out / "fig8_box_area_per_class.png")
+        maps = heatmaps(rel)
+        fig, axes = plt.subplots(3, 5, figsize=(14, 9))
+        for k, ax in enumerate(axes.flat):
+            data, title = (maps[k], CLASS_NAMES[k]) if k < NUM_FINDINGS else (maps.mean(0), "Mean")
+            ax.imshow(data, cmap="hot")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        fig.suptitle("Where boxes lie (fig. 9)")
+        _save(fig, out / "fig9_heatmaps.png")
+        extra["box_area_percent_median"] = {
+            CLASS_NAMES[c]: float(np.median(g)) for c, g in enumerate(groups) if len(g)
+        }
+    return extra
+
+
+def augment_preview(
+    images_dir: Path,
+    meta: pd.DataFrame,
+    labels: pd.DataFrame,
+    n: int,
+    augment: str,
+    out: Path,
+    seed: int = 0,
+) -> Path:
+    """One image with its boxes and ``n`` augmented variants (report fig. 13)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from cxrdet.boxes import to_prepared
+    from cxrdet.cli import CONF_DIR
+    from cxrdet.dataset import load_png
+    from cxrdet.meta import content_of
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"augment={augment}"])
+    transform = instantiate(cfg.augment) if cfg.augment else None
+    findings = labels[(labels["class_id"] != NO_FINDING) & labels["image_id"].isin(meta.index)]
+    candidates = [i for i in findings["image_id"].unique() if (images_dir / f"{i}.png").is_file()]
+    if not candidates:
+        raise FileNotFoundError(f"no image with findings has a PNG in {images_dir}")
+    image_id = candidates[0]
+    image = load_png(images_dir / f"{image_id}.png")
+    rows = findings[findings["image_id"] == image_id]
+    hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
+    boxes = to_prepared(rows[BOX_COLUMNS].to_numpy(), hw, image.shape, content_of(meta, image_id))
+    classes = rows["class_id"].to_numpy()
+    np.random.seed(seed)
+    views = [(image, boxes, classes, "original")]
+    for k in range(n):
+        o = transform(image=image, bboxes=boxes, labels=classes) if transform else None
+        views.append(
+            (o["image"], o["bboxes"], o["labels"], f"augmented {k + 1}") if o else views[0]
+        )
+    cols = min(4, len(views))
+    fig, axes = plt.subplots(
+        (len(views) + cols - 1) // cols,
+        cols,
+        figsize=(4 * cols, 4 * ((len(views) + cols - 1) // cols)),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (im, bx, cl, title) in zip(axes.flat, views):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=255)
+        for b, c in zip(np.asarray(bx).reshape(-1, 4), cl):
+            ax.add_patch(
+                plt.Rectangle(
+                    b[:2], b[2] - b[0], b[3] - b[1], fill=False, color=plt.cm.tab20(int(c)), lw=1.2
+                )
+            )
+            ax.text(b[0], b[1], CLASS_NAMES[int(c)], color="yellow", fontsize=6)
+        ax.set_title(title, fontsize=9)
+    path = out / "fig13_augment_preview.png"
+    _save(fig, path)
+    return path
+
+
+def write_markdown(summary: dict, path: Path) -> None:
+    lines = [
+        "# Dataset summary",
+        "",
+        f"- rows: {summary['rows']}",
+        f"- images: {summary['images']}",
+        f"- normal images (every reader: No finding): {summary['normal_images']}",
+        "",
+        "| class | rows | images | reader agreement (IoU) |",
+        "|---|---:|---:|---:|",
+    ]
+    agree = summary.get("reader_agreement", {})
+    for name, n in summary["class_counts"].items():
+        a = f"{agree[name]:.3f}" if name in agree else "-"
+        lines.append(f"| {name} | {n} | {summary['images_per_class'].get(name, 0)} | {a} |")
+    lines += ["", "| radiologist | rows |", "|---|---:|"]
+    lines += [f"| {r} | {n} |" for r, n in summary["rad_counts"].items()]
+    if "split" in summary:
+        sp = summary["split"]
+        lines += [
+            "",
+            f"Split `{sp['mode']}` (seed {sp['seed']}): {sp['train_images']} train / "
+            f"{sp['val_images']} validation images.",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cxrdet.eda", description=__doc__.split("\n")[0])
+    p.add_argument("--labels", required=True, help="train.csv-format labels")
+    p.add_argument("--meta", help="image_id,dim0,dim1 CSV (enables figs 8 and 9)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", choices=SPLIT_MODES, help="also report this split's sizes")
+    p.add_argument("--seed", type=int, default=111, help="split seed (default 111, as training)")
+    p.add_argument("--fold", type=int, default=0, help="kfold: the validation fold")
+    p.add_argument(
+        "--augment-preview",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw one image and N augmented variants (needs --meta and --images)",
+    )
+    p.add_argument("--images", help="prepared PNG folder for --augment-preview")
+    p.add_argument("--augment", default="seed", help="augment config name (default seed)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        labels, report = read_labels(a.labels)
+        meta = None
+        if a.meta:
+            from cxrdet.meta import read_meta
+
+            meta = read_meta(a.meta)
+        summary = summarise(labels)
+        summary["skipped_rows"] = report.n_skipped
+        summary.update(write_figures(labels, meta, out))
+        if a.split:
+            train, val = split_ids(labels, a.split, seed=a.seed, fold=a.fold)
+            summary["split"] = {
+                "mode": a.split,
+                "seed": a.seed,
+                "train_images": len(train),
+                "val_images": len(val),
+            }
+        if a.augment_preview:
+            if meta is None or not a.images:
+                p.error("--augment-preview needs --meta and --images")
+            augment_preview(Path(a.images), meta, labels, a.augment_preview, a.augment, out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_markdown(summary, out / "summary.md")
+    print(f"wrote {len(list(out.glob('*.png')))} figures, summary.json and summary.md to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""DICOM decoding: compressed syntaxes, signed pixels, rescale, VOI LUT and the lookup path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from cxrdet.dicom import DicomError, read_dicom, to_display
+from cxrdet.synth import write_dicom
+
+
+def reference(ds) -> np.ndarray:
+    """The plain per-pixel float64 path: modality LUT → VOI LUT → invert → min-max."""
+    data = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        data = data.max() - data
+    data = (data - data.min()) / (data.max() - data.min()) * 255
+    return np.rint(data).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+)
+def test_compressed_files_decode_equal_to_uncompressed(name):
+    plain = read_dicom(get_testdata_file("MR_small.dcm"))
+    assert np.array_equal(read_dicom(get_testdata_file(name)), plain)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_cxr_compressed_by_pydicom_round_trips(tmp_path, syntax):
+    rng = np.random.default_rng(0)
+    write_dicom(tmp_path / "a.dicom", rng.random((60, 50)), "MONOCHROME1", bits_stored=14)
+    ds = pydicom.dcmread(tmp_path / "a.dicom")
+    ds.compress(syntax)
+    ds.save_as(tmp_path / "b.dicom")
+    assert np.array_equal(read_dicom(tmp_path / "b.dicom"), read_dicom(tmp_path / "a.dicom"))
+
+
+def test_signed_pixels_with_window_match_pydicom():
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))  # int16, window 600/1600
+    assert ds.PixelRepresentation == 1
+    assert np.array_equal(read_dicom(get_testdata_file("MR_small.dcm")), reference(ds))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_rescale_and_voi_lut_sequence_match_pydicom(tmp_path, photometric):
+    rng = np.random.default_rng(1)
+    write_dicom(tmp_path / "a.dicom", rng.random((40, 30)), photometric, bits_stored=12)
+    ds = pydicom.dcmread(tmp_path / "a.dicom")
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
+    ds.WindowCenter, ds.WindowWidth = 2000, 3000
+    ds.save_as(tmp_path / "b.dicom")
+    assert np.array_equal(read_dicom(tmp_path / "b.dicom"), reference(ds))
+    # A VOI LUT sequence takes precedence over the window tags.
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.LUTData = (np.sqrt(np.arange(4096) / 4095) * 4095).astype(np.uint16).tolist()
+    item["LUTData"].VR = "US"
+    ds.VOILUTSequence = [item]
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(tmp_path / "c.dicom")
+    got = read_dicom(tmp_path / "c.dicom")
+    assert np.array_equal(got, reference(ds))
+    assert not np.array_equal(got, read_dicom(tmp_path / "a.dicom"))  # the LUT changed it
+
+
+def test_lookup_path_equals_per_pixel_path():
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    pixels = ds.pixel_array
+    via_lut = to_display(pixels, ds)
+    per_pixel = to_display(pixels.astype(np.float64), ds)  # floats skip the lookup table
+    assert np.array_equal(via_lut, per_pixel)
+
+
+def test_missing_decoder_names_the_file_and_the_package(tmp_path, monkeypatch):
+    from pydicom.pixels import get_decoder
+
+    path = tmp_path / "j2k.dicom"
+    write_dicom(path, np.random.default_rng(2).random((64, 64)))
+    ds = pydicom.dcmread(path)
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(path)
+    decoder = get_decoder(JPEG2000Lossless)
+    monkeypatch.setattr(decoder, "_available", {})  # as if no plugin were installed
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg-openjpeg",)})
+    with pytest.raises(DicomError, match=r"j2k\.dicom.*JPEG 2000.*pip install pylibjpeg"):
+        read_dicom(path)
+
+
+def test_truncated_pixel_data_is_a_dicom_error(tmp_path):
+    path = tmp_path / "t.dicom"
+    write_dicom(path, np.random.default_rng(3).random((50, 50)))
+    path.write_bytes(path.read_bytes()[:-500])
+    with pytest.raises(DicomError, match=r"t\.dicom: cannot decode pixel data"):
+        read_dicom(path)
+
+
+def test_eight_bit_stored_pixels(tmp_path):
+    write_dicom(tmp_path / "a.dicom", np.zeros((8, 8)))
+    ds = pydicom.dcmread(tmp_path / "a.dicom")
+    pixels = np.tile(np.arange(0, 240, 30, dtype=np.uint8), (8, 1))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    del ds.WindowCenter, ds.WindowWidth
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "b.dicom")
+    out = read_dicom(tmp_path / "b.dicom")
+    assert out.dtype == np.uint8 and out[0, 0] == 0 and out[0, -1] == 255
+    assert (np.diff(out[0].astype(int)) > 0).all()

@@ -1,0 +1,58 @@
+"""Reader fusion with ensemble-boxes, and the "No finding" rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrdet.fusion import fuse_readers
+from cxrdet.labels import LABEL_COLUMNS
+
+
+def _rows(rows):
+    return pd.DataFrame([[i, "x", c, r, *b] for i, c, r, b in rows], columns=LABEL_COLUMNS)
+
+
+@pytest.mark.parametrize("method", ["wbf", "nms"])
+def test_three_identical_boxes_fuse_to_that_box(method):
+    box = [100.0, 200.0, 400.0, 500.0]
+    labels = _rows([("a", 3, r, box) for r in ("R8", "R1", "R2")])
+    fused = fuse_readers(labels, method)
+    assert len(fused) == 1 and fused.class_id[0] == 3 and fused.class_name[0] == "Cardiomegaly"
+    np.testing.assert_allclose(fused[["x_min", "y_min", "x_max", "y_max"]].to_numpy()[0], box)
+
+
+def test_wbf_averages_overlapping_and_keeps_separate_boxes_and_classes():
+    labels = _rows(
+        [
+            ("a", 8, "R1", [100, 100, 200, 200]),
+            ("a", 8, "R2", [110, 110, 210, 210]),  # IoU 0.68 with R1's: one nodule
+            ("a", 8, "R3", [600, 600, 700, 700]),  # elsewhere: a second nodule
+            ("a", 0, "R3", [105, 105, 205, 205]),  # same place, other class: kept apart
+        ]
+    )
+    fused = fuse_readers(labels, "wbf").sort_values(["class_id", "x_min"]).reset_index(drop=True)
+    boxes = fused[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
+    assert list(fused.class_id) == [0, 8, 8]
+    np.testing.assert_allclose(boxes[1], [105, 105, 205, 205])
+    np.testing.assert_allclose(boxes[2], [600, 600, 700, 700])
+
+
+def test_no_finding_reader_does_not_veto_findings():
+    nan = [np.nan] * 4
+    labels = _rows(
+        [
+            ("a", 14, "R1", nan),
+            ("a", 10, "R2", [10, 10, 50, 50]),
+            ("b", 14, "R1", nan),
+            ("b", 14, "R2", nan),
+            ("b", 14, "R3", nan),
+        ]
+    )
+    fused = fuse_readers(labels, "wbf")
+    assert sorted(zip(fused.image_id, fused.class_id)) == [("a", 10), ("b", 14)]
+    assert (fused.rad_id == "fused").all()
+    assert fuse_readers(labels, "none") is labels
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse_readers(labels, "mean")
