@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> dict:
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         device=cfg.device,
+        nofinding_line=cfg.nofinding_line,
     )
 
 

@@ -1,4 +1,5 @@
-"""AP40: COCO-style 101-point AP at IoU 0.4 only, 100 detections per image (the seed's metric).
+"""AP40: COCO-style 101-point AP at IoU 0.4 only, 100 detections per image (the seed's metric),
+and the validation evaluator that reports it next to the competition's mAP40.
 
 Computed by faster-coco-eval (same numbers as pycocotools, several times faster). Boxes may be in
 any pixel space as long as ground truth and detections share it: IoU does not change when both
@@ -12,6 +13,9 @@ import math
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
+
+from cxrdet.competition import NO_FINDING_BOX, competition_map, with_no_finding
+from cxrdet.labels import NO_FINDING
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,14 @@ def coco_ap(
     return {"AP": float(np.mean(list(per_class.values()))), "per_class": per_class}
 
 
-class AP40Evaluator:
-    """Collects predictions batch by batch and scores them (reset / process / evaluate)."""
+class DetectionEvaluator:
+    """Collects predictions batch by batch and scores them (reset / process / evaluate).
+
+    ``evaluate`` returns the seed's AP40 over the trained classes and the competition mAP40,
+    for which an image without ground-truth boxes has a "No finding" box and every image a
+    "No finding" detection scored as predict.py writes it
+    (:func:`cxrdet.competition.with_no_finding`).
+    """
 
     def __init__(self, num_classes: int, iou: float = 0.4, max_dets: int = 100):
         self.num_classes, self.iou, self.max_dets = num_classes, iou, max_dets
@@ -119,4 +129,17 @@ class AP40Evaluator:
             )
 
     def evaluate(self) -> dict:
-        return coco_ap(self.gt, self.dets, self.num_classes, self.iou, self.max_dets)
+        """``{"AP40", "AP40_per_class", "mAP40", "mAP40_per_class"}``."""
+        coco = coco_ap(self.gt, self.dets, self.num_classes, self.iou, self.max_dets)
+        gt = {
+            i: (b, c) if len(c) else (NO_FINDING_BOX[None], np.array([NO_FINDING]))
+            for i, (b, c) in self.gt.items()
+        }
+        dets = {i: with_no_finding(*d) for i, d in self.dets.items()}
+        competition = competition_map(gt, dets, self.iou)
+        return {
+            "AP40": coco["AP"],
+            "AP40_per_class": coco["per_class"],
+            "mAP40": competition["mAP"],
+            "mAP40_per_class": competition["per_class"],
+        }

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cxrdet.labels import CLASS_NAMES
-from cxrdet.metrics import AP40Evaluator
+from cxrdet.metrics import DetectionEvaluator
 from cxrdet.model import build_fasterrcnn
 
 
@@ -35,7 +35,7 @@ def loss_mode(model: nn.Module):
 
 
 class DetectorModule(pl.LightningModule):
-    """Faster R-CNN R50-FPN with SGD + warmup-cosine, validation loss and AP40.
+    """Faster R-CNN R50-FPN with SGD + warmup-cosine, validation loss, AP40 and mAP40.
 
     Args:
         model: keyword arguments of :func:`cxrdet.model.build_fasterrcnn` (plain values).
@@ -50,7 +50,7 @@ class DetectorModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_fasterrcnn(**model)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
-        self.evaluator = AP40Evaluator(num_classes=len(self.class_names))
+        self.evaluator = DetectionEvaluator(num_classes=len(self.class_names))
 
     def forward(self, images, targets=None):
         return self.model(images, targets)
@@ -81,10 +81,12 @@ class DetectorModule(pl.LightningModule):
         if not self.evaluator.gt:
             return
         result = self.evaluator.evaluate()
-        ap = result["AP"] if result["AP"] == result["AP"] else 0.0
-        self.log("val/AP40", ap, prog_bar=True)
-        for c, value in result["per_class"].items():
-            self.log(f"val/AP40/{self.class_names[c]}", value)
+        names = [*self.class_names, *CLASS_NAMES[len(self.class_names) :]]
+        for metric in ("AP40", "mAP40"):
+            value = result[metric]
+            self.log(f"val/{metric}", value if value == value else 0.0, prog_bar=True)
+            for c, v in result[f"{metric}_per_class"].items():
+                self.log(f"val/{metric}/{names[c]}", v)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cxrdet.boxes import clip, to_original
+from cxrdet.competition import with_no_finding
 from cxrdet.dataset import ImageDataset, collate
 from cxrdet.module import load_detector
 from cxrdet.submission import format_prediction, read_submission, write_submission
@@ -65,8 +66,13 @@ def predict(
     num_workers: int = 0,
     device: str = "auto",
     progress: bool = True,
+    nofinding_line: bool = True,
 ) -> dict:
-    """Write ``output`` (submission.csv) for every image in ``meta_csv``; returns a summary."""
+    """Write ``output`` (submission.csv) for every image in ``meta_csv``; returns a summary.
+
+    With ``nofinding_line`` every row also gets ``14 <1 - top score> 0 0 1 1``
+    (:func:`cxrdet.competition.with_no_finding`).
+    """
     dev = pick_device(device)
     module = load_detector(ckpt_path)
     model = module.model.to(dev).eval()
@@ -76,7 +82,8 @@ def predict(
     start = time.perf_counter()
     results = predict_dataset(model, dataset, dev, batch_size, num_workers, progress)
     seconds = time.perf_counter() - start
-    rows = {i: format_prediction(*results[i]) for i in dataset.ids}
+    finish = with_no_finding if nofinding_line else (lambda *r: r)
+    rows = {i: format_prediction(*finish(*results[i])) for i in dataset.ids}
     path = write_submission(rows, output)
     read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"
     summary = {

@@ -1,10 +1,20 @@
 """Score a submission against labels locally.
 
-    python -m cxrdet.score --labels test_labels.csv --submission submission.csv [--json]
+    python -m cxrdet.score --labels LABELS.csv --submission submission.csv
+        [--iou 0.4] [--fusion none|wbf|nms] [--json]
 
-LABELS is in train.csv format (boxes in original pixels; several readers are all kept as ground
-truth). Prints AP40 — COCO-style 101-point AP at IoU 0.4, 100 detections per image, over the
-finding classes 0..13, the same code as ``val/AP40`` in training — and a per-class table.
+LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
+``--fusion`` merges them first (see cxrdet.fusion). Prints
+
+- **mAP40**, the competition metric (cxrdet.competition): VOC all-point AP per class at
+  IoU >= 0.4 over the 15 classes with ground truth, "No finding" scored as a ``0 0 1 1`` box
+  (one per image whose readers found nothing);
+- **AP40**, the seed's metric: COCO-style 101-point AP at IoU 0.4, 100 detections per image,
+  over the findings 0..13 — the same code as ``val/AP40`` in training;
+
+and a per-class table. ``--json`` prints one object:
+``{"mAP40", "AP40", "per_class": {"<class id>": competition AP}, "images"}``.
+A malformed submission is rejected with the line and the reason.
 """
 
 from __future__ import annotations
@@ -15,47 +25,85 @@ import sys
 
 import numpy as np
 
+from cxrdet.competition import NO_FINDING_BOX, competition_map
+from cxrdet.fusion import FUSIONS, fuse_readers
 from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels
 from cxrdet.metrics import coco_ap
 from cxrdet.submission import SubmissionError, read_submission
 
 
-def score(labels_csv: str, submission_csv: str, iou: float = 0.4) -> dict:
-    """AP at ``iou`` of a submission over the finding classes; see the module docstring."""
+def ground_truth(labels, image_ids) -> dict:
+    """image id → (boxes, classes) with one ``0 0 1 1`` class-14 box per "No finding" image."""
+    gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in image_ids}
+    for image_id, rows in labels.groupby("image_id"):
+        finding = rows["class_id"].to_numpy() != NO_FINDING
+        boxes = rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64)
+        classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
+        if (~finding).any():
+            boxes = np.vstack([boxes, NO_FINDING_BOX])
+            classes = np.append(classes, NO_FINDING)
+        gt[image_id] = (boxes, classes)
+    return gt
+
+
+def score(labels_csv: str, submission_csv: str, iou: float = 0.4, fusion: str = "none") -> dict:
+    """Both metrics of a submission; see the module docstring."""
     labels, _ = read_labels(labels_csv)
+    labels = fuse_readers(labels, fusion, iou)
     image_ids = sorted(labels["image_id"].unique())
     sub = read_submission(submission_csv, image_ids=image_ids)
-    findings = labels[labels["class_id"] != NO_FINDING]
-    gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in image_ids}
-    for image_id, rows in findings.groupby("image_id"):
-        gt[image_id] = (rows[BOX_COLUMNS].to_numpy(), rows["class_id"].to_numpy())
-    dets = {}
-    for image_id, (boxes, scores, classes) in sub.items():
-        keep = classes != NO_FINDING
-        dets[image_id] = (boxes[keep], scores[keep], classes[keep])
-    result = coco_ap(gt, dets, NUM_FINDINGS, iou=iou)
-    return {"AP40": result["AP"], "per_class": result["per_class"], "images": len(image_ids)}
+    gt = ground_truth(labels, image_ids)
+    competition = competition_map(gt, sub, iou=iou)
+    findings_gt = {i: (b[c != NO_FINDING], c[c != NO_FINDING]) for i, (b, c) in gt.items()}
+    findings_det = {i: tuple(a[c != NO_FINDING] for a in (b, s, c)) for i, (b, s, c) in sub.items()}
+    ap40 = coco_ap(findings_gt, findings_det, NUM_FINDINGS, iou=iou)
+    return {
+        "mAP40": competition["mAP"],
+        "AP40": ap40["AP"],
+        "per_class": competition["per_class"],
+        "AP40_per_class": ap40["per_class"],
+        "images": len(image_ids),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cxrdet.score", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cxrdet.score",
+        description="Score a Kaggle-format submission against train.csv-format labels.",
+    )
     p.add_argument("--labels", required=True, help="ground truth in train.csv format")
     p.add_argument("--submission", required=True, help="image_id,PredictionString CSV")
     p.add_argument("--iou", type=float, default=0.4, help="IoU threshold (default 0.4)")
+    p.add_argument("--fusion", choices=FUSIONS, default="none", help="merge readers first")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
     try:
-        result = score(a.labels, a.submission, a.iou)
+        r = score(a.labels, a.submission, a.iou, a.fusion)
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.json:
-        per_class = {str(k): v for k, v in result["per_class"].items()}
-        print(json.dumps({**result, "per_class": per_class}))
+        per_class = {str(k): v for k, v in r["per_class"].items()}
+        print(
+            json.dumps(
+                {
+                    "mAP40": r["mAP40"],
+                    "AP40": r["AP40"],
+                    "per_class": per_class,
+                    "images": r["images"],
+                }
+            )
+        )
         return 0
-    print(f"AP40 {result['AP40']:.4f} over {result['images']} images")
-    for c, v in sorted(result["per_class"].items()):
-        print(f"  {c:2d} {CLASS_NAMES[c]:<20s} {v:.4f}")
+    print(
+        f"mAP40 {r['mAP40']:.4f} (competition)   AP40 {r['AP40']:.4f} (COCO-style, 0-13)   "
+        f"{r['images']} images"
+    )
+    print(f"  {'class':<24s} {'mAP40':>7s} {'AP40':>7s}")
+    for c, v in sorted(r["per_class"].items()):
+        coco = r["AP40_per_class"].get(c)
+        coco_text = f"{coco:7.4f}" if coco is not None else f"{'-':>7s}"
+        print(f"  {c:2d} {CLASS_NAMES[c]:<21s} {v:7.4f} {coco_text}")
     return 0
 
 

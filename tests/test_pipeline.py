@@ -67,7 +67,7 @@ def test_training_writes_checkpoints_and_metrics(trained):
     ckpts = sorted(p.name for p in (trained / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
     metrics = pd.read_csv(trained / "csv" / "metrics.csv")
-    for column in ("train/loss", "val/loss", "val/AP40", "lr-SGD"):
+    for column in ("train/loss", "val/loss", "val/AP40", "val/mAP40", "lr-SGD"):
         assert metrics[column].notna().any(), column
     assert metrics["val/AP40"].dropna().between(0, 1).all()
 
@@ -93,7 +93,8 @@ def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):
     parsed = read_submission(out, image_ids=meta.image_id)
     for row in meta.itertuples():
         boxes, scores, classes = parsed[row.image_id]
-        assert len(scores) <= 100 and ((scores >= 0) & (scores <= 1)).all()
+        assert len(scores) <= 101 and ((scores >= 0) & (scores <= 1)).all()  # 100 + class 14
+        assert (classes == 14).sum() == 1  # the detector-scored "No finding" line
         assert (boxes[:, [0, 2]] <= row.dim1).all() and (boxes[:, [1, 3]] <= row.dim0).all()
         assert (boxes >= 0).all() and ((classes >= 0) & (classes <= 14)).all()
     summary = json.loads((tmp_path / "predict.json").read_text())

@@ -1,0 +1,125 @@
+"""The competition metric: mAP at IoU 0.4, PASCAL VOC 2010 style, written out (vectorised).
+
+Per class, detections of all images are taken in descending score (ties keep their given
+order); each takes the ground-truth box of its image and class with the highest IoU, and is a
+true positive when that IoU is >= 0.4 and no earlier detection took the same box (a duplicate
+is a false positive). AP is the area under the all-point interpolated precision-recall curve;
+the mean runs over the classes that have ground truth. "No finding" (14) is an ordinary class
+whose boxes are ``0 0 1 1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NO_FINDING_BOX = np.array([0.0, 0.0, 1.0, 1.0])
+
+
+def _flatten(table: dict, with_scores: bool, index: dict[str, int]):
+    """dict image → arrays  ⇒  flat arrays (image index, class, [score], box) in input order."""
+    imgs, classes, scores, boxes = [], [], [], []
+    for image_id, value in table.items():
+        if image_id not in index:
+            continue
+        b = np.asarray(value[0], np.float64).reshape(-1, 4)
+        imgs.append(np.full(len(b), index[image_id]))
+        boxes.append(b)
+        if with_scores:
+            scores.append(np.asarray(value[1], np.float64).reshape(-1))
+        classes.append(np.asarray(value[-1]).reshape(-1).astype(np.int64))
+    cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape)  # noqa: E731
+    out = (cat(imgs, 0).astype(np.int64), cat(classes, 0).astype(np.int64))
+    return (*out, cat(scores, 0), cat(boxes, (0, 4))) if with_scores else (*out, cat(boxes, (0, 4)))
+
+
+def voc_ap(tp: np.ndarray, n_gt: int) -> float:
+    """All-point interpolated AP of a TP/FP sequence (descending score) with ``n_gt`` positives."""
+    if n_gt == 0:
+        return float("nan")
+    if len(tp) == 0:
+        return 0.0
+    ctp = np.cumsum(tp)
+    recall = np.concatenate(([0.0], ctp / n_gt, [1.0]))
+    precision = np.concatenate(([0.0], ctp / np.arange(1, len(tp) + 1), [0.0]))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    step = np.nonzero(recall[1:] != recall[:-1])[0]
+    return float(np.sum((recall[step + 1] - recall[step]) * precision[step + 1]))
+
+
+def competition_map(gt: dict, dets: dict, iou: float = 0.4) -> dict:
+    """mAP@``iou`` as the competition computes it (see the module docstring).
+
+    Args:
+        gt: image id → (boxes [N, 4] xyxy, class ids [N]); every scored image is a key.
+        dets: image id → (boxes [M, 4], scores [M], class ids [M]); other ids are ignored.
+        iou: the IoU threshold (>=).
+
+    Returns:
+        ``{"mAP": float (nan without ground truth), "per_class": {class id: AP}}`` over the
+        classes with ground truth.
+    """
+    index = {image_id: i for i, image_id in enumerate(gt)}
+    g_img, g_cls, g_box = _flatten(gt, False, index)
+    d_img, d_cls, d_score, d_box = _flatten(dets, True, index)
+    n_cls = int(max(g_cls.max(initial=0), d_cls.max(initial=0))) + 1
+
+    # Every (detection, ground truth) pair of the same image and class.
+    g_key = g_img * n_cls + g_cls
+    g_order = np.argsort(g_key, kind="stable")
+    g_sorted = g_key[g_order]
+    d_key = d_img * n_cls + d_cls
+    start = np.searchsorted(g_sorted, d_key, "left")
+    count = np.searchsorted(g_sorted, d_key, "right") - start
+    pair_det = np.repeat(np.arange(len(d_key)), count)
+    offsets = np.arange(len(pair_det)) - np.repeat(np.cumsum(count) - count, count)
+    pair_gt = g_order[np.repeat(start, count) + offsets]
+
+    a, b = d_box[pair_det], g_box[pair_gt]
+    inter = np.prod(
+        np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None), axis=1
+    )
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    pair_iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+    # Each detection's best ground truth (the first one on ties, like argmax).
+    best_gt = np.full(len(d_key), -1)
+    best_iou = np.zeros(len(d_key))
+    if len(pair_det):
+        order = np.lexsort((pair_gt, -pair_iou, pair_det))
+        first = order[np.r_[True, pair_det[order][1:] != pair_det[order][:-1]]]
+        best_gt[pair_det[first]] = pair_gt[first]
+        best_iou[pair_det[first]] = pair_iou[first]
+    hit = best_iou >= iou
+
+    # Class by class, descending score; the first hit on a ground-truth box is a TP.
+    order = np.lexsort((np.arange(len(d_key)), -d_score, d_cls))
+    hit_sorted, gt_sorted = hit[order], best_gt[order]
+    tp = np.zeros(len(order))
+    hit_pos = np.nonzero(hit_sorted)[0]
+    _, first_hit = np.unique(gt_sorted[hit_pos], return_index=True)
+    tp[hit_pos[first_hit]] = 1.0
+
+    cls_sorted = d_cls[order]
+    bounds = np.searchsorted(cls_sorted, np.arange(n_cls + 1))
+    n_gt = np.bincount(g_cls, minlength=n_cls)
+    per_class = {
+        c: voc_ap(tp[bounds[c] : bounds[c + 1]], int(n_gt[c])) for c in range(n_cls) if n_gt[c]
+    }
+    mean = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return {"mAP": mean, "per_class": per_class}
+
+
+def with_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
+    """Append a "No finding" detection scored from the detector's own confidence.
+
+    Its score is 1 - the highest finding score (1 when nothing was found); its box ``0 0 1 1``.
+    An extra low-score line never lowers the other classes' AP, and it lets class 14 score.
+    """
+    finding = np.asarray(classes) != 14
+    top = float(np.max(np.asarray(scores)[finding])) if finding.any() else 0.0
+    return (
+        np.vstack([np.asarray(boxes, np.float64).reshape(-1, 4), NO_FINDING_BOX]),
+        np.append(np.asarray(scores, np.float64), 1.0 - top),
+        np.append(np.asarray(classes, np.int64), 14),
+    )

@@ -1,0 +1,139 @@
+"""The competition metric against hand-computed cases and the map-boxes reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cxrdet.competition import competition_map, voc_ap
+
+BOX = np.array([[10.0, 10, 50, 50]])
+
+
+def _gt(**images):
+    return {k: (np.array(v[0], float).reshape(-1, 4), np.array(v[1])) for k, v in images.items()}
+
+
+def _dets(**images):
+    return {
+        k: (np.array(v[0], float).reshape(-1, 4), np.array(v[1], float), np.array(v[2]))
+        for k, v in images.items()
+    }
+
+
+def test_one_true_positive():
+    r = competition_map(_gt(a=(BOX, [3])), _dets(a=(BOX, [0.7], [3])))
+    assert r == {"mAP": 1.0, "per_class": {3: 1.0}}
+
+
+def test_duplicate_is_a_false_positive():
+    # Two detections on one box: TP then FP -> precision 1 at recall 1 still, AP 1.
+    r = competition_map(_gt(a=(BOX, [3])), _dets(a=([BOX[0], BOX[0]], [0.9, 0.8], [3, 3])))
+    assert r["per_class"][3] == 1.0
+    # The duplicate ranked first among other images' boxes costs precision: TP, FP(dup), TP.
+    gt = _gt(a=(BOX, [3]), b=(BOX, [3]))
+    dets = _dets(a=([BOX[0], BOX[0]], [0.9, 0.8], [3, 3]), b=(BOX, [0.7], [3]))
+    assert competition_map(gt, dets)["per_class"][3] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+
+
+def test_miss_and_iou_threshold_at_04():
+    gt = _gt(a=([BOX[0], [100, 100, 140, 140]], [0, 0]))
+    # IoU exactly 0.4: 40x40 GT vs 40x16 detection inside it: 640 / 1600.
+    dets = _dets(a=([[10, 10, 50, 26]], [0.5], [0]))
+    assert competition_map(gt, dets)["per_class"][0] == pytest.approx(0.5)
+    dets = _dets(a=([[10, 10, 50, 25.9]], [0.5], [0]))  # IoU just under 0.4: a miss
+    assert competition_map(gt, dets)["per_class"][0] == 0.0
+
+
+def test_classes_without_ground_truth_are_left_out_and_no_finding_is_a_class():
+    nf = [[0, 0, 1, 1]]
+    gt = _gt(a=(BOX, [8]), b=(nf, [14]))
+    dets = _dets(a=([BOX[0], BOX[0]], [0.9, 0.8], [8, 5]), b=(nf, [1.0], [14]))
+    r = competition_map(gt, dets)
+    assert r == {"mAP": 1.0, "per_class": {8: 1.0, 14: 1.0}}  # class 5 has no GT: not counted
+    assert math.isnan(competition_map({}, dets)["mAP"])
+
+
+def test_ties_keep_the_given_order():
+    # Equal scores: the wrong-class-position FP listed first comes first.
+    gt = _gt(a=(BOX, [1]), b=(BOX, [1]))
+    dets = _dets(a=([[200, 200, 240, 240]], [0.5], [1]), b=(BOX, [0.5], [1]))
+    assert competition_map(gt, dets)["per_class"][1] == pytest.approx(0.5 * 0.5)
+    dets = _dets(b=(BOX, [0.5], [1]), a=([[200, 200, 240, 240]], [0.5], [1]))
+    assert competition_map(gt, dets)["per_class"][1] == pytest.approx(0.5)
+
+
+def test_voc_ap_all_point_interpolation():
+    # TP FP TP with 3 positives: recall .33 @ 1, .67 @ .67 -> 1/3 * 1 + 1/3 * 2/3
+    assert voc_ap(np.array([1.0, 0, 1]), 3) == pytest.approx(1 / 3 + 2 / 9)
+    assert voc_ap(np.array([]), 2) == 0.0 and math.isnan(voc_ap(np.array([1.0]), 0))
+
+
+def test_matches_map_boxes_on_random_data():
+    map_boxes = pytest.importorskip("map_boxes")
+    rng = np.random.default_rng(0)
+    gt, dets, ann, pred = {}, {}, [], []
+    for i in range(60):
+        n, m = rng.integers(1, 4), rng.integers(0, 12)  # map-boxes skips images without GT
+        g_xy = rng.uniform(0, 400, (n, 2))
+        g = np.hstack([g_xy, g_xy + rng.uniform(20, 120, (n, 2))])
+        gc = rng.integers(0, 5, n)
+        base = g[rng.integers(0, n, m)]
+        d = base + rng.normal(0, 15, (m, 4))
+        d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 1)
+        dc = np.where(
+            rng.random(m) < 0.8, gc[rng.integers(0, n, m)] if n else 0, rng.integers(0, 5, m)
+        )
+        ds = rng.random(m)
+        order = np.argsort(-ds, kind="stable")  # map-boxes matches in the given order
+        gt[f"i{i}"], dets[f"i{i}"] = (g, gc), (d[order], ds[order], dc[order])
+        ann += [[f"i{i}", str(c), b[0], b[2], b[1], b[3]] for b, c in zip(g, gc)]
+        pred += [
+            [f"i{i}", str(c), s, b[0], b[2], b[1], b[3]]
+            for b, c, s in zip(d[order], dc[order], ds[order])
+        ]
+    ref, ref_per_class = map_boxes.mean_average_precision_for_boxes(
+        np.array(ann, dtype=object), np.array(pred, dtype=object), iou_threshold=0.4, verbose=False
+    )
+    ours = competition_map(gt, dets)
+    assert ours["mAP"] == pytest.approx(ref, abs=1e-9)
+    for c, ap in ours["per_class"].items():
+        assert ap == pytest.approx(ref_per_class[str(c)][0], abs=1e-9)
+
+
+def test_no_finding_line_from_detector_scores():
+    from cxrdet.competition import with_no_finding
+
+    boxes, scores, classes = with_no_finding(np.array([BOX[0]]), np.array([0.3]), np.array([2]))
+    assert list(classes) == [2, 14] and scores[-1] == pytest.approx(0.7)
+    np.testing.assert_allclose(boxes[-1], [0, 0, 1, 1])
+    _, scores, classes = with_no_finding(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+    assert list(classes) == [14] and list(scores) == [1.0]
+
+
+def test_evaluator_reports_both_metrics_with_no_finding_images():
+    import torch
+
+    from cxrdet.metrics import DetectionEvaluator
+
+    ev = DetectionEvaluator(num_classes=14)
+    box = torch.tensor([[10.0, 10, 50, 50]])
+    targets = [
+        {"image_id": "a", "boxes": box, "labels": torch.tensor([4])},
+        {
+            "image_id": "b",
+            "boxes": torch.zeros((0, 4)),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        },
+    ]
+    outputs = [
+        {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([4])},
+        {"boxes": box, "scores": torch.tensor([0.2]), "labels": torch.tensor([4])},
+    ]
+    ev.process(targets, outputs)
+    r = ev.evaluate()
+    assert r["AP40"] == 1.0 and r["AP40_per_class"] == {3: 1.0}
+    # Class 14: image b (score 0.8) is right, image a (0.1) is a false positive ranked last.
+    assert r["mAP40_per_class"] == {3: 1.0, 14: 1.0} and r["mAP40"] == 1.0

@@ -1,0 +1,74 @@
+"""The local scorer CLI: both metrics, reader fusion, JSON, and clear rejections."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cxrdet.labels import LABEL_COLUMNS
+from cxrdet.score import main
+
+NAN = [float("nan")] * 4
+
+
+@pytest.fixture
+def labels(tmp_path):
+    rows = [
+        ["a", "Cardiomegaly", 3, "R1", 100, 300, 400, 500],
+        ["a", "Cardiomegaly", 3, "R2", 104, 296, 404, 504],
+        ["a", "No finding", 14, "R3", *NAN],
+        ["b", "No finding", 14, "R1", *NAN],
+        ["b", "No finding", 14, "R2", *NAN],
+    ]
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=LABEL_COLUMNS).to_csv(path, index=False)
+    return path
+
+
+def _submission(tmp_path, rows):
+    path = tmp_path / "submission.csv"
+    path.write_text("image_id,PredictionString\n" + "".join(f"{i},{p}\n" for i, p in rows))
+    return path
+
+
+def test_scores_both_metrics_and_fusion_changes_the_ground_truth(labels, tmp_path, capsys):
+    sub = _submission(
+        tmp_path, [("a", "3 0.9 102 298 402 502 14 0.1 0 0 1 1"), ("b", "14 1 0 0 1 1")]
+    )
+    assert main(["--labels", str(labels), "--submission", str(sub), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r) == {"mAP40", "AP40", "per_class", "images"} and r["images"] == 2
+    # Unfused: two Cardiomegaly GT boxes, one detection -> recall 0.5: VOC AP 0.5, COCO's
+    # 101-point AP 51/101 (precision 1 at recall 0, 0.01, ..., 0.5).
+    assert r["per_class"]["3"] == pytest.approx(0.5) and r["AP40"] == pytest.approx(51 / 101)
+    # "No finding": GT on both images (a reader said so on a); b's 1.0 first, a's 0.1 second.
+    assert r["per_class"]["14"] == pytest.approx(1.0)
+    assert (
+        main(["--labels", str(labels), "--submission", str(sub), "--json", "--fusion", "wbf"]) == 0
+    )
+    fused = json.loads(capsys.readouterr().out)
+    assert fused["per_class"]["3"] == pytest.approx(1.0) and fused["AP40"] == pytest.approx(1.0)
+    # Fused, image a has a finding, so its "No finding" reader no longer counts.
+    assert fused["per_class"]["14"] == pytest.approx(1.0) and fused["mAP40"] == pytest.approx(1.0)
+    assert main(["--labels", str(labels), "--submission", str(sub)]) == 0
+    table = capsys.readouterr().out
+    assert "mAP40" in table and "Cardiomegaly" in table and "No finding" in table
+
+
+@pytest.mark.parametrize(
+    ("rows", "reason"),
+    [
+        ([("a", "3 0.9 1 2 3"), ("b", "14 1 0 0 1 1")], "line 2 (a): 5 tokens"),
+        ([("a", "3 0.9 1 2 3 4"), ("a", "14 1 0 0 1 1")], "line 3: image_id a appears twice"),
+        ([("a", "3 0.9 1 2 3 4")], "1 image_id(s) missing, e.g. b"),
+        ([("a", "3 0.9 9 2 3 4"), ("b", "14 1 0 0 1 1")], "x_min >= x_max"),
+    ],
+)
+def test_malformed_submissions_are_rejected_with_line_and_reason(
+    labels, tmp_path, capsys, rows, reason
+):
+    sub = _submission(tmp_path, rows)
+    assert main(["--labels", str(labels), "--submission", str(sub)]) == 2
+    assert reason in capsys.readouterr().err
