@@ -1,4 +1,4 @@
-"""LightningModule: Faster R-CNN training, validation loss without BatchNorm drift, and AP40."""
+"""LightningModule: Faster R-CNN training, validation loss without BatchNorm drift, AP40, mAP40."""
 
 from __future__ import annotations
 
@@ -69,8 +69,9 @@ class DetectorModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         images, targets = list(batch[0]), list(batch[1])
-        # Validation loss draws random ROI samples: keep the training RNG stream untouched.
-        with torch.random.fork_rng(devices=[]), loss_mode(self.model):
+        # Validation loss draws random ROI samples: keep the training RNG streams untouched.
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), loss_mode(self.model):
             losses = self.model(images, targets)
         n = len(images)
         self.log("val/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)

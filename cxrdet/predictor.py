@@ -73,12 +73,11 @@ def predict(
     With ``nofinding_line`` every row also gets ``14 <1 - top score> 0 0 1 1``
     (:func:`cxrdet.competition.with_no_finding`).
     """
+    dataset = ImageDataset(image_dir, meta_csv)  # missing images fail here, before the model
     dev = pick_device(device)
-    module = load_detector(ckpt_path)
-    model = module.model.to(dev).eval()
+    model = load_detector(ckpt_path).model.to(dev).eval()
     model.roi_heads.score_thresh = score_thresh
     model.roi_heads.detections_per_img = max_detections
-    dataset = ImageDataset(image_dir, meta_csv)
     start = time.perf_counter()
     results = predict_dataset(model, dataset, dev, batch_size, num_workers, progress)
     seconds = time.perf_counter() - start

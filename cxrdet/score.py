@@ -1,7 +1,7 @@
 """Score a submission against labels locally.
 
     python -m cxrdet.score --labels LABELS.csv --submission submission.csv
-        [--iou 0.4] [--fusion none|wbf|nms] [--json]
+        [--iou 0.4] [--fusion none|wbf|nms] [--json] [--split valid20|kfold --fold K --seed S]
 
 LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
 ``--fusion`` merges them first (see cxrdet.fusion). Prints
@@ -29,6 +29,7 @@ from cxrdet.competition import NO_FINDING_BOX, competition_map
 from cxrdet.fusion import FUSIONS, fuse_readers
 from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels
 from cxrdet.metrics import coco_ap
+from cxrdet.splits import SPLIT_MODES, split_ids
 from cxrdet.submission import SubmissionError, read_submission
 
 
@@ -46,9 +47,24 @@ def ground_truth(labels, image_ids) -> dict:
     return gt
 
 
-def score(labels_csv: str, submission_csv: str, iou: float = 0.4, fusion: str = "none") -> dict:
-    """Both metrics of a submission; see the module docstring."""
+def score(
+    labels_csv: str,
+    submission_csv: str,
+    iou: float = 0.4,
+    fusion: str = "none",
+    split: str | None = None,
+    fold: int = 0,
+    seed: int = 111,
+) -> dict:
+    """Both metrics of a submission; see the module docstring.
+
+    With ``split`` (``valid20`` or ``kfold``), only the validation images of that split of
+    ``labels_csv`` are scored — the same images training validated on for that seed and fold.
+    """
     labels, _ = read_labels(labels_csv)
+    if split:
+        _, val_ids = split_ids(labels, split, seed=seed, fold=fold)
+        labels = labels[labels["image_id"].isin(set(val_ids))]
     labels = fuse_readers(labels, fusion, iou)
     image_ids = sorted(labels["image_id"].unique())
     sub = read_submission(submission_csv, image_ids=image_ids)
@@ -76,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iou", type=float, default=0.4, help="IoU threshold (default 0.4)")
     p.add_argument("--fusion", choices=FUSIONS, default="none", help="merge readers first")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--split",
+        choices=[m for m in SPLIT_MODES if m != "all_train"],
+        help="score only this split's validation images (as training split them)",
+    )
+    p.add_argument("--fold", type=int, default=0, help="kfold: the validation fold (default 0)")
+    p.add_argument("--seed", type=int, default=111, help="split seed (default 111, as training)")
     a = p.parse_args(argv)
     try:
-        r = score(a.labels, a.submission, a.iou, a.fusion)
+        r = score(a.labels, a.submission, a.iou, a.fusion, a.split, a.fold, a.seed)
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -72,3 +72,19 @@ def test_malformed_submissions_are_rejected_with_line_and_reason(
     sub = _submission(tmp_path, rows)
     assert main(["--labels", str(labels), "--submission", str(sub)]) == 2
     assert reason in capsys.readouterr().err
+
+
+def test_split_scores_only_the_validation_images_training_used(tmp_path, capsys):
+    from cxrdet.splits import split_ids
+
+    ids = [f"{i:032x}" for i in range(20)]
+    rows = [[i, "No finding", 14, "R1", *NAN] for i in ids]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=LABEL_COLUMNS).to_csv(labels, index=False)
+    _, val = split_ids(pd.read_csv(labels), "kfold", seed=5, fold=1)
+    sub = _submission(tmp_path, [(i, "14 1 0 0 1 1") for i in val])
+    args = ["--labels", str(labels), "--submission", str(sub), "--json"]
+    assert main([*args, "--split", "kfold", "--fold", "1", "--seed", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == len(val) == 4
+    assert main(args) == 2  # without the split, the other 16 images are missing
+    assert "16 image_id(s) missing" in capsys.readouterr().err
