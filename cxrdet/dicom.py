@@ -49,7 +49,7 @@ def read_dicom(path: str | Path, voi_lut: bool = True) -> np.ndarray:
         pixels = ds.pixel_array
     except Exception as e:
         reason = " ".join(str(e).split()) or type(e).__name__
-        if any(w in reason.lower() for w in ("plugin", "decoder", "decompress", "missing")):
+        if "missing" in reason.lower() or "no pixel data decoders" in reason.lower():
             reason = f"{reason} — {DECODER_HINT}"
         syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
         where = f" (transfer syntax {syntax.name})" if syntax is not None else ""

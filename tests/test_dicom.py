@@ -30,6 +30,19 @@ def test_compressed_files_decode_equal_to_uncompressed(name):
     assert np.array_equal(read_dicom(get_testdata_file(name)), plain)
 
 
+def test_jpeg_family_decodes_through_libjpeg():
+    path = get_testdata_file("JPGExtended.dcm")  # 12-bit JPEG Extended, decoded by libjpeg
+    image = read_dicom(path)
+    ds = pydicom.dcmread(path)
+    assert image.shape == (ds.Rows, ds.Columns) and image.min() == 0 and image.max() == 255
+
+
+def test_plugin_failure_is_reported_without_a_misleading_install_hint():
+    with pytest.raises(DicomError, match=r"JPEG-lossy\.dcm.*JPEG Extended") as e:
+        read_dicom(get_testdata_file("JPEG-lossy.dcm"))  # a known-bad stream
+    assert "pip install" not in str(e.value)
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
 def test_cxr_compressed_by_pydicom_round_trips(tmp_path, syntax):
     rng = np.random.default_rng(0)
