@@ -1,7 +1,8 @@
 """Write a Kaggle submission: python predict.py ckpt_path=PATH [image_size=512] [key=value ...].
 
-Boxes come back in original DICOM pixels (via the meta CSV); every image in the meta CSV gets
-exactly one row, ``14 1 0 0 1 1`` when nothing was detected. See conf/predict.yaml.
+Boxes come back in original DICOM pixels; every image gets exactly one row. Prepared PNGs or
+DICOMs (``dicom_dir=``), one checkpoint or a WBF ensemble (``ckpt_path=[a,b]``), ``tta=hflip``,
+and the "No finding" line or classifier filter. See conf/predict.yaml.
 """
 
 from __future__ import annotations
@@ -29,17 +30,28 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Predict with the settings in ``cfg`` (conf/predict.yaml)."""
+    ckpt = cfg.ckpt_path
     return predict(
-        ckpt_path=cfg.ckpt_path,
+        ckpt_path=ckpt if isinstance(ckpt, str) else list(ckpt),
+        output=cfg.output,
         image_dir=cfg.image_dir,
         meta_csv=cfg.meta_csv,
-        output=cfg.output,
+        dicom_dir=cfg.dicom_dir,
+        keep_ratio=cfg.keep_ratio,
         score_thresh=cfg.score_thresh,
         max_detections=cfg.max_detections,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         device=cfg.device,
+        tta=cfg.tta,
+        weights=list(cfg.weights) if cfg.weights else None,
+        fusion_iou=cfg.fusion_iou,
+        fusion_skip=cfg.fusion_skip,
         nofinding_line=cfg.nofinding_line,
+        nofinding_probs=cfg.nofinding.probs,
+        nofinding_low=cfg.nofinding.low,
+        nofinding_high=cfg.nofinding.high,
+        viz=cfg.viz,
     )
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from cxrdet.boxes import Content, clip, to_prepared, valid
+from cxrdet.boxes import Content, clip, letterbox_content, to_prepared, valid
 from cxrdet.labels import BOX_COLUMNS, NO_FINDING
 from cxrdet.meta import content_of, read_meta
 
@@ -148,7 +148,8 @@ class ImageDataset(Dataset):
         image_id = self.ids[i]
         image = load_png(self.image_dir / f"{image_id}.png")
         hw = (int(self.meta.at[image_id, "dim0"]), int(self.meta.at[image_id, "dim1"]))
-        info = {"image_id": image_id, "orig_hw": hw, "content": content_of(self.meta, image_id)}
+        content = content_of(self.meta, image_id)
+        info = {"image_id": image_id, "orig_hw": hw, "content": content, "error": None}
         return to_tensor(image), info
 
 
@@ -160,3 +161,45 @@ def collate(batch):
 def batch_size(batch) -> int:
     """Images in a collated batch (for Lightning's ThroughputMonitor)."""
     return len(batch[0])
+
+
+class DicomDataset(Dataset):
+    """DICOMs converted on the fly exactly as ``prepare`` does, for prediction.
+
+    Samples are ``(image, {"image_id", "orig_hw", "content", "error"})``; an unreadable file
+    gives a blank image and its error message instead of stopping the run.
+    """
+
+    def __init__(self, dicom_dir: str | Path, size: int, keep_ratio: bool = False):
+        from cxrdet.prepare import find_dicoms
+
+        self.files = find_dicoms(Path(dicom_dir))
+        if not self.files:
+            raise FileNotFoundError(f"no .dicom/.dcm files under {dicom_dir}")
+        self.ids = [f.stem for f in self.files]
+        if len(set(self.ids)) != len(self.ids):
+            dup = sorted({i for i in self.ids if self.ids.count(i) > 1})
+            raise ValueError(f"{dicom_dir}: image ids occur twice in nested folders: {dup[:3]}")
+        self.size, self.keep_ratio = size, keep_ratio
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from cxrdet.dicom import DicomError, read_dicom
+        from cxrdet.prepare import resize
+
+        info = {"image_id": self.ids[i], "error": None}
+        try:
+            image = read_dicom(self.files[i])
+        except DicomError as e:
+            blank = np.zeros((self.size, self.size), np.uint8)
+            return to_tensor(blank), {
+                **info,
+                "orig_hw": blank.shape,
+                "content": None,
+                "error": str(e),
+            }
+        content = letterbox_content(image.shape, self.size) if self.keep_ratio else None
+        info.update(orig_hw=image.shape, content=content)
+        return to_tensor(resize(image, self.size, self.keep_ratio)), info

@@ -1,4 +1,9 @@
-"""Batched inference over prepared test PNGs → Kaggle ``submission.csv`` in original pixels."""
+"""Batched inference → Kaggle ``submission.csv`` in original pixels.
+
+Inputs are prepared PNGs with their meta CSV, or DICOMs converted on the fly exactly as
+``prepare`` does. One checkpoint or several (a WBF ensemble), optionally with horizontal-flip
+TTA fused the same way; then the "No finding" line or an image-level classifier's filter.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,20 @@ import logging
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cxrdet.boxes import clip, to_original
+from cxrdet.boxes import clip, to_original, to_prepared
 from cxrdet.competition import with_no_finding
-from cxrdet.dataset import ImageDataset, collate
+from cxrdet.dataset import DicomDataset, ImageDataset, collate
+from cxrdet.draw import draw_boxes
 from cxrdet.module import load_detector
-from cxrdet.submission import format_prediction, read_submission, write_submission
+from cxrdet.postprocess import fuse_predictions, hflip_boxes, nofinding_filter
+from cxrdet.submission import EMPTY_PREDICTION, format_prediction, read_submission, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -27,70 +37,189 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def load_models(ckpt_paths: list[str], device, score_thresh: float, max_detections: int):
+    """Detectors in eval mode with the given score threshold and detection cap."""
+    models = []
+    for path in ckpt_paths:
+        model = load_detector(path).model.to(device).eval()
+        model.roi_heads.score_thresh = score_thresh
+        model.roi_heads.detections_per_img = max_detections
+        models.append(model)
+    return models
+
+
+def _numpy(output: dict):
+    return (
+        output["boxes"].float().cpu().numpy(),
+        output["scores"].float().cpu().numpy(),
+        output["labels"].cpu().numpy() - 1,
+    )
+
+
 @torch.inference_mode()
 def predict_dataset(
-    model, dataset: ImageDataset, device, batch_size=4, num_workers=0, progress=True
-):
-    """Run ``model`` over ``dataset``.
+    models,
+    dataset,
+    device,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    tta: str = "none",
+    weights: list[float] | None = None,
+    fusion_iou: float = 0.55,
+    fusion_skip: float = 0.0,
+    max_detections: int = 100,
+    progress: bool = True,
+) -> tuple[dict, dict]:
+    """Run every model (and its flipped view with ``tta="hflip"``) over ``dataset``.
 
     Returns:
-        image id → (boxes in original pixels, scores, class ids).
+        image id → (boxes in original pixels, scores, class ids), fused with WBF when there is
+        more than one view; and image id → error for images that could not be read.
     """
+    if tta not in ("none", "hflip"):
+        raise ValueError(f"unknown tta {tta!r}; expected none or hflip")
+    weights = list(weights) if weights else [1.0] * len(models)
+    if len(weights) != len(models):
+        raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    results = {}
+    results, errors = {}, {}
     for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-        outputs = model([im.to(device) for im in images])
-        for image, info, out in zip(images, infos, outputs):
-            boxes = to_original(
-                out["boxes"].float().cpu().numpy(),
-                info["orig_hw"],
-                image.shape[-2:],
-                info["content"],
+        batch = [im.to(device) for im in images]
+        views = []  # (outputs per image, flipped?, weight)
+        for model, weight in zip(models, weights):
+            views.append((model(batch), False, weight))
+            if tta == "hflip":
+                views.append((model([im.flip(-1) for im in batch]), True, weight))
+        for k, (image, info) in enumerate(zip(images, infos)):
+            if info.get("error"):
+                errors[info["image_id"]] = info["error"]
+                continue
+            hw = tuple(image.shape[-2:])
+            sets = []
+            for outputs, flipped, _ in views:
+                boxes, scores, classes = _numpy(outputs[k])
+                sets.append((hflip_boxes(boxes, hw[1]) if flipped else boxes, scores, classes))
+            boxes, scores, classes = fuse_predictions(
+                sets, hw, [w for *_, w in views], fusion_iou, fusion_skip
             )
-            results[info["image_id"]] = (
-                clip(boxes, info["orig_hw"]),
-                out["scores"].float().cpu().numpy(),
-                out["labels"].cpu().numpy() - 1,
-            )
-    return results
+            top = np.argsort(-scores, kind="stable")[:max_detections]
+            boxes = to_original(boxes[top], info["orig_hw"], hw, info["content"])
+            results[info["image_id"]] = (clip(boxes, info["orig_hw"]), scores[top], classes[top])
+    return results, errors
+
+
+def read_probs(path: str, image_ids: list[str]) -> dict[str, float]:
+    """``image_id,p_abnormal`` CSV → dict, checked to cover every image with p in [0, 1]."""
+    df = pd.read_csv(path, dtype={"image_id": str})
+    if not {"image_id", "p_abnormal"} <= set(df.columns):
+        raise ValueError(f"{path}: expected columns image_id,p_abnormal")
+    probs = dict(zip(df["image_id"], df["p_abnormal"].astype(float)))
+    missing = [i for i in image_ids if i not in probs]
+    if missing:
+        raise ValueError(f"{path}: no p_abnormal for {len(missing)} image(s), e.g. {missing[0]}")
+    bad = [i for i in image_ids if not 0.0 <= probs[i] <= 1.0]
+    if bad:
+        raise ValueError(f"{path}: p_abnormal outside [0, 1] for {bad[0]}")
+    return probs
+
+
+def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 0.3) -> None:
+    """The first ``n`` images with their predicted boxes (original-pixel boxes drawn to scale)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(min(n, len(dataset))):
+        image, info = dataset[i]
+        if info["image_id"] not in results:
+            continue
+        boxes, scores, classes = results[info["image_id"]]
+        hw = tuple(image.shape[-2:])
+        small = (image[0].numpy() * 255).astype(np.uint8)
+        drawn = draw_boxes(
+            small,
+            to_prepared(boxes, info["orig_hw"], hw, info["content"]),
+            classes,
+            scores,
+            min_score,
+        )
+        cv2.imwrite(str(out_dir / f"{info['image_id']}.png"), drawn)
 
 
 def predict(
-    ckpt_path: str,
-    image_dir: str,
-    meta_csv: str,
+    ckpt_path,
     output: str,
+    image_dir: str | None = None,
+    meta_csv: str | None = None,
+    dicom_dir: str | None = None,
+    keep_ratio: bool = False,
     score_thresh: float = 0.0,
     max_detections: int = 100,
     batch_size: int = 4,
     num_workers: int = 0,
     device: str = "auto",
-    progress: bool = True,
+    tta: str = "none",
+    weights: list[float] | None = None,
+    fusion_iou: float = 0.55,
+    fusion_skip: float = 0.0,
     nofinding_line: bool = True,
+    nofinding_probs: str | None = None,
+    nofinding_low: float = 0.08,
+    nofinding_high: float = 0.95,
+    viz: int = 0,
+    progress: bool = True,
 ) -> dict:
-    """Write ``output`` (submission.csv) for every image in ``meta_csv``; returns a summary.
+    """Write ``output`` (submission.csv) with one row per image; returns a summary.
 
-    With ``nofinding_line`` every row also gets ``14 <1 - top score> 0 0 1 1``
-    (:func:`cxrdet.competition.with_no_finding`).
+    ``ckpt_path`` is one checkpoint or a list (a WBF ensemble, ``weights`` optional). Images
+    come from ``dicom_dir`` when given, else ``image_dir`` + ``meta_csv``. Each row gets
+    ``14 <1 - top score> 0 0 1 1`` with ``nofinding_line``, or, with ``nofinding_probs``
+    (``image_id,p_abnormal``), the classifier filter of :func:`nofinding_filter`.
     """
-    dataset = ImageDataset(image_dir, meta_csv)  # missing images fail here, before the model
+    ckpts = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv)  # fail before the models
     dev = pick_device(device)
-    model = load_detector(ckpt_path).model.to(dev).eval()
-    model.roi_heads.score_thresh = score_thresh
-    model.roi_heads.detections_per_img = max_detections
+    models = load_models(ckpts, dev, score_thresh, max_detections)
+    if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
+        dataset = DicomDataset(dicom_dir, int(models[0].transform.min_size[0]), keep_ratio)
+    probs = read_probs(nofinding_probs, dataset.ids) if nofinding_probs else None
     start = time.perf_counter()
-    results = predict_dataset(model, dataset, dev, batch_size, num_workers, progress)
+    results, errors = predict_dataset(
+        models,
+        dataset,
+        dev,
+        batch_size,
+        num_workers,
+        tta,
+        weights,
+        fusion_iou,
+        fusion_skip,
+        max_detections,
+        progress,
+    )
     seconds = time.perf_counter() - start
-    finish = with_no_finding if nofinding_line else (lambda *r: r)
-    rows = {i: format_prediction(*finish(*results[i])) for i in dataset.ids}
+    for image_id, error in errors.items():
+        log.warning("%s: written as '%s': %s", image_id, EMPTY_PREDICTION, error)
+    rows = {}
+    for image_id in dataset.ids:
+        if image_id in errors:
+            rows[image_id] = EMPTY_PREDICTION
+            continue
+        pred = results[image_id]
+        if probs is not None:
+            pred = nofinding_filter(pred, probs[image_id], nofinding_low, nofinding_high)
+        elif nofinding_line:
+            pred = with_no_finding(*pred)
+        rows[image_id] = format_prediction(*pred)
     path = write_submission(rows, output)
     read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"
+    if viz:
+        write_viz(dataset, results, Path(path).parent / "viz", viz)
     summary = {
         "submission": str(path),
         "images": len(rows),
+        "unreadable": len(errors),
+        "checkpoints": len(ckpts),
+        "tta": tta,
         "seconds": round(seconds, 2),
         "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
-        "empty_images": sum(1 for r in results.values() if len(r[1]) == 0),
         "device": str(dev),
     }
     Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))

@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import PY, REPO, tiny_overrides
 
 from cxrdet.score import main as score_main
@@ -149,3 +150,128 @@ def test_malformed_submission_rejected_with_row_and_reason(tmp_path, row, reason
     path.write_text(f"image_id,PredictionString\nb,14 1 0 0 1 1\n{row}\n")
     with pytest.raises(SubmissionError, match=reason):
         read_submission(path, image_ids=["a", "b"])
+
+
+def _predict(trained, tiny_data, out, **kw):
+    from cxrdet.predictor import predict
+
+    args = {
+        "ckpt_path": str(trained / "checkpoints" / "last.ckpt"),
+        "output": str(out),
+        "image_dir": str(tiny_data["prepared"] / "64" / "test"),
+        "meta_csv": str(tiny_data["prepared"] / "64" / "test_meta.csv"),
+        "device": "cpu",
+        "progress": False,
+    }
+    predict(**{**args, **kw})
+    return read_submission(out)
+
+
+def _same(a: dict, b: dict, atol=1e-3):
+    assert a.keys() == b.keys()
+    for k in a:
+        for x, y in zip(a[k], b[k]):
+            np.testing.assert_allclose(x, y, atol=atol)
+
+
+def test_dicom_folder_and_png_folder_predictions_agree(tiny_data, trained, tmp_path):
+    png = _predict(trained, tiny_data, tmp_path / "png.csv")
+    dicom = _predict(
+        trained, tiny_data, tmp_path / "dicom.csv", dicom_dir=str(tiny_data["raw"] / "test")
+    )
+    _same(png, dicom, atol=0.05)  # boxes are printed to 0.1 px
+
+
+def test_ensemble_of_one_checkpoint_equals_the_checkpoint(tiny_data, trained, tmp_path):
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    single = _predict(trained, tiny_data, tmp_path / "one.csv")
+    listed = _predict(trained, tiny_data, tmp_path / "list.csv", ckpt_path=[ckpt])
+    _same(single, listed, atol=0)
+    twice = _predict(trained, tiny_data, tmp_path / "two.csv", ckpt_path=[ckpt, ckpt])
+    for image_id in single:  # WBF of two identical sets: the same boxes and scores
+        order = [np.lexsort(np.c_[b, s, c].T) for b, s, c in (single[image_id], twice[image_id])]
+        for x, y in zip(single[image_id], twice[image_id]):
+            np.testing.assert_allclose(x[order[0]], y[order[1]], atol=0.15)
+
+
+class BlobDetector(torch.nn.Module):
+    """A stand-in detector that boxes bright blobs: flip-equivariant by construction."""
+
+    def forward(self, images):
+        import cv2
+
+        out = []
+        for image in images:
+            mask = (image[0].numpy() > 0.5).astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            x, y, w, h = (stats[1:, k].astype(np.float32) for k in range(4))
+            boxes = np.stack([x, y, x + w, y + h], axis=1)
+            scores = np.linspace(0.9, 0.5, n - 1).astype(np.float32)[np.argsort(x)]
+            out.append(
+                {
+                    "boxes": torch.from_numpy(boxes),
+                    "scores": torch.from_numpy(scores),
+                    "labels": torch.full((n - 1,), 4),
+                }
+            )
+        return out
+
+
+def test_hflip_tta_of_a_symmetric_image_is_symmetric(trained, tmp_path):
+    import cv2
+
+    from cxrdet.dataset import ImageDataset
+    from cxrdet.module import load_detector
+    from cxrdet.predictor import predict_dataset
+
+    image = np.zeros((64, 64), np.uint8)
+    for x in (
+        12,
+        51,
+    ):  # a mirrored pair of blobs (column c mirrors to 63 - c), one across the centre
+        cv2.circle(image, (x, 20), 5, 255, -1)
+    cv2.rectangle(image, (24, 40), (39, 50), 255, -1)
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "s.png"), image)
+    meta = pd.DataFrame({"image_id": ["s"], "dim0": [640], "dim1": [640]})
+    meta.to_csv(tmp_path / "m.csv", index=False)
+    dataset = ImageDataset(tmp_path / "img", tmp_path / "m.csv")
+    results, _ = predict_dataset([BlobDetector()], dataset, "cpu", tta="hflip", progress=False)
+    boxes = results["s"][0]
+    assert len(boxes) == 3
+    mirrored = np.stack([640 - boxes[:, 2], boxes[:, 1], 640 - boxes[:, 0], boxes[:, 3]], axis=1)
+    for b in mirrored:  # every box has its mirror image, to a pixel of the 64-px image
+        assert (np.abs(boxes - b).max(axis=1) <= 10.01).any()
+    # The real detector goes through the same TTA path.
+    model = load_detector(str(trained / "checkpoints" / "last.ckpt")).model.eval()
+    results, _ = predict_dataset([model], dataset, "cpu", tta="hflip", progress=False)
+    assert results["s"][0].shape[1] == 4 and len(results["s"][0]) <= 100
+
+
+def test_nofinding_classifier_filter_regimes(tiny_data, trained, tmp_path):
+    meta = pd.read_csv(tiny_data["prepared"] / "64" / "test_meta.csv", dtype={"image_id": str})
+    ids = list(meta.image_id)
+    probs = tmp_path / "probs.csv"
+    p = [0.01, 0.5, 0.99, 0.5][: len(ids)]
+    pd.DataFrame({"image_id": ids, "p_abnormal": p}).to_csv(probs, index=False)
+    plain = _predict(trained, tiny_data, tmp_path / "plain.csv", nofinding_line=False)
+    sub = _predict(trained, tiny_data, tmp_path / "f.csv", nofinding_probs=str(probs))
+    low, mid, high = ids[0], ids[1], ids[2]
+    assert list(sub[low][2]) == [14] and list(sub[low][1]) == [1.0]
+    assert sub[mid][2][-1] == 14 or 14 in sub[mid][2]
+    assert len(sub[mid][1]) == len(plain[mid][1]) + 1 and 0.5 in sub[mid][1]
+    _same({high: sub[high]}, {high: plain[high]}, atol=0)
+    pd.DataFrame({"image_id": ids[:1], "p_abnormal": [0.5]}).to_csv(probs, index=False)
+    with pytest.raises(ValueError, match="no p_abnormal"):
+        _predict(trained, tiny_data, tmp_path / "x.csv", nofinding_probs=str(probs))
+
+
+def test_viz_and_unreadable_dicom_in_a_dicom_folder(tiny_data, trained, tmp_path):
+    import shutil
+
+    src = tmp_path / "dicoms"
+    shutil.copytree(tiny_data["raw"] / "test", src)
+    (src / "broken.dicom").write_bytes(b"not a dicom")
+    sub = _predict(trained, tiny_data, tmp_path / "out" / "s.csv", dicom_dir=str(src), viz=2)
+    assert list(sub["broken"][2]) == [14] and len(sub) == 5
+    assert len(list((tmp_path / "out" / "viz").glob("*.png"))) == 2
