@@ -46,17 +46,18 @@ def voc_ap(tp: np.ndarray, n_gt: int) -> float:
     return float(np.sum((recall[step + 1] - recall[step]) * precision[step + 1]))
 
 
-def competition_map(gt: dict, dets: dict, iou: float = 0.4) -> dict:
+def competition_map(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False) -> dict:
     """mAP@``iou`` as the competition computes it (see the module docstring).
 
     Args:
         gt: image id → (boxes [N, 4] xyxy, class ids [N]); every scored image is a key.
         dets: image id → (boxes [M, 4], scores [M], class ids [M]); other ids are ignored.
         iou: the IoU threshold (>=).
+        curves: also return each class's precision-recall curve.
 
     Returns:
         ``{"mAP": float (nan without ground truth), "per_class": {class id: AP}}`` over the
-        classes with ground truth.
+        classes with ground truth, plus ``"curves": {class id: (recall, precision)}``.
     """
     index = {image_id: i for i, image_id in enumerate(gt)}
     g_img, g_cls, g_box = _flatten(gt, False, index)
@@ -107,7 +108,14 @@ def competition_map(gt: dict, dets: dict, iou: float = 0.4) -> dict:
         c: voc_ap(tp[bounds[c] : bounds[c + 1]], int(n_gt[c])) for c in range(n_cls) if n_gt[c]
     }
     mean = float(np.mean(list(per_class.values()))) if per_class else float("nan")
-    return {"mAP": mean, "per_class": per_class}
+    out = {"mAP": mean, "per_class": per_class}
+    if curves:
+        out["curves"] = {}
+        for c in per_class:
+            hits = np.cumsum(tp[bounds[c] : bounds[c + 1]])
+            ranks = np.arange(1, len(hits) + 1)
+            out["curves"][c] = (hits / n_gt[c], hits / np.maximum(ranks, 1))
+    return out
 
 
 def with_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(("prediction images/s", f"{predict_json['images_per_s']:.2f}"))
     rows.append(("step times", ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) or "-"))
     rows += [("checkpoint", str(ckpt)), ("metrics", str(TRAIN / "csv" / "metrics.csv"))]
+    rows.append(("figures", str(TRAIN / "report")))
     rows.append(("submission", str(submission)))
     for name, value in rows:
         print(f"  {name:<40s} {value}")

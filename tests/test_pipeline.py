@@ -275,3 +275,11 @@ def test_viz_and_unreadable_dicom_in_a_dicom_folder(tiny_data, trained, tmp_path
     sub = _predict(trained, tiny_data, tmp_path / "out" / "s.csv", dicom_dir=str(src), viz=2)
     assert list(sub["broken"][2]) == [14] and len(sub) == 5
     assert len(list((tmp_path / "out" / "viz").glob("*.png"))) == 2
+
+
+def test_report_writes_every_figure(trained):
+    from cxrdet.report import main as report_main
+
+    assert report_main([str(trained), "--images", "2", "--ckpt", "last"]) == 0
+    for name in ("fig10_loss", "fig11_ap", "per_class_ap", "pr_curves", "fig12_validation_images"):
+        assert (trained / "report" / f"{name}.png").stat().st_size > 5000, name

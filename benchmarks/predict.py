@@ -1,0 +1,102 @@
+"""Prediction speed: predict.py's pipeline vs a bare ``model(images)`` loop, and the TTA cost.
+
+    python benchmarks/predict.py [--images 32] [--size 256] [--batch 4]
+
+A random-init R50-FPN checkpoint and synthetic prepared PNGs; the same threads, batch, score
+threshold (0.0) and detection cap (100) for all. The bare loop gets the images already in
+memory; ``cxrdet.predictor.predict`` reads PNGs, maps boxes back, formats and validates the
+CSV. Prints images/s of both, their ratio (target >= 0.9) and hflip TTA's cost relative to
+plain prediction (target <= 2.1x); the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+from cxrdet.dataset import ImageDataset  # noqa: E402
+from cxrdet.module import DetectorModule  # noqa: E402
+from cxrdet.predictor import predict  # noqa: E402
+from cxrdet.prepare import prepare  # noqa: E402
+from cxrdet.synth import synthesize  # noqa: E402
+
+
+def make_checkpoint(path: Path, size: int) -> None:
+    torch.manual_seed(0)
+    module = DetectorModule(
+        model={"num_classes": 14, "image_size": size},
+        optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.001},
+    )
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+
+
+@torch.inference_mode()
+def bare_loop(ckpt: Path, dataset: ImageDataset, batch: int) -> float:
+    from cxrdet.module import load_detector
+
+    model = load_detector(str(ckpt)).model.eval()
+    model.roi_heads.score_thresh, model.roi_heads.detections_per_img = 0.0, 100
+    images = [dataset[i][0] for i in range(len(dataset))]
+    model(images[:batch])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        model(images[i : i + batch])
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=32, help="test images (default 32)")
+    p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    p.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        synthesize(tmp / "raw", 0, a.images, seed=2, min_px=600, max_px=800, progress=False)
+        prepare(tmp / "raw" / "test", tmp / "prepared", [a.size], progress=False)
+        ckpt = tmp / "model.ckpt"
+        make_checkpoint(ckpt, a.size)
+        image_dir, meta = (
+            tmp / "prepared" / str(a.size) / "test",
+            tmp / "prepared" / str(a.size) / "test_meta.csv",
+        )
+        bare = bare_loop(ckpt, ImageDataset(image_dir, meta), a.batch)
+        common = dict(
+            ckpt_path=str(ckpt),
+            image_dir=str(image_dir),
+            meta_csv=str(meta),
+            batch_size=a.batch,
+            device="cpu",
+            progress=False,
+        )
+        plain = predict(output=str(tmp / "plain" / "s.csv"), **common)["images_per_s"]
+        tta = predict(output=str(tmp / "tta" / "s.csv"), tta="hflip", **common)["images_per_s"]
+    ratio, tta_cost = plain / bare, plain / tta
+    print(f"bare model loop: {bare:.3f} images/s")
+    print(f"predict.py:      {plain:.3f} images/s, {ratio:.3f}x the bare loop (target >= 0.9)")
+    print(
+        f"with tta=hflip:  {tta:.3f} images/s, {tta_cost:.2f}x the time (target <= 2.1x); "
+        f"{a.images} images at {a.size} px, batch {a.batch}, {torch.get_num_threads()} threads"
+    )
+    print(
+        json.dumps(
+            {
+                "bare_img_per_s": round(bare, 4),
+                "predict_img_per_s": round(plain, 4),
+                "ratio": round(ratio, 4),
+                "tta_cost": round(tta_cost, 4),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
