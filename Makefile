@@ -37,11 +37,12 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(STAMP) ## Run every benchmark (training throughput, prepare, EDA and metric speed)
+bench: $(STAMP) ## Run every benchmark (training, prediction, prepare, EDA and metric speed)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/eda.py
 	$(PY) benchmarks/metrics.py
+	$(PY) benchmarks/predict.py
 
 clean: ## Remove outputs/, caches and .venv/
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache $(VENV) *.egg-info

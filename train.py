@@ -20,7 +20,7 @@ import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentation
 from cxrdet.cli import quote_numeric_choices
 from cxrdet.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.module import DetectorModule
-from cxrdet.report import write_report
+from cxrdet.report import upload_figures, write_report
 
 log = logging.getLogger("cxrdet.train")
 
@@ -50,8 +50,9 @@ def train(cfg: DictConfig) -> float | None:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     if cfg.get("report") and trainer.is_global_zero:
-        for path in write_report(trainer.default_root_dir):
-            log.info("report: %s", path)
+        figures = write_report(trainer.default_root_dir)
+        log.info("report: %d figures in %s", len(figures), figures[0].parent if figures else "-")
+        upload_figures(loggers, figures, include_images=cfg.get("log_images", False))
     ckpt = trainer.checkpoint_callback
     if ckpt is not None:
         log.info("best checkpoint: %s", ckpt.best_model_path or "(none)")

@@ -283,3 +283,20 @@ def test_report_writes_every_figure(trained):
     assert report_main([str(trained), "--images", "2", "--ckpt", "last"]) == 0
     for name in ("fig10_loss", "fig11_ap", "per_class_ap", "pr_curves", "fig12_validation_images"):
         assert (trained / "report" / f"{name}.png").stat().st_size > 5000, name
+
+
+def test_figures_reach_image_loggers_but_xrays_only_when_asked(tmp_path):
+    from cxrdet.report import upload_figures
+
+    class ImageLogger:
+        def __init__(self):
+            self.keys = []
+
+        def log_image(self, key, images):
+            self.keys.append(key)
+
+    paths = [tmp_path / "fig10_loss.png", tmp_path / "fig12_validation_images.png"]
+    quiet, loud, csv_like = ImageLogger(), ImageLogger(), object()
+    assert upload_figures([quiet, csv_like], paths) == 1
+    assert quiet.keys == ["report/fig10_loss"]
+    assert upload_figures([loud], paths, include_images=True) == 2
