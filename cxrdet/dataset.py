@@ -9,6 +9,7 @@ loaded image at load time, so any prepared size (or a public PNG dataset) works.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +178,8 @@ class DicomDataset(Dataset):
         if not self.files:
             raise FileNotFoundError(f"no .dicom/.dcm files under {dicom_dir}")
         self.ids = [f.stem for f in self.files]
-        if len(set(self.ids)) != len(self.ids):
-            dup = sorted({i for i in self.ids if self.ids.count(i) > 1})
+        dup = sorted(k for k, n in Counter(self.ids).items() if n > 1)
+        if dup:
             raise ValueError(f"{dicom_dir}: image ids occur twice in nested folders: {dup[:3]}")
         self.size, self.keep_ratio = size, keep_ratio
 

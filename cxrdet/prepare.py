@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from functools import partial
@@ -32,6 +33,7 @@ from cxrdet.dicom import DicomError, read_dicom
 
 log = logging.getLogger(__name__)
 DICOM_SUFFIXES = (".dicom", ".dcm")
+SAVE_EVERY = 200  # images between meta CSV saves
 
 
 def find_dicoms(root: Path) -> list[Path]:
@@ -85,6 +87,12 @@ def meta_frame(dims: dict[str, tuple[int, int]], size: int, keep_ratio: bool) ->
     return meta
 
 
+def write_metas(metas: dict[int, Path], dims: dict, keep_ratio: bool) -> None:
+    """Write every size's meta CSV (atomically) for the images prepared so far."""
+    for size, path in metas.items():
+        _atomic_csv(meta_frame(dims, size, keep_ratio), path)
+
+
 def one_core() -> None:
     """Keep OpenCV to one thread in this process."""
     cv2.setNumThreads(1)
@@ -117,6 +125,10 @@ def prepare(
     files = find_dicoms(input_dir)
     if not files:
         raise FileNotFoundError(f"no .dicom/.dcm files under {input_dir}")
+    repeated = sorted(k for k, n in Counter(f.stem for f in files).items() if n > 1)
+    if repeated:
+        dup = repeated
+        raise ValueError(f"{input_dir}: image ids occur twice in nested folders: {dup[:3]}")
     for s in sizes:
         (output / str(s) / split).mkdir(parents=True, exist_ok=True)
 
@@ -133,6 +145,7 @@ def prepare(
         or not all((output / str(s) / split / f"{f.stem}.png").is_file() for s in sizes)
     ]
     failures = []
+    by_id = {f.stem: f for f in todo}
     one = partial(prepare_one, out=output, split=split, sizes=sizes, keep_ratio=keep_ratio)
     one_core()  # one process = one core: --workers sets the parallelism
     with ExitStack() as stack:
@@ -142,17 +155,17 @@ def prepare(
             else None
         )
         jobs = pool.map(one, todo) if pool else map(one, todo)
-        results = list(
-            tqdm(jobs, total=len(todo), desc=f"prepare {split}", unit="img", disable=not progress)
-        )
-    by_id = {f.stem: f for f in todo}
-    for image_id, rows, cols, error in results:
-        if error:
-            failures.append({"file": str(by_id[image_id]), "reason": error})
-        else:
-            known[image_id] = (rows, cols)
-    for size, path in metas.items():
-        _atomic_csv(meta_frame(known, size, keep_ratio), path)
+        bar = tqdm(jobs, total=len(todo), desc=f"prepare {split}", unit="img", disable=not progress)
+        try:
+            for n, (image_id, rows, cols, error) in enumerate(bar, start=1):
+                if error:
+                    failures.append({"file": str(by_id[image_id]), "reason": error})
+                else:
+                    known[image_id] = (rows, cols)
+                if n % SAVE_EVERY == 0:  # an interrupted run resumes from here
+                    write_metas(metas, known, keep_ratio)
+        finally:  # also on Ctrl-C or an error: keep what is done
+            write_metas(metas, known, keep_ratio)
     fail_path = output / f"failures_{split}.csv"
     if failures:
         _atomic_csv(pd.DataFrame(failures), fail_path)
@@ -191,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--sizes must be at least 8 px")
     try:
         counts = prepare(a.input, a.output, a.sizes, a.split, a.workers, keep_ratio=a.keep_ratio)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(

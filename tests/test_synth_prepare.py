@@ -178,3 +178,37 @@ def test_patient_identifiers_never_reach_any_output(tmp_path):
         data = p.read_bytes()
         for secret in (b"Doe", b"PID-7731", b"19610203", b"20200117", b"Elsewhere"):
             assert secret not in data, (p, secret)
+
+
+def test_interrupted_run_keeps_its_work_and_resumes(tmp_path, monkeypatch):
+    import cxrdet.prepare as prep
+
+    src = tmp_path / "in" / "train"
+    src.mkdir(parents=True)
+    for i in range(5):
+        write_dicom(src / f"img{i}.dicom", _ramp() * (i + 1))
+    real, calls = prep.prepare_one, []
+
+    def interrupted(f, **kw):
+        calls.append(f.stem)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the third image is prepared
+        return real(f, **kw)
+
+    monkeypatch.setattr(prep, "prepare_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(src, tmp_path / "out", [16], progress=False)
+    meta = pd.read_csv(tmp_path / "out" / "16" / "train_meta.csv")
+    assert sorted(meta.image_id) == ["img0", "img1"]  # the finished work is recorded
+    monkeypatch.setattr(prep, "prepare_one", real)
+    counts = prepare(src, tmp_path / "out", [16], progress=False)
+    assert counts == {"done": 3, "skipped": 2, "failed": 0, "images": 5}
+
+
+def test_repeated_image_ids_in_nested_folders_are_refused(tmp_path):
+    src = tmp_path / "in"
+    for sub in ("a", "b"):
+        (src / sub).mkdir(parents=True)
+        write_dicom(src / sub / "same.dicom", _ramp())
+    with pytest.raises(ValueError, match="same"):
+        prepare(src, tmp_path / "out", [16], progress=False)
