@@ -15,7 +15,7 @@ import numpy as np
 NO_FINDING_BOX = np.array([0.0, 0.0, 1.0, 1.0])
 
 
-def _flatten(table: dict, with_scores: bool, index: dict[str, int]):
+def flatten(table: dict, with_scores: bool, index: dict[str, int]):
     """dict image → arrays  ⇒  flat arrays (image index, class, [score], box) in input order."""
     imgs, classes, scores, boxes = [], [], [], []
     for image_id, value in table.items():
@@ -60,8 +60,8 @@ def competition_map(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False
         classes with ground truth, plus ``"curves": {class id: (recall, precision)}``.
     """
     index = {image_id: i for i, image_id in enumerate(gt)}
-    g_img, g_cls, g_box = _flatten(gt, False, index)
-    d_img, d_cls, d_score, d_box = _flatten(dets, True, index)
+    g_img, g_cls, g_box = flatten(gt, False, index)
+    d_img, d_cls, d_score, d_box = flatten(dets, True, index)
     n_cls = int(max(g_cls.max(initial=0), d_cls.max(initial=0))) + 1
 
     # Every (detection, ground truth) pair of the same image and class.

@@ -14,10 +14,30 @@ import math
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
-from cxrdet.competition import NO_FINDING_BOX, competition_map, with_no_finding
+from cxrdet.competition import NO_FINDING_BOX, competition_map, flatten, with_no_finding
 from cxrdet.labels import NO_FINDING
 
 log = logging.getLogger(__name__)
+
+
+def _annotations(images, classes, boxes, scores=None) -> list[dict]:
+    """COCO annotation dicts (xywh boxes, ids from 1) from flat arrays."""
+    xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).tolist()
+    out = [
+        {
+            "id": k,
+            "image_id": image,
+            "category_id": cls,
+            "bbox": box,
+            "area": box[2] * box[3],
+            "iscrowd": 0,
+        }
+        for k, (image, cls, box) in enumerate(zip(images.tolist(), classes.tolist(), xywh), 1)
+    ]
+    if scores is not None:
+        for a, score in zip(out, scores.tolist()):
+            a["score"] = score
+    return out
 
 
 def coco_ap(
@@ -41,49 +61,22 @@ def coco_ap(
         ``{"AP": mean over classes with ground truth (nan if none), "per_class": {id: AP}}``;
         classes without ground truth are left out of both.
     """
-    ids = {image_id: i + 1 for i, image_id in enumerate(gt)}
-    annotations = []
-    for image_id, (boxes, classes) in gt.items():
-        for b, c in zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(classes).reshape(-1)):
-            w, h = b[2] - b[0], b[3] - b[1]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": ids[image_id],
-                    "category_id": int(c),
-                    "bbox": [b[0], b[1], w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    with_gt = sorted({a["category_id"] for a in annotations})
+    index = {image_id: i + 1 for i, image_id in enumerate(gt)}
+    g_img, g_cls, g_box = flatten(gt, False, index)
+    d_img, d_cls, d_score, d_box = flatten(dets, True, index)
+    with_gt = sorted(set(g_cls.tolist()))
     if not with_gt:
         log.warning("no ground-truth boxes: AP is undefined")
         return {"AP": math.nan, "per_class": {}}
-    results = []
-    for image_id, (boxes, scores, classes) in dets.items():
-        if image_id not in ids:
-            continue
-        b = np.asarray(boxes, float).reshape(-1, 4)
-        for box, s, c in zip(b, np.asarray(scores).reshape(-1), np.asarray(classes).reshape(-1)):
-            results.append(
-                {
-                    "image_id": ids[image_id],
-                    "category_id": int(c),
-                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                    "score": float(s),
-                }
-            )
-    if not results:
+    if not len(d_img):
         return {"AP": 0.0, "per_class": dict.fromkeys(with_gt, 0.0)}
-    coco_gt = COCO(
-        {
-            "images": [{"id": i} for i in ids.values()],
-            "annotations": annotations,
-            "categories": [{"id": c} for c in range(num_classes)],
-        }
-    )
-    coco_dt = coco_gt.loadRes(results)
+    frame = {
+        "images": [{"id": i} for i in index.values()],
+        "categories": [{"id": c} for c in range(num_classes)],
+    }
+    # Both sides are built as datasets: COCO.loadRes would redo this row by row, much slower.
+    coco_gt = COCO({**frame, "annotations": _annotations(g_img, g_cls, g_box)})
+    coco_dt = COCO({**frame, "annotations": _annotations(d_img, d_cls, d_box, d_score)})
     ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=log.debug)
     ev.params.iouThrs = np.array([iou])
     ev.params.maxDets = [max_dets]
