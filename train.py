@@ -35,8 +35,11 @@ def train(cfg: DictConfig) -> float | None:
     module = DetectorModule(
         model={**model_cfg, "num_classes": num_classes},
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.scheduler else None,
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
+        if cfg.get("scheduler")
+        else None,
         class_names=CLASS_NAMES[:num_classes],
+        on_nonfinite=cfg.on_nonfinite,
     )
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
@@ -47,7 +50,10 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.setup("fit")
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except FloatingPointError as e:
+        sys.exit(f"error: {e}")
 
     if cfg.get("report") and trainer.is_global_zero:
         figures = write_report(trainer.default_root_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 import pytorch_lightning as pl
@@ -12,6 +13,8 @@ from torch import nn
 from cxrdet.labels import CLASS_NAMES
 from cxrdet.metrics import DetectionEvaluator
 from cxrdet.model import build_fasterrcnn
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -43,10 +46,21 @@ class DetectorModule(pl.LightningModule):
         scheduler: LR scheduler config with ``_target_`` and ``_partial_: true``, called with the
             optimiser and ``total_steps``; or None for a constant LR.
         class_names: names of the trained classes, for per-class logging.
+        on_nonfinite: a NaN/inf training loss ``stop``s the run (naming the step and the
+            losses; the checkpoints written so far stay) or is ``skip``ped (no update).
     """
 
-    def __init__(self, model: dict, optim: dict, scheduler: dict | None = None, class_names=None):
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        scheduler: dict | None = None,
+        class_names=None,
+        on_nonfinite: str = "stop",
+    ):
         super().__init__()
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be stop or skip, got {on_nonfinite!r}")
         self.save_hyperparameters()
         self.model = build_fasterrcnn(**model)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
@@ -60,6 +74,17 @@ class DetectorModule(pl.LightningModule):
         losses = self.model(list(images), list(targets))
         loss = sum(losses.values())
         n = len(images)
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            ids = ", ".join(t["image_id"] for t in targets)
+            message = f"non-finite loss at step {self.global_step} ({detail}; images {ids})"
+            if self.hparams.on_nonfinite == "skip":
+                log.warning("%s: batch skipped", message)
+                return None  # Lightning skips backward and the optimiser step
+            raise FloatingPointError(
+                f"{message}. Lower optim.lr, set trainer.gradient_clip_val, or "
+                "on_nonfinite=skip; the checkpoints written so far are intact."
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
         return loss

@@ -300,3 +300,40 @@ def test_figures_reach_image_loggers_but_xrays_only_when_asked(tmp_path):
     assert upload_figures([quiet, csv_like], paths) == 1
     assert quiet.keys == ["report/fig10_loss"]
     assert upload_figures([loud], paths, include_images=True) == 2
+
+
+def test_nonfinite_loss_stops_with_step_and_losses_and_keeps_checkpoints(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        *tiny_overrides(tiny_data, run),
+        "optim.lr=1e12",
+        "~scheduler",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=1",
+        "augment=none",
+    ]
+    done = subprocess.run(
+        [PY, "train.py", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "non-finite loss at step" in done.stderr and "loss_classifier=" in done.stderr
+    assert "Traceback" not in done.stderr.split("non-finite loss")[-1]
+    assert (run / "checkpoints" / "last.ckpt").is_file()  # written before the blow-up
+
+
+def test_nonfinite_loss_can_skip_the_batch():
+    from cxrdet.module import DetectorModule
+
+    module = DetectorModule(
+        model={"num_classes": 14, "image_size": 64, "roi_batch_size_per_image": 16},
+        optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
+        on_nonfinite="skip",
+    )
+    images = (torch.full((3, 64, 64), float("nan")),)
+    targets = (
+        {"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([2]), "image_id": "x"},
+    )
+    assert module.training_step((images, targets), 0) is None
+    module.hparams.on_nonfinite = "stop"
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 \(loss_"):
+        module.training_step((images, targets), 0)
