@@ -21,6 +21,7 @@ from cxrdet.cli import quote_numeric_choices
 from cxrdet.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.module import DetectorModule
 from cxrdet.report import upload_figures, write_report
+from cxrdet.tracking import wandb_offline_without_key
 
 log = logging.getLogger("cxrdet.train")
 
@@ -42,6 +43,8 @@ def train(cfg: DictConfig) -> float | None:
         on_nonfinite=cfg.on_nonfinite,
     )
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    if "wandb" in (cfg.logger or {}):
+        wandb_offline_without_key()
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
     if not loggers:  # logger=none: the LR monitor has nowhere to write and would refuse to run
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

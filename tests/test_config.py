@@ -8,7 +8,17 @@ from omegaconf import OmegaConf
 
 from cxrdet.cli import CONF_DIR, quote_numeric_choices
 
-GROUPS = ["data", "model", "augment", "optim", "scheduler", "trainer", "logger", "callbacks"]
+GROUPS = [
+    "data",
+    "model",
+    "augment",
+    "optim",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+]
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 
@@ -61,3 +71,19 @@ def test_numeric_choices_are_quoted_for_hydra():
         "data.batch_size=4",
         "data='256','512'",
     ]
+
+
+def test_seed_and_winners_experiments_compose_to_the_report_recipe():
+    seed = _compose("train", ["experiment=seed_r50fpn_512"])
+    assert seed.data.image_size == 512 and seed.data.batch_size == 2 and seed.seed == 111
+    assert seed.optim.lr == 0.001 and seed.trainer.max_steps == 30000
+    assert seed.trainer.val_check_interval == 2000 and seed.model.roi_batch_size_per_image == 512
+    assert [t._target_.split(".")[-1] for t in seed.augment.transforms] == [
+        "HorizontalFlip",
+        "Affine",
+        "RandomBrightnessContrast",
+    ]
+    assert seed.data.fusion == "none" and not seed.data.use_class14
+    winners = _compose("train", ["experiment=winners_512", "data.fold=3"])
+    assert winners.data.split == "kfold" and winners.data.fold == 3
+    assert winners.data.fusion == "wbf" and winners.optim.lr == 0.001

@@ -337,3 +337,23 @@ def test_nonfinite_loss_can_skip_the_batch():
     module.hparams.on_nonfinite = "stop"
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 \(loss_"):
         module.training_step((images, targets), 0)
+
+
+def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(NETRC=str(tmp_path / "no_netrc"), HOME=str(tmp_path))
+    run = tmp_path / "run"
+    overrides = [
+        *tiny_overrides(tiny_data, run),
+        "logger=wandb",
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+    ]
+    done = subprocess.run(
+        [PY, "train.py", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "logging offline" in done.stdout + done.stderr
+    assert list((run / "wandb").glob("offline-run-*"))
