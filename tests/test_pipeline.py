@@ -357,3 +357,49 @@ def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "logging offline" in done.stdout + done.stderr
     assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    overrides = [
+        *tiny_overrides(tiny_data, run),
+        "trainer.max_steps=200",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=1000",
+        "augment=none",
+    ]
+    proc = subprocess.Popen(
+        [PY, "train.py", *overrides],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = run / "csv" / "metrics.csv"
+    deadline = time.time() + 240
+    while (
+        not (metrics.is_file() and "train/loss" in metrics.read_text()) and time.time() < deadline
+    ):
+        time.sleep(0.5)  # training is under way once a step has been logged
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    ckpt = run / "checkpoints" / "sigterm.ckpt"
+    assert ckpt.is_file(), out[-3000:]
+    stopped_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < stopped_at < 200
+    resumed = tmp_path / "resumed"
+    _run(
+        [
+            "train.py",
+            *tiny_overrides(tiny_data, resumed),
+            f"trainer.max_steps={stopped_at + 2}",
+            "trainer.val_check_interval=1000",
+            "augment=none",
+            f"ckpt_path={ckpt}",
+        ]
+    )
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == stopped_at + 2
