@@ -126,8 +126,13 @@ def with_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
     """
     finding = np.asarray(classes) != 14
     top = float(np.max(np.asarray(scores)[finding])) if finding.any() else 0.0
+    return add_no_finding(boxes, scores, classes, 1.0 - top)
+
+
+def add_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, score: float):
+    """The prediction with one more line: "No finding" at ``score``, box ``0 0 1 1``."""
     return (
         np.vstack([np.asarray(boxes, np.float64).reshape(-1, 4), NO_FINDING_BOX]),
-        np.append(np.asarray(scores, np.float64), 1.0 - top),
+        np.append(np.asarray(scores, np.float64), score),
         np.append(np.asarray(classes, np.int64), 14),
     )

@@ -20,8 +20,10 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrdet.boxes import Content, clip, letterbox_content, to_prepared, valid
+from cxrdet.dicom import DicomError, read_dicom
 from cxrdet.labels import BOX_COLUMNS, NO_FINDING
 from cxrdet.meta import content_of, read_meta
+from cxrdet.prepare import find_dicoms, resize
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +174,6 @@ class DicomDataset(Dataset):
     """
 
     def __init__(self, dicom_dir: str | Path, size: int, keep_ratio: bool = False):
-        from cxrdet.prepare import find_dicoms
-
         self.files = find_dicoms(Path(dicom_dir))
         if not self.files:
             raise FileNotFoundError(f"no .dicom/.dcm files under {dicom_dir}")
@@ -187,9 +187,6 @@ class DicomDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from cxrdet.dicom import DicomError, read_dicom
-        from cxrdet.prepare import resize
-
         info = {"image_id": self.ids[i], "error": None}
         try:
             image = read_dicom(self.files[i])

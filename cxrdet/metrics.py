@@ -121,18 +121,22 @@ class DetectionEvaluator:
                 o["labels"].cpu().numpy() - 1,
             )
 
-    def evaluate(self) -> dict:
-        """``{"AP40", "AP40_per_class", "mAP40", "mAP40_per_class"}``."""
+    def evaluate(self, curves: bool = False) -> dict:
+        """``{"AP40", "AP40_per_class", "mAP40", "mAP40_per_class"}`` (+ ``"mAP40_curves"``:
+        class id → (recall, precision) with ``curves``)."""
         coco = coco_ap(self.gt, self.dets, self.num_classes, self.iou, self.max_dets)
         gt = {
             i: (b, c) if len(c) else (NO_FINDING_BOX[None], np.array([NO_FINDING]))
             for i, (b, c) in self.gt.items()
         }
         dets = {i: with_no_finding(*d) for i, d in self.dets.items()}
-        competition = competition_map(gt, dets, self.iou)
-        return {
+        competition = competition_map(gt, dets, self.iou, curves=curves)
+        result = {
             "AP40": coco["AP"],
             "AP40_per_class": coco["per_class"],
             "mAP40": competition["mAP"],
             "mAP40_per_class": competition["per_class"],
         }
+        if curves:
+            result["mAP40_curves"] = competition["curves"]
+        return result

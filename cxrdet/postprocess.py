@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ensemble_boxes import weighted_boxes_fusion
 
-from cxrdet.competition import NO_FINDING_BOX
+from cxrdet.competition import NO_FINDING_BOX, add_no_finding
 from cxrdet.labels import NO_FINDING
 
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4], scores [N], classes [N]
@@ -61,9 +61,5 @@ def nofinding_filter(pred: Prediction, p_abnormal: float, low: float, high: floa
     if p_abnormal < low:
         return NO_FINDING_BOX[None].copy(), np.array([1.0]), np.array([NO_FINDING])
     if p_abnormal < high:
-        return (
-            np.vstack([np.asarray(boxes, np.float64).reshape(-1, 4), NO_FINDING_BOX]),
-            np.append(np.asarray(scores, np.float64), 1.0 - p_abnormal),
-            np.append(np.asarray(classes, np.int64), NO_FINDING),
-        )
+        return add_no_finding(boxes, scores, classes, 1.0 - p_abnormal)
     return pred

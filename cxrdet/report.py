@@ -75,9 +75,8 @@ def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> l
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from cxrdet.competition import NO_FINDING_BOX, competition_map, with_no_finding
     from cxrdet.draw import draw_boxes
-    from cxrdet.labels import NO_FINDING
+    from cxrdet.metrics import DetectionEvaluator
     from cxrdet.module import load_detector
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -87,22 +86,23 @@ def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> l
     if datamodule.val_set is None:
         return []
     model = load_detector(str(ckpt)).model.eval()
-    gt, dets, shown = {}, {}, []
+    evaluator, shown = DetectionEvaluator(num_classes=len(CLASS_NAMES)), []
     with torch.inference_mode():
         for i in range(len(datamodule.val_set)):
             image, target = datamodule.val_set[i]
             output = model([image])[0]
-            image_id = target["image_id"]
+            evaluator.process([target], [output])
             classes = target["labels"].numpy() - 1
-            boxes = target["boxes"].numpy()
-            gt[image_id] = (
-                (boxes, classes) if len(classes) else (NO_FINDING_BOX[None], np.array([NO_FINDING]))
-            )
-            pred = (output["boxes"].numpy(), output["scores"].numpy(), output["labels"].numpy() - 1)
-            dets[image_id] = with_no_finding(*pred)
             if len(shown) < n_images and len(classes):
-                shown.append(((image[0].numpy() * 255).astype(np.uint8), boxes, classes, pred))
-    result = competition_map(gt, dets, curves=True)
+                pred = (
+                    output["boxes"].numpy(),
+                    output["scores"].numpy(),
+                    output["labels"].numpy() - 1,
+                )
+                image8 = (image[0].numpy() * 255).astype(np.uint8)
+                shown.append((image8, target["boxes"].numpy(), classes, pred))
+    evaluation = evaluator.evaluate(curves=True)
+    result = {"per_class": evaluation["mAP40_per_class"], "curves": evaluation["mAP40_curves"]}
     written = []
     classes = sorted(result["curves"])
     cols = 4
