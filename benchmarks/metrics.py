@@ -2,9 +2,8 @@
 
     python benchmarks/metrics.py [--images 3000] [--dets 100]
 
-Random ground truth (0-6 boxes per image over 15 classes) and detections near it; prints the
-seconds of each metric (target <= 1 s each) and of the map-boxes reference when installed; the
-last line is one JSON object.
+Random ground truth (1-6 boxes per image over 15 classes) and detections near it; prints the
+seconds of each metric (target <= 1 s each); the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ def main() -> None:
         "AP40_s": round(t_coco, 3),
     }
     print(
-        f"competition mAP40: {t_comp:.3f} s; COCO-style AP40 (faster-coco-eval): {t_coco:.3f} s "
+        f"competition mAP40: {t_comp:.3f} s; COCO-style AP40: {t_coco:.3f} s "
         f"on {a.images} images x {a.dets} detections (target <= 1 s each)"
     )
     print(json.dumps(out))

@@ -32,6 +32,30 @@ def flatten(table: dict, with_scores: bool, index: dict[str, int]):
     return (*out, cat(scores, 0), cat(boxes, (0, 4))) if with_scores else (*out, cat(boxes, (0, 4)))
 
 
+def same_group_pairs(d_key: np.ndarray, g_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (detection, ground truth) index pair whose keys (image and class) are equal.
+
+    Pairs come grouped by detection in input order, ground truth in input order within each.
+    """
+    g_order = np.argsort(g_key, kind="stable")
+    g_sorted = g_key[g_order]
+    start = np.searchsorted(g_sorted, d_key, "left")
+    count = np.searchsorted(g_sorted, d_key, "right") - start
+    pair_det = np.repeat(np.arange(len(d_key)), count)
+    offsets = np.arange(len(pair_det)) - np.repeat(np.cumsum(count) - count, count)
+    return pair_det, g_order[np.repeat(start, count) + offsets]
+
+
+def pair_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``a[i]`` with ``b[i]`` (xyxy rows); 0 where the union is empty."""
+    inter = np.prod(
+        np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None), axis=1
+    )
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def voc_ap(tp: np.ndarray, n_gt: int) -> float:
     """All-point interpolated AP of a TP/FP sequence (descending score) with ``n_gt`` positives."""
     if n_gt == 0:
@@ -65,27 +89,12 @@ def competition_map(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False
     n_cls = int(max(g_cls.max(initial=0), d_cls.max(initial=0))) + 1
 
     # Every (detection, ground truth) pair of the same image and class.
-    g_key = g_img * n_cls + g_cls
-    g_order = np.argsort(g_key, kind="stable")
-    g_sorted = g_key[g_order]
-    d_key = d_img * n_cls + d_cls
-    start = np.searchsorted(g_sorted, d_key, "left")
-    count = np.searchsorted(g_sorted, d_key, "right") - start
-    pair_det = np.repeat(np.arange(len(d_key)), count)
-    offsets = np.arange(len(pair_det)) - np.repeat(np.cumsum(count) - count, count)
-    pair_gt = g_order[np.repeat(start, count) + offsets]
-
-    a, b = d_box[pair_det], g_box[pair_gt]
-    inter = np.prod(
-        np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None), axis=1
-    )
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    union = area(a) + area(b) - inter
-    pair_iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    pair_det, pair_gt = same_group_pairs(d_img * n_cls + d_cls, g_img * n_cls + g_cls)
+    pair_iou = pair_ious(d_box[pair_det], g_box[pair_gt])
 
     # Each detection's best ground truth (the first one on ties, like argmax).
-    best_gt = np.full(len(d_key), -1)
-    best_iou = np.zeros(len(d_key))
+    best_gt = np.full(len(d_cls), -1)
+    best_iou = np.zeros(len(d_cls))
     if len(pair_det):
         order = np.lexsort((pair_gt, -pair_iou, pair_det))
         first = order[np.r_[True, pair_det[order][1:] != pair_det[order][:-1]]]
@@ -94,7 +103,7 @@ def competition_map(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False
     hit = best_iou >= iou
 
     # Class by class, descending score; the first hit on a ground-truth box is a TP.
-    order = np.lexsort((np.arange(len(d_key)), -d_score, d_cls))
+    order = np.lexsort((np.arange(len(d_cls)), -d_score, d_cls))
     hit_sorted, gt_sorted = hit[order], best_gt[order]
     tp = np.zeros(len(order))
     hit_pos = np.nonzero(hit_sorted)[0]
