@@ -30,7 +30,7 @@ def train(cfg: DictConfig) -> float | None:
     """Build data, model, callbacks and loggers from ``cfg``; fit; return the best metric."""
     pl.seed_everything(cfg.seed, workers=True)
     augment = instantiate(cfg.augment) if cfg.augment else None
-    datamodule = instantiate(cfg.data, augment=augment, _recursive_=False)
+    datamodule = instantiate(cfg.data, augment=augment, seed=cfg.seed, _recursive_=False)
     num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     module = DetectorModule(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from cxrdet.dataset import DetectionDataset, build_records, collate, load_png
 from cxrdet.fusion import fuse_readers
@@ -15,6 +18,21 @@ from cxrdet.meta import read_meta
 from cxrdet.splits import split_ids
 
 log = logging.getLogger(__name__)
+# torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+
+
+class EpochSampler(DistributedSampler):
+    """The training order: shuffled from (seed, epoch), this rank's share under DDP.
+
+    Lightning calls ``set_epoch`` before each epoch (and again when a run resumes); the epoch
+    reaches the dataset too, which seeds each sample's augmentation from it. One process:
+    ``num_replicas=1, rank=0``. Lightning keeps a DistributedSampler as it is under DDP.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset.epoch = epoch
 
 
 class CXRDataModule(pl.LightningDataModule):
@@ -39,6 +57,8 @@ class CXRDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         augment: training transform called as ``augment(image=, bboxes=, labels=)`` (an
             ``albumentations.Compose`` with pascal_voc bbox params), or None.
+        seed: seeds the training order and each sample's augmentation (per epoch), so a run
+            repeats and resumes exactly; train.py passes its ``seed``.
     """
 
     def __init__(
@@ -60,6 +80,7 @@ class CXRDataModule(pl.LightningDataModule):
         val_batch_size: int = 4,
         num_workers: int = 4,
         augment=None,
+        seed: int = 0,
     ):
         super().__init__()
         self.labels_csv, self.image_dir, self.meta_csv = labels_csv, image_dir, meta_csv
@@ -71,6 +92,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers = num_workers
         self.augment = augment
+        self.seed = seed
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
 
@@ -95,7 +117,12 @@ class CXRDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"no usable training images: {self.labels_csv} and {self.image_dir} share no ids"
             )
-        self.train_set = DetectionDataset(self.image_dir, train, self.augment)
+        if len(train) < self.batch_size:
+            raise ValueError(
+                f"{len(train)} training image(s) in {self.image_dir}, fewer than one batch "
+                f"(data.batch_size={self.batch_size})"
+            )
+        self.train_set = DetectionDataset(self.image_dir, train, self.augment, seed=self.seed)
         self.val_set = DetectionDataset(self.image_dir, val) if val else None
         log.info("data: %d train / %d validation images", len(train), len(val))
         shape = load_png(Path(self.image_dir) / f"{train[0].image_id}.png").shape
@@ -109,21 +136,39 @@ class CXRDataModule(pl.LightningDataModule):
                 self.image_size,
             )
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Stateful (torchdata): a checkpoint records how far into the epoch it got, so a resumed
+        run goes on with the next batch. Workers restart each epoch to see the new epoch number;
+        the loader's own generator keeps the global RNG (ROI sampling) untouched. Batches are
+        always full, like Detectron2's training sampler: a one-image batch would send small
+        feature maps through PyTorch's CPU convolution fallback, whose weight gradient is not
+        reproducible with several threads."""
+        trainer = getattr(self, "trainer", None)
+        sampler = EpochSampler(
+            self.train_set,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            shuffle=True,
+            seed=self.seed,
+        )
+        return StatefulDataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.seed),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # not the global one: validating leaves it untouched
+        )

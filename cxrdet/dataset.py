@@ -97,13 +97,27 @@ def build_records(
     return records
 
 
-class DetectionDataset(Dataset):
-    """Prepared PNGs with their boxes, optionally through an Albumentations pipeline."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch: the same wherever and whenever it loads."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
-    def __init__(self, image_dir: str | Path, records: list[Record], transform=None):
+
+class DetectionDataset(Dataset):
+    """Prepared PNGs with their boxes, optionally through an Albumentations pipeline.
+
+    With a ``seed``, sample ``i`` of epoch ``epoch`` (set by :class:`EpochSampler`) is augmented
+    with :func:`sample_seed`, so its augmentation does not depend on the worker that loads it,
+    on the order of loading or on a resumed run; without one, Albumentations draws its own.
+    """
+
+    def __init__(
+        self, image_dir: str | Path, records: list[Record], transform=None, seed: int | None = None
+    ):
         self.image_dir = Path(image_dir)
         self.records = records
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -117,6 +131,8 @@ class DetectionDataset(Dataset):
         keep = valid(boxes, min_size=0.5)
         boxes, classes = boxes[keep], r.classes[keep]
         if self.transform is not None:
+            if self.seed is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(sample_seed(self.seed, self.epoch, i))
             out = self.transform(image=image, bboxes=boxes, labels=classes)
             image, boxes, classes = out["image"], out["bboxes"], out["labels"]
         target = {

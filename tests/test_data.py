@@ -209,3 +209,50 @@ def test_letterboxed_data_places_boxes_inside_the_content(tiny_data, tmp_path):
         np.testing.assert_allclose(target["boxes"].numpy(), expected, rtol=1e-5, atol=1e-3)
         checked += 1
     assert checked > 0
+
+
+def _seeded_datamodule(tiny_data, seed):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        augment = instantiate(compose(config_name="train").augment)
+    prepared = tiny_data["prepared"]
+    dm = CXRDataModule(
+        str(tiny_data["raw"] / "train.csv"),
+        str(prepared / "64" / "train"),
+        str(prepared / "64" / "train_meta.csv"),
+        image_size=64,
+        split="all_train",
+        num_workers=0,
+        augment=augment,
+        seed=seed,
+    )
+    dm.setup()
+    return dm
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_sample(tiny_data):
+    a, b = _seeded_datamodule(tiny_data, 7).train_set, _seeded_datamodule(tiny_data, 7).train_set
+    order = range(len(a))
+    first = [a[i][0] for i in order]
+    again = [b[i][0] for i in reversed(order)][::-1]  # another instance, another loading order
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    a.epoch = 1
+    assert sum(not torch.equal(a[i][0], first[i]) for i in order) > len(a) // 4
+    other = _seeded_datamodule(tiny_data, 8).train_set
+    assert sum(not torch.equal(other[i][0], first[i]) for i in order) > len(a) // 4
+
+
+def test_training_order_is_seeded_per_epoch_and_sharded_across_ranks(tiny_data):
+    from cxrdet.datamodule import EpochSampler
+
+    dm = _seeded_datamodule(tiny_data, 7)
+    loader = dm.train_dataloader()
+    sampler = loader.sampler
+    sampler.set_epoch(0)
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    assert dm.train_set.epoch == 1 and list(sampler) != epoch0
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0 and sorted(epoch0) == list(range(len(dm.train_set)))
+    shards = [list(EpochSampler(dm.train_set, 2, rank, seed=7)) for rank in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == sorted(epoch0)
+    assert not set(shards[0]) & set(shards[1])

@@ -1,0 +1,81 @@
+"""Exact resume and repeatable runs on CPU: same seed, same weights and metrics."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+from conftest import PY, REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _train(tiny_data, run, *extra):
+    # 10 steps over two epochs (6 batches each), validation and a checkpoint every 4 steps,
+    # the seed's augmentation, two loader workers: the resume at step 4 lands mid-epoch.
+    args = [
+        *tiny_overrides(tiny_data, run),
+        "data.num_workers=2",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=4",
+        "trainer.deterministic=true",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        *extra,
+    ]
+    done = subprocess.run(
+        [PY, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _val_metrics(run):
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    return metrics.dropna(subset=["val/loss"])[["step", "val/loss", "val/AP40", "val/mAP40"]]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_data, tmp_path_factory):
+    return _train(tiny_data, tmp_path_factory.mktemp("straight") / "run")
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
+    tiny_data, straight, tmp_path
+):
+    mid = straight / "checkpoints" / "best-step4.ckpt"
+    assert torch.load(mid, weights_only=True)["global_step"] == 4
+    resumed = _train(tiny_data, tmp_path / "resumed", f"ckpt_path={mid}")
+    a, b = (
+        _weights(straight / "checkpoints" / "last.ckpt"),
+        _weights(resumed / "checkpoints" / "last.ckpt"),
+    )
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    # The validation after the resume matches too.
+    pd.testing.assert_frame_equal(
+        _val_metrics(straight).iloc[1:].reset_index(drop=True),
+        _val_metrics(resumed).reset_index(drop=True),
+    )
+
+
+def test_same_seed_gives_the_same_weights_and_metrics(tiny_data, straight, tmp_path):
+    again = _train(tiny_data, tmp_path / "again")
+    pd.testing.assert_frame_equal(_val_metrics(straight), _val_metrics(again))
+    a, b = (
+        _weights(straight / "checkpoints" / "last.ckpt"),
+        _weights(again / "checkpoints" / "last.ckpt"),
+    )
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_last_checkpoint_holds_the_final_step_between_validations(straight):
+    # max_steps=10 is no multiple of val_check_interval=4: last.ckpt is written at the end.
+    assert (
+        torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    )
