@@ -24,6 +24,7 @@ import logging
 import math
 
 import numpy as np
+import torch.distributed as dist
 
 from cxrdet.competition import (
     NO_FINDING_BOX,
@@ -167,9 +168,22 @@ class DetectionEvaluator:
                 o["labels"].cpu().numpy() - 1,
             )
 
+    def gather(self) -> None:
+        """Under DDP, give every rank all ranks' images (each validated only its shard).
+
+        Images a sampler repeated to even out the shards are counted once (keyed by image id).
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        shards = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, (self.gt, self.dets))
+        for gt, dets in shards:
+            self.gt.update(gt)
+            self.dets.update(dets)
+
     def evaluate(self, curves: bool = False) -> dict:
-        """``{"AP40", "AP40_per_class", "mAP40", "mAP40_per_class"}`` (+ ``"mAP40_curves"``:
-        class id → (recall, precision) with ``curves``)."""
+        """``{"AP40", "AP40_per_class", "mAP40", "mAP40_per_class", "images"}`` (+
+        ``"mAP40_curves"``: class id → (recall, precision) with ``curves``)."""
         coco = coco_ap(self.gt, self.dets, self.num_classes, self.iou, self.max_dets)
         gt = {
             i: (b, c) if len(c) else (NO_FINDING_BOX[None], np.array([NO_FINDING]))
@@ -182,6 +196,7 @@ class DetectionEvaluator:
             "AP40_per_class": coco["per_class"],
             "mAP40": competition["mAP"],
             "mAP40_per_class": competition["per_class"],
+            "images": len(self.gt),
         }
         if curves:
             result["mAP40_curves"] = competition["curves"]

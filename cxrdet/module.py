@@ -104,10 +104,13 @@ class DetectorModule(pl.LightningModule):
         self.evaluator.process(targets, self.model(images))
 
     def on_validation_epoch_end(self) -> None:
+        self.evaluator.gather()  # DDP: every rank scores the whole validation set
         if not self.evaluator.gt:
             return
         result = self.evaluator.evaluate()
         names = [*self.class_names, *CLASS_NAMES[len(self.class_names) :]]
+        # The values are already global and equal on every rank (no sync_dist needed).
+        self.log("val/images", float(result["images"]))
         for metric in ("AP40", "mAP40"):
             value = result[metric]
             self.log(f"val/{metric}", value if value == value else 0.0, prog_bar=True)
