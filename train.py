@@ -21,7 +21,7 @@ from cxrdet.cli import quote_numeric_choices
 from cxrdet.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.module import DetectorModule
 from cxrdet.report import upload_figures, write_report
-from cxrdet.tracking import wandb_offline_without_key
+from cxrdet.tracking import build_loggers, run_info
 
 log = logging.getLogger("cxrdet.train")
 
@@ -43,9 +43,10 @@ def train(cfg: DictConfig) -> float | None:
         on_nonfinite=cfg.on_nonfinite,
     )
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    if "wandb" in (cfg.logger or {}):
-        wandb_offline_without_key()
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    loggers, log_images = build_loggers(cfg.logger)
+    info = run_info(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(info)
     if not loggers:  # logger=none: the LR monitor has nowhere to write and would refuse to run
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -58,10 +59,11 @@ def train(cfg: DictConfig) -> float | None:
     except FloatingPointError as e:
         sys.exit(f"error: {e}")
 
-    if cfg.get("report") and trainer.is_global_zero:
+    if (cfg.get("report") or log_images) and trainer.is_global_zero:
         figures = write_report(trainer.default_root_dir)
         log.info("report: %d figures in %s", len(figures), figures[0].parent if figures else "-")
-        upload_figures(loggers, figures, include_images=cfg.get("log_images", False))
+        if log_images:
+            upload_figures(loggers, figures)
     ckpt = trainer.checkpoint_callback
     if ckpt is not None:
         log.info("best checkpoint: %s", ckpt.best_model_path or "(none)")

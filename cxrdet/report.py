@@ -139,21 +139,17 @@ def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> l
     return written
 
 
-PATIENT_IMAGES = {"fig12_validation_images"}  # figures that show X-rays
-
-
-def upload_figures(loggers, paths: list[Path], include_images: bool = False) -> int:
+def upload_figures(loggers, paths: list[Path]) -> int:
     """Send the figures to every logger that takes images (W&B); returns how many were sent.
 
-    Figures showing X-rays are patient data and go only with ``include_images``.
+    train.py calls this only with ``logger.wandb.log_images=true``: fig 12 shows X-rays, which
+    are patient data.
     """
     sent = 0
     for logger in loggers:
         if not hasattr(logger, "log_image"):
             continue
         for path in paths:
-            if path.stem in PATIENT_IMAGES and not include_images:
-                continue
             logger.log_image(key=f"report/{path.stem}", images=[str(path)])
             sent += 1
     return sent

@@ -18,6 +18,7 @@ GROUPS = [
     "logger",
     "callbacks",
     "experiment",
+    "hparams_search",
 ]
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF_DIR / group).glob("*.yaml"))]
 

@@ -285,7 +285,7 @@ def test_report_writes_every_figure(trained):
         assert (trained / "report" / f"{name}.png").stat().st_size > 5000, name
 
 
-def test_figures_reach_image_loggers_but_xrays_only_when_asked(tmp_path):
+def test_figures_reach_only_loggers_that_take_images(tmp_path):
     from cxrdet.report import upload_figures
 
     class ImageLogger:
@@ -296,10 +296,9 @@ def test_figures_reach_image_loggers_but_xrays_only_when_asked(tmp_path):
             self.keys.append(key)
 
     paths = [tmp_path / "fig10_loss.png", tmp_path / "fig12_validation_images.png"]
-    quiet, loud, csv_like = ImageLogger(), ImageLogger(), object()
-    assert upload_figures([quiet, csv_like], paths) == 1
-    assert quiet.keys == ["report/fig10_loss"]
-    assert upload_figures([loud], paths, include_images=True) == 2
+    wandb_like, csv_like = ImageLogger(), object()
+    assert upload_figures([wandb_like, csv_like], paths) == 2
+    assert wandb_like.keys == ["report/fig10_loss", "report/fig12_validation_images"]
 
 
 def test_nonfinite_loss_stops_with_step_and_losses_and_keeps_checkpoints(tiny_data, tmp_path):
@@ -347,7 +346,9 @@ def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):
     run = tmp_path / "run"
     overrides = [
         *tiny_overrides(tiny_data, run),
-        "logger=wandb",
+        "logger=[csv,wandb]",
+        "logger.wandb.group=group-under-test",
+        "logger.wandb.log_images=true",
         "trainer.max_steps=1",
         "trainer.val_check_interval=1",
     ]
@@ -356,7 +357,16 @@ def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "logging offline" in done.stdout + done.stderr
-    assert list((run / "wandb").glob("offline-run-*"))
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    record = next(offline.glob("run-*.wandb")).read_bytes()
+    # The run carries the resolved config, the git commit, the job number and the group.
+    for key in (b"git_commit", b"hydra_job_num", b"roi_batch_size_per_image", b"group-under-test"):
+        assert key in record, key
+    # log_images=true: the report is written and its figures (fig 12 included) reach W&B.
+    assert (run / "report" / "fig12_validation_images.png").is_file()
+    sent = [p.name for p in (offline / "files" / "media" / "images" / "report").glob("*.png")]
+    assert any(n.startswith("fig12_validation_images") for n in sent)
+    assert any(n.startswith("fig10_loss") for n in sent)
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):

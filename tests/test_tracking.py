@@ -25,3 +25,53 @@ def test_a_key_or_an_explicit_mode_is_respected(tmp_path, monkeypatch):
     assert wandb_key_configured() and wandb_offline_without_key() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_offline_without_key() == "disabled"
+
+
+def _logger_cfg(overrides, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from cxrdet.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    # ${hydra:runtime.output_dir} needs a running job: point the loggers at tmp_path instead.
+    for node in cfg.logger.values():
+        node.save_dir = str(tmp_path)
+    return cfg.logger
+
+
+def test_loggers_combine_and_wandb_takes_project_entity_group_tags(tmp_path, monkeypatch):
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    from cxrdet.tracking import build_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [
+        "logger=[csv,wandb,tensorboard]",
+        "logger.wandb.entity=lab",
+        "logger.wandb.group=sweep-a",
+        "logger.wandb.tags=[seed,r50]",
+        "logger.wandb.log_images=true",
+    ]
+    loggers, log_images = build_loggers(_logger_cfg(overrides, tmp_path))
+    assert [type(x) for x in loggers] == [CSVLogger, WandbLogger, TensorBoardLogger]
+    init = loggers[1]._wandb_init
+    assert (init["project"], init["entity"], init["group"], init["tags"]) == (
+        "cxrdet",
+        "lab",
+        "sweep-a",
+        ["seed", "r50"],
+    )
+    assert log_images and loggers[1]._log_model is False
+    _, log_images = build_loggers(_logger_cfg(["logger=wandb"], tmp_path))
+    assert log_images is False  # X-rays stay local unless asked
+
+
+def test_run_info_has_config_commit_and_job_number():
+    from omegaconf import OmegaConf
+
+    from cxrdet.tracking import run_info
+
+    info = run_info(OmegaConf.create({"optim": {"lr": 0.01}, "twice": "${optim.lr}"}))
+    assert info["config"] == {"optim": {"lr": 0.01}, "twice": 0.01}
+    assert len(info["git_commit"].split("+")[0]) == 40 and info["hydra_job_num"] == 0

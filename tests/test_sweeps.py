@@ -1,0 +1,97 @@
+"""Hydra sweeps: multirun over groups and values, an Optuna search, and the SLURM launcher."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from conftest import PY, REPO, tiny_overrides
+from hydra import compose, initialize_config_dir
+
+from cxrdet.cli import CONF_DIR
+
+
+def _tiny_sweep(tiny_data, sweep_dir):
+    overrides = [o for o in tiny_overrides(tiny_data, sweep_dir) if not o.startswith("hydra.run")]
+    return [
+        *[o for o in overrides if o != "data=256"],
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def _run(args):
+    done = subprocess.run([PY, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _hparams(job_dir):
+    return yaml.safe_load((job_dir / "csv" / "hparams.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_multirun_runs_every_combination_in_its_own_directory(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    _run(["train.py", "-m", "optim.lr=0.001,0.002", "data=256,512", *_tiny_sweep(tiny_data, sweep)])
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    seen = set()
+    for job in jobs:
+        h = _hparams(job)
+        assert h["hydra_job_num"] == int(job.name) and h["git_commit"]
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        seen.add(tuple(sorted(o for o in overrides if o.startswith(("optim.lr=", "data=")))))
+        assert h["config"]["optim"]["lr"] in (0.001, 0.002)
+    assert len(seen) == 4
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_and_reports_the_best(tiny_data, tmp_path):
+    sweep = tmp_path / "optuna"
+    args = [
+        "train.py",
+        "hparams_search=optuna",  # multirun without -m
+        "hydra.sweeper.n_trials=2",
+        "~hydra.sweeper.params.data",  # the tiny data exists at one size only
+        "data=256",
+        *_tiny_sweep(tiny_data, sweep),
+    ]
+    _run(args)
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    # The tiny overrides fix model.roi_batch_size_per_image, so the rest of the space is searched.
+    assert set(result["best_params"]) == {
+        "optim.lr",
+        "scheduler.warmup_steps",
+        "augment.transforms.1.p",
+        "augment.transforms.2.p",
+    }
+    assert 0.0002 <= result["best_params"]["optim.lr"] <= 0.01
+    lrs = {_hparams(sweep / str(i))["config"]["optim"]["lr"] for i in (0, 1)}
+    assert len(lrs) == 2  # two trials, two sampled learning rates
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def test_optuna_search_space_and_metric_come_from_config():
+    cfg = _compose(["hparams_search=optuna", "optimized_metric=val/mAP40"])
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/mAP40"
+    assert set(cfg.hydra.sweeper.params) >= {"optim.lr", "scheduler.warmup_steps", "data"}
+
+
+def test_slurm_launcher_composes_and_validates():
+    cfg = _compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 1440)
+    # The plugin's schema checks types: a time limit must be a number.
+    with pytest.raises(Exception, match="timeout_min"):
+        _compose(["hydra/launcher=slurm", "hydra.launcher.timeout_min=soon"])
