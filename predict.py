@@ -43,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         device=cfg.device,
+        precision=str(cfg.precision),
         tta=cfg.tta,
         weights=list(cfg.weights) if cfg.weights else None,
         fusion_iou=cfg.fusion_iou,

@@ -1,6 +1,7 @@
 """Prediction speed: predict.py's pipeline vs a bare ``model(images)`` loop, and the TTA cost.
 
-    python benchmarks/predict.py [--images 32] [--size 256] [--batch 4]
+    python benchmarks/predict.py [--images 32] [--size 256] [--batch 4] [--device cpu]
+        [--precision 32]
 
 A random-init R50-FPN checkpoint and synthetic prepared PNGs; the same threads, batch, score
 threshold (0.0) and detection cap (100) for all. The bare loop gets the images already in
@@ -24,7 +25,7 @@ import torch  # noqa: E402
 
 from cxrdet.dataset import ImageDataset  # noqa: E402
 from cxrdet.module import DetectorModule  # noqa: E402
-from cxrdet.predictor import predict  # noqa: E402
+from cxrdet.predictor import autocast, predict  # noqa: E402
 from cxrdet.prepare import prepare  # noqa: E402
 from cxrdet.synth import synthesize  # noqa: E402
 
@@ -39,17 +40,25 @@ def make_checkpoint(path: Path, size: int) -> None:
 
 
 @torch.inference_mode()
-def bare_loop(ckpt: Path, dataset: ImageDataset, batch: int) -> float:
+def bare_loop(ckpt: Path, dataset: ImageDataset, batch: int, device, precision: str) -> float:
     from cxrdet.module import load_detector
 
-    model = load_detector(str(ckpt)).model.eval()
+    model = load_detector(str(ckpt)).model.eval().to(device)
     model.roi_heads.score_thresh, model.roi_heads.detections_per_img = 0.0, 100
-    images = [dataset[i][0] for i in range(len(dataset))]
-    model(images[:batch])  # warm-up
-    start = time.perf_counter()
-    for i in range(0, len(images), batch):
-        model(images[i : i + batch])
+    images = [dataset[i][0].to(device) for i in range(len(dataset))]
+    with autocast(device, precision):
+        model(images[:batch])  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(0, len(images), batch):
+            model(images[i : i + batch])
+        _sync(device)
     return len(images) / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -57,7 +66,10 @@ def main() -> None:
     p.add_argument("--images", type=int, default=32, help="test images (default 32)")
     p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda")
+    p.add_argument("--precision", default="32", help="32 (default) | 16-mixed | bf16-mixed")
     a = p.parse_args()
+    device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "raw", 0, a.images, seed=2, min_px=600, max_px=800, progress=False)
@@ -68,13 +80,14 @@ def main() -> None:
             tmp / "prepared" / str(a.size) / "test",
             tmp / "prepared" / str(a.size) / "test_meta.csv",
         )
-        bare = bare_loop(ckpt, ImageDataset(image_dir, meta), a.batch)
+        bare = bare_loop(ckpt, ImageDataset(image_dir, meta), a.batch, device, a.precision)
         common = dict(
             ckpt_path=str(ckpt),
             image_dir=str(image_dir),
             meta_csv=str(meta),
             batch_size=a.batch,
-            device="cpu",
+            device=a.device,
+            precision=a.precision,
             progress=False,
         )
         predict(output=str(tmp / "warm" / "s.csv"), **common)  # warm-up, as the bare loop had
@@ -85,7 +98,8 @@ def main() -> None:
     print(f"predict.py:      {plain:.3f} images/s, {ratio:.3f}x the bare loop (target >= 0.9)")
     print(
         f"with tta=hflip:  {tta:.3f} images/s, {tta_cost:.2f}x the time (target <= 2.1x); "
-        f"{a.images} images at {a.size} px, batch {a.batch}, {torch.get_num_threads()} threads"
+        f"{a.images} images at {a.size} px, batch {a.batch}, {torch.get_num_threads()} threads, "
+        f"{a.device}, precision {a.precision}"
     )
     print(
         json.dumps(
@@ -94,6 +108,8 @@ def main() -> None:
                 "predict_img_per_s": round(plain, 4),
                 "ratio": round(ratio, 4),
                 "tta_cost": round(tta_cost, 4),
+                "device": a.device,
+                "precision": a.precision,
             }
         )
     )

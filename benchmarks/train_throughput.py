@@ -1,12 +1,15 @@
-"""Training throughput: cxrdet's Lightning loop vs a plain PyTorch loop, same everything.
+"""Training throughput: cxrdet's Lightning loop vs a plain PyTorch loop, same everything, and
+the Lightning loop at other precisions.
 
     python benchmarks/train_throughput.py [--size 256] [--batch 2] [--steps 20] [--warmup 3]
+        [--precisions 32-true,bf16-mixed] [--accelerator cpu|gpu]
 
 Both loops train the same torchvision Faster R-CNN R50-FPN (random init, same seed) on the same
 synthetic phantoms with the same DataLoader, batch, optimiser and torch threads; the first
 ``--warmup`` steps are not timed. The Lightning loop runs with cxrdet's usual callbacks
-(progress bar, LR monitor, throughput monitor) and CSV logger. Prints images/s of both and the
-ratio; the last line is one JSON object with the three figures.
+(progress bar, LR monitor, throughput monitor) and CSV logger, once per precision
+(``trainer.precision`` values; the plain loop is fp32). Prints images/s of each, the ratio
+cxrdet/plain at fp32 and each precision's speed-up over fp32; the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class StepClock(pl.Callback):
     def __init__(self):
         self.times: list[float] = []
 
-    def on_train_batch_end(self, *args) -> None:
+    def on_train_batch_end(self, trainer, *args) -> None:
+        _sync(trainer.strategy.root_device)
         self.times.append(time.perf_counter())
 
 
@@ -59,18 +63,29 @@ def make_data(root: Path, size: int, images: int) -> CXRDataModule:
     )
 
 
-def plain_loop(dm: CXRDataModule, model_cfg: dict, steps: int, warmup: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(dm: CXRDataModule, model_cfg: dict, steps: int, warmup: int, device) -> float:
     torch.manual_seed(0)
-    model = build_fasterrcnn(**model_cfg).train()
+    model = build_fasterrcnn(**model_cfg).train().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=1e-4)
     times, done = [], 0
     while done < steps + warmup:
         for images, targets in dm.train_dataloader():
-            losses = model(list(images), list(targets))
+            images = [im.to(device) for im in images]
+            targets = [
+                {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
+                for t in targets
+            ]
+            losses = model(images, targets)
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            _sync(device)
             times.append(time.perf_counter())
             done += 1
             if done == steps + warmup:
@@ -78,7 +93,9 @@ def plain_loop(dm: CXRDataModule, model_cfg: dict, steps: int, warmup: int) -> f
     return dm.batch_size * steps / (times[-1] - times[warmup - 1])
 
 
-def lightning_loop(dm, model_cfg: dict, steps: int, warmup: int, out: Path) -> float:
+def lightning_loop(
+    dm, model_cfg: dict, steps: int, warmup: int, out: Path, accelerator: str, precision: str
+) -> float:
     torch.manual_seed(0)
     module = DetectorModule(
         model=model_cfg,
@@ -93,13 +110,14 @@ def lightning_loop(dm, model_cfg: dict, steps: int, warmup: int, out: Path) -> f
     )
     clock = StepClock()
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
+        precision=precision,
         max_steps=steps + warmup,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
-        logger=CSVLogger(out, name="csv"),
+        logger=CSVLogger(out, name=f"csv-{precision}"),
         log_every_n_steps=20,
         callbacks=[
             clock,
@@ -119,28 +137,47 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per loop (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    p.add_argument(
+        "--precisions",
+        default="32-true,bf16-mixed",
+        help="Lightning precisions to time, the first as the reference (default 32-true,bf16-mixed;"
+        " on a GPU e.g. 32-true,16-mixed,bf16-mixed)",
+    )
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="default cpu")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    device = torch.device("cuda" if a.accelerator == "gpu" else "cpu")
+    precisions = a.precisions.split(",")
     model_cfg = {"num_classes": 14, "image_size": a.size}
     with tempfile.TemporaryDirectory() as tmp:
         dm = make_data(Path(tmp), a.size, images=max(16, a.batch * 4))
         dm.batch_size = a.batch
         dm.setup()
-        plain = plain_loop(dm, model_cfg, a.steps, a.warmup)
-        print(f"plain PyTorch loop: {plain:.3f} images/s")
-        ours = lightning_loop(dm, model_cfg, a.steps, a.warmup, Path(tmp))
-        print(f"cxrdet Lightning loop: {ours:.3f} images/s")
-    ratio = ours / plain
+        plain = plain_loop(dm, model_cfg, a.steps, a.warmup, device)
+        print(f"plain PyTorch loop (fp32): {plain:.3f} images/s")
+        ours = {}
+        for precision in precisions:
+            ours[precision] = lightning_loop(
+                dm, model_cfg, a.steps, a.warmup, Path(tmp), a.accelerator, precision
+            )
+            print(f"cxrdet Lightning loop ({precision}): {ours[precision]:.3f} images/s")
+    reference = ours[precisions[0]]
+    ratio = reference / plain
     print(
-        f"ratio cxrdet / plain: {ratio:.3f} (target >= 0.97); {a.size} px, batch {a.batch}, "
-        f"{a.steps} timed steps, {a.threads} threads"
+        f"ratio cxrdet ({precisions[0]}) / plain: {ratio:.3f} (target >= 0.97); {a.size} px, "
+        f"batch {a.batch}, {a.steps} timed steps, {a.threads} threads, {device.type}"
     )
+    speedups = {k: v / reference for k, v in ours.items()}
+    for k in precisions[1:]:
+        print(f"{k}: {speedups[k]:.2f}x the images/s of {precisions[0]}")
     print(
         json.dumps(
             {
                 "plain_img_per_s": round(plain, 4),
-                "cxrdet_img_per_s": round(ours, 4),
+                "cxrdet_img_per_s": {k: round(v, 4) for k, v in ours.items()},
                 "ratio": round(ratio, 4),
+                "speedup": {k: round(v, 4) for k, v in speedups.items()},
+                "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
             }
         )
     )

@@ -48,6 +48,17 @@ def load_models(ckpt_paths: list[str], device, score_thresh: float, max_detectio
     return models
 
 
+AUTOCAST = {"32": None, "32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward pass's precision, named as Lightning's ``trainer.precision`` names it."""
+    if str(precision) not in AUTOCAST:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(AUTOCAST)}")
+    dtype = AUTOCAST[str(precision)]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def _numpy(output: dict):
     return (
         output["boxes"].float().cpu().numpy(),
@@ -69,6 +80,7 @@ def predict_dataset(
     fusion_skip: float = 0.0,
     max_detections: int = 100,
     progress: bool = True,
+    precision: str = "32",
 ) -> tuple[dict, dict]:
     """Run every model (and its flipped view with ``tta="hflip"``) over ``dataset``.
 
@@ -86,10 +98,11 @@ def predict_dataset(
     for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         batch = [im.to(device) for im in images]
         views = []  # (outputs per image, flipped?, weight)
-        for model, weight in zip(models, weights):
-            views.append((model(batch), False, weight))
-            if tta == "hflip":
-                views.append((model([im.flip(-1) for im in batch]), True, weight))
+        with autocast(torch.device(device), precision):
+            for model, weight in zip(models, weights):
+                views.append((model(batch), False, weight))
+                if tta == "hflip":
+                    views.append((model([im.flip(-1) for im in batch]), True, weight))
         for k, (image, info) in enumerate(zip(images, infos)):
             if info.get("error"):
                 errors[info["image_id"]] = info["error"]
@@ -155,6 +168,7 @@ def predict(
     batch_size: int = 4,
     num_workers: int = 0,
     device: str = "auto",
+    precision: str = "32",
     tta: str = "none",
     weights: list[float] | None = None,
     fusion_iou: float = 0.55,
@@ -176,6 +190,7 @@ def predict(
     ckpts = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
     dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv)  # fail before the models
     dev = pick_device(device)
+    autocast(dev, precision)  # an unknown precision fails here, before the models load
     models = load_models(ckpts, dev, score_thresh, max_detections)
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
         dataset = DicomDataset(dicom_dir, int(models[0].transform.min_size[0]), keep_ratio)
@@ -193,6 +208,7 @@ def predict(
         fusion_skip,
         max_detections,
         progress,
+        precision,
     )
     seconds = time.perf_counter() - start
     for image_id, error in errors.items():

@@ -39,6 +39,16 @@ def test_all_train_without_logger_still_checkpoints(tiny_data, tmp_path):
     assert not (run / "csv").exists()
 
 
+def test_bf16_mixed_training_runs_on_cpu(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    overrides = [*tiny_overrides(tiny_data, run), "trainer.precision=bf16-mixed"]
+    _run(["train.py", *overrides, "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    assert np.isfinite(metrics["val/loss"].dropna()).all() and len(metrics["val/loss"].dropna())
+    hparams = (run / "csv" / "hparams.yaml").read_text()
+    assert "precision: bf16-mixed" in hparams
+
+
 def test_bad_labels_path_fails_before_training_with_the_file_named(tiny_data, tmp_path):
     overrides = [*tiny_overrides(tiny_data, tmp_path / "run"), "data.labels_csv=/nowhere/train.csv"]
     done = subprocess.run(
@@ -192,6 +202,22 @@ def test_ensemble_of_one_checkpoint_equals_the_checkpoint(tiny_data, trained, tm
         order = [np.lexsort(np.c_[b, s, c].T) for b, s, c in (single[image_id], twice[image_id])]
         for x, y in zip(single[image_id], twice[image_id]):
             np.testing.assert_allclose(x[order[0]], y[order[1]], atol=0.15)
+
+
+def test_bf16_prediction_on_cpu_is_close_to_fp32_and_a_bad_precision_is_named(
+    tiny_data, trained, tmp_path
+):
+    fp32 = _predict(trained, tiny_data, tmp_path / "fp32.csv")
+    bf16 = _predict(trained, tiny_data, tmp_path / "bf16.csv", precision="bf16-mixed")
+    assert fp32.keys() == bf16.keys()
+    top = lambda sub: np.array([s.max(initial=0) for _, s, _ in sub.values()])  # noqa: E731
+    np.testing.assert_allclose(top(bf16), top(fp32), atol=0.05)
+    assert any(
+        len(fp32[i][1]) != len(bf16[i][1]) or not np.array_equal(fp32[i][1], bf16[i][1])
+        for i in fp32
+    )  # the forward pass really ran in bfloat16
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        _predict(trained, tiny_data, tmp_path / "bad.csv", precision="fp8")
 
 
 class BlobDetector(torch.nn.Module):
