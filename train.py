@@ -60,7 +60,11 @@ def train(cfg: DictConfig) -> float | None:
         sys.exit(f"error: {e}")
 
     if (cfg.get("report") or log_images) and trainer.is_global_zero:
-        figures = write_report(trainer.default_root_dir)
+        try:  # the checkpoints are written: a report that cannot be made only warns
+            figures = write_report(trainer.default_root_dir)
+        except (FileNotFoundError, ValueError) as e:
+            log.warning("no report: %s (the figures need the csv logger: logger=[csv,wandb])", e)
+            figures = []
         log.info("report: %d figures in %s", len(figures), figures[0].parent if figures else "-")
         if log_images:
             upload_figures(loggers, figures)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -23,16 +24,23 @@ warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=
 
 
 class EpochSampler(DistributedSampler):
-    """The training order: shuffled from (seed, epoch), this rank's share under DDP.
+    """The training order, shuffled from (seed, epoch), this rank's share under DDP; it yields
+    ``(epoch, index)`` so that the dataset seeds each sample's augmentation from both.
 
-    Lightning calls ``set_epoch`` before each epoch (and again when a run resumes); the epoch
-    reaches the dataset too, which seeds each sample's augmentation from it. One process:
-    ``num_replicas=1, rank=0``. Lightning keeps a DistributedSampler as it is under DDP.
+    ``epoch_source`` (the trainer's epoch counter) is read when an epoch's iteration starts:
+    Lightning creates a resumed run's first iterator before it calls ``set_epoch``. One process:
+    ``num_replicas=1, rank=0``; Lightning keeps a DistributedSampler as it is under DDP.
     """
 
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.dataset.epoch = epoch
+    def __init__(self, dataset, *args, epoch_source: Callable[[], int] | None = None, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        self.epoch_source = epoch_source
+
+    def __iter__(self):
+        if self.epoch_source is not None:
+            self.set_epoch(self.epoch_source())
+        epoch = self.epoch
+        return ((epoch, i) for i in super().__iter__())
 
 
 class CXRDataModule(pl.LightningDataModule):
@@ -138,8 +146,8 @@ class CXRDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> StatefulDataLoader:
         """Stateful (torchdata): a checkpoint records how far into the epoch it got, so a resumed
-        run goes on with the next batch. Workers restart each epoch to see the new epoch number;
-        the loader's own generator keeps the global RNG (ROI sampling) untouched. Batches are
+        run goes on with the next batch. The loader's own generator keeps the global RNG (ROI
+        sampling) untouched. Batches are
         always full, like Detectron2's training sampler: a one-image batch would send small
         feature maps through PyTorch's CPU convolution fallback, whose weight gradient is not
         reproducible with several threads."""
@@ -150,6 +158,9 @@ class CXRDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             shuffle=True,
             seed=self.seed,
+            epoch_source=(lambda: trainer.fit_loop.epoch_progress.current.processed)
+            if trainer
+            else None,
         )
         return StatefulDataLoader(
             self.train_set,
@@ -158,6 +169,7 @@ class CXRDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate,
             drop_last=True,
+            persistent_workers=self.num_workers > 0,  # the epoch travels with each index
             generator=torch.Generator().manual_seed(self.seed),
         )
 

@@ -105,9 +105,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class DetectionDataset(Dataset):
     """Prepared PNGs with their boxes, optionally through an Albumentations pipeline.
 
-    With a ``seed``, sample ``i`` of epoch ``epoch`` (set by :class:`EpochSampler`) is augmented
-    with :func:`sample_seed`, so its augmentation does not depend on the worker that loads it,
-    on the order of loading or on a resumed run; without one, Albumentations draws its own.
+    Items are indexed by ``i`` or by ``(epoch, i)`` (what :class:`cxrdet.datamodule.EpochSampler`
+    yields; a bare ``i`` is epoch 0). With a ``seed``, the item is augmented with
+    ``sample_seed(seed, epoch, i)``, so its augmentation does not depend on the worker that loads
+    it, on the order of loading or on a resumed run; without one, Albumentations draws its own.
     """
 
     def __init__(
@@ -117,12 +118,12 @@ class DetectionDataset(Dataset):
         self.records = records
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         r = self.records[i]
         image = load_png(self.image_dir / f"{r.image_id}.png")
         boxes = to_prepared(r.boxes, r.orig_hw, image.shape, r.content)
@@ -132,7 +133,7 @@ class DetectionDataset(Dataset):
         boxes, classes = boxes[keep], r.classes[keep]
         if self.transform is not None:
             if self.seed is not None and hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(sample_seed(self.seed, self.epoch, i))
+                self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
             out = self.transform(image=image, bboxes=boxes, labels=classes)
             image, boxes, classes = out["image"], out["bboxes"], out["labels"]
         target = {

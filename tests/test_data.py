@@ -235,8 +235,8 @@ def test_augmentation_depends_only_on_seed_epoch_and_sample(tiny_data):
     first = [a[i][0] for i in order]
     again = [b[i][0] for i in reversed(order)][::-1]  # another instance, another loading order
     assert all(torch.equal(x, y) for x, y in zip(first, again))
-    a.epoch = 1
-    assert sum(not torch.equal(a[i][0], first[i]) for i in order) > len(a) // 4
+    assert all(torch.equal(a[(0, i)][0], first[i]) for i in order)  # a bare index is epoch 0
+    assert sum(not torch.equal(a[(1, i)][0], first[i]) for i in order) > len(a) // 4
     other = _seeded_datamodule(tiny_data, 8).train_set
     assert sum(not torch.equal(other[i][0], first[i]) for i in order) > len(a) // 4
 
@@ -245,14 +245,22 @@ def test_training_order_is_seeded_per_epoch_and_sharded_across_ranks(tiny_data):
     from cxrdet.datamodule import EpochSampler
 
     dm = _seeded_datamodule(tiny_data, 7)
-    loader = dm.train_dataloader()
-    sampler = loader.sampler
+    sampler = dm.train_dataloader().sampler
     sampler.set_epoch(0)
     epoch0 = list(sampler)
     sampler.set_epoch(1)
-    assert dm.train_set.epoch == 1 and list(sampler) != epoch0
+    epoch1 = list(sampler)
+    assert {e for e, _ in epoch0} == {0} and {e for e, _ in epoch1} == {1}
+    assert [i for _, i in epoch1] != [i for _, i in epoch0]
     sampler.set_epoch(0)
-    assert list(sampler) == epoch0 and sorted(epoch0) == list(range(len(dm.train_set)))
+    assert list(sampler) == epoch0 and sorted(i for _, i in epoch0) == list(
+        range(len(dm.train_set))
+    )
     shards = [list(EpochSampler(dm.train_set, 2, rank, seed=7)) for rank in (0, 1)]
     assert sorted(shards[0] + shards[1]) == sorted(epoch0)
     assert not set(shards[0]) & set(shards[1])
+    # The trainer's epoch counter wins over set_epoch: a resumed run's first iterator is made
+    # before Lightning calls set_epoch.
+    counter = EpochSampler(dm.train_set, 1, 0, seed=7, epoch_source=lambda: 1)
+    counter.set_epoch(0)
+    assert list(counter) == epoch1

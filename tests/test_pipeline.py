@@ -395,6 +395,21 @@ def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):
     assert any(n.startswith("fig10_loss") for n in sent)
 
 
+def test_wandb_images_without_the_csv_logger_warn_instead_of_failing(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        *tiny_overrides(tiny_data, run),
+        "logger=wandb",
+        "logger.wandb.log_images=true",
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+    ]
+    out = _run(["train.py", *overrides])
+    out = out.stdout + out.stderr
+    assert "no report" in out and "logger=[csv,wandb]" in out
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_sigterm_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):
     import signal
     import time

@@ -45,11 +45,12 @@ def straight(tiny_data, tmp_path_factory):
     return _train(tiny_data, tmp_path_factory.mktemp("straight") / "run")
 
 
+@pytest.mark.parametrize("step", [4, 8], ids=["mid-first-epoch", "mid-second-epoch"])
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
-    tiny_data, straight, tmp_path
+    tiny_data, straight, tmp_path, step
 ):
-    mid = straight / "checkpoints" / "best-step4.ckpt"
-    assert torch.load(mid, weights_only=True)["global_step"] == 4
+    mid = straight / "checkpoints" / f"best-step{step}.ckpt"
+    assert torch.load(mid, weights_only=True)["global_step"] == step
     resumed = _train(tiny_data, tmp_path / "resumed", f"ckpt_path={mid}")
     a, b = (
         _weights(straight / "checkpoints" / "last.ckpt"),
@@ -57,11 +58,11 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
     )
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
-    # The validation after the resume matches too.
-    pd.testing.assert_frame_equal(
-        _val_metrics(straight).iloc[1:].reset_index(drop=True),
-        _val_metrics(resumed).reset_index(drop=True),
-    )
+    if step == 4:  # the validation at step 8 after the resume matches too
+        pd.testing.assert_frame_equal(
+            _val_metrics(straight).iloc[1:].reset_index(drop=True),
+            _val_metrics(resumed).reset_index(drop=True),
+        )
 
 
 def test_same_seed_gives_the_same_weights_and_metrics(tiny_data, straight, tmp_path):
