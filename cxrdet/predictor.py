@@ -51,11 +51,17 @@ def load_models(ckpt_paths: list[str], device, score_thresh: float, max_detectio
 AUTOCAST = {"32": None, "32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
-def autocast(device: torch.device, precision: str):
-    """The forward pass's precision, named as Lightning's ``trainer.precision`` names it."""
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision named as Lightning's ``trainer.precision`` names it
+    (None: full precision); an unknown name is a ValueError."""
     if str(precision) not in AUTOCAST:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(AUTOCAST)}")
-    dtype = AUTOCAST[str(precision)]
+    return AUTOCAST[str(precision)]
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward pass's precision context on ``device``."""
+    dtype = autocast_dtype(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -94,11 +100,12 @@ def predict_dataset(
     if len(weights) != len(models):
         raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    device = torch.device(device)
     results, errors = {}, {}
     for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         batch = [im.to(device) for im in images]
         views = []  # (outputs per image, flipped?, weight)
-        with autocast(torch.device(device), precision):
+        with autocast(device, precision):
             for model, weight in zip(models, weights):
                 views.append((model(batch), False, weight))
                 if tta == "hflip":
@@ -190,7 +197,7 @@ def predict(
     ckpts = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
     dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv)  # fail before the models
     dev = pick_device(device)
-    autocast(dev, precision)  # an unknown precision fails here, before the models load
+    autocast_dtype(precision)  # an unknown precision fails here, before the models load
     models = load_models(ckpts, dev, score_thresh, max_detections)
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
         dataset = DicomDataset(dicom_dir, int(models[0].transform.min_size[0]), keep_ratio)

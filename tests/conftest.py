@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,3 +44,13 @@ def tiny_overrides(data: dict, run_dir: Path) -> list[str]:
         "model.roi_batch_size_per_image=32",
         f"hydra.run.dir={run_dir}",
     ]
+
+
+def run_ok(args: list[str], timeout: int = 600, env: dict | None = None):
+    """Run ``python ARGS`` in the repository as a user would; fail the test with its output
+    unless it exits 0. Returns the CompletedProcess."""
+    done = subprocess.run(
+        [PY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done

@@ -119,6 +119,20 @@ def test_kfold_covers_every_image_once_without_leak_and_stratifies():
         split_ids(labels, "kfold", fold=5, n_folds=5)
 
 
+def _tiny_datamodule(tiny_data, labels=None, prepared=None, **kwargs) -> CXRDataModule:
+    """The tiny 64-px data as one all-train set (set up), with any other CXRDataModule option."""
+    prepared = prepared or tiny_data["prepared"]
+    dm = CXRDataModule(
+        str(labels or tiny_data["raw"] / "train.csv"),
+        str(prepared / "64" / "train"),
+        str(prepared / "64" / "train_meta.csv"),
+        image_size=64,
+        **{"split": "all_train", "num_workers": 0, **kwargs},
+    )
+    dm.setup()
+    return dm
+
+
 def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(tiny_data, caplog):
     raw, prepared = tiny_data["raw"], tiny_data["prepared"]
     labels = pd.read_csv(raw / "train.csv")
@@ -128,15 +142,7 @@ def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(tiny_d
     outside[["x_min", "x_max"]] = [5000.0, 6000.0]  # entirely right of the image
     path = tiny_data["root"] / "train_extra.csv"
     pd.concat([labels, extra, outside]).to_csv(path, index=False)
-    dm = CXRDataModule(
-        str(path),
-        str(prepared / "64" / "train"),
-        str(prepared / "64" / "train_meta.csv"),
-        image_size=64,
-        split="all_train",
-        num_workers=0,
-    )
-    dm.setup()
+    dm = _tiny_datamodule(tiny_data, labels=path)
     assert len(dm.train_set) == 16 and dm.val_set is None and dm.val_dataloader() == []
     assert "skipped 1 image(s)" in caplog.text and "f" * 32 in caplog.text
     assert "dropped 1 box(es) lying outside" in caplog.text
@@ -163,17 +169,7 @@ def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(tiny_d
 
 
 def test_use_class14_adds_one_box_per_normal_image(tiny_data):
-    prepared = tiny_data["prepared"]
-    dm = CXRDataModule(
-        str(tiny_data["raw"] / "train.csv"),
-        str(prepared / "64" / "train"),
-        str(prepared / "64" / "train_meta.csv"),
-        image_size=64,
-        split="all_train",
-        use_class14=True,
-        num_workers=0,
-    )
-    dm.setup()
+    dm = _tiny_datamodule(tiny_data, use_class14=True)
     normals = [t for _, t in dm.train_set if (t["labels"] == 15).any()]
     assert normals
     for t in normals:
@@ -186,15 +182,7 @@ def test_letterboxed_data_places_boxes_inside_the_content(tiny_data, tmp_path):
     from cxrdet.prepare import prepare
 
     prepare(tiny_data["raw"] / "train", tmp_path, [64], keep_ratio=True, progress=False)
-    dm = CXRDataModule(
-        str(tiny_data["raw"] / "train.csv"),
-        str(tmp_path / "64" / "train"),
-        str(tmp_path / "64" / "train_meta.csv"),
-        image_size=64,
-        split="all_train",
-        num_workers=0,
-    )
-    dm.setup()
+    dm = _tiny_datamodule(tiny_data, prepared=tmp_path)
     labels = pd.read_csv(tiny_data["raw"] / "train.csv")
     checked = 0
     for record, (_, target) in zip(dm.train_set.records, dm.train_set):
@@ -214,19 +202,7 @@ def test_letterboxed_data_places_boxes_inside_the_content(tiny_data, tmp_path):
 def _seeded_datamodule(tiny_data, seed):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         augment = instantiate(compose(config_name="train").augment)
-    prepared = tiny_data["prepared"]
-    dm = CXRDataModule(
-        str(tiny_data["raw"] / "train.csv"),
-        str(prepared / "64" / "train"),
-        str(prepared / "64" / "train_meta.csv"),
-        image_size=64,
-        split="all_train",
-        num_workers=0,
-        augment=augment,
-        seed=seed,
-    )
-    dm.setup()
-    return dm
+    return _tiny_datamodule(tiny_data, augment=augment, seed=seed)
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_sample(tiny_data):

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pandas as pd
 import pytest
-from conftest import PY, REPO, tiny_overrides
+from conftest import run_ok, tiny_overrides
 
 pytestmark = pytest.mark.slow
-
-
-def _run(args, timeout=600):
-    done = subprocess.run([PY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +23,7 @@ def ddp_run(tiny_data, tmp_path_factory):
         "trainer.val_check_interval=2",
         "data.val_fraction=0.5",
     ]
-    _run(["train.py", *overrides])
+    run_ok(["train.py", *overrides])
     return run
 
 
@@ -42,7 +35,7 @@ def test_ddp_training_on_two_cpu_processes_checkpoints_and_validates_all_images(
 
 
 def _validate(ckpt, tiny_data, devices):
-    out = _run(
+    done = run_ok(
         [
             "tests/ddp_validate.py",
             str(ckpt),
@@ -51,6 +44,7 @@ def _validate(ckpt, tiny_data, devices):
             str(devices),
         ]
     )
+    out = done.stdout + done.stderr
     line = [x for x in out.splitlines() if x.startswith("METRICS ")][-1]
     return json.loads(line.removeprefix("METRICS "))
 

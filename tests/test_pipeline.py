@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import PY, REPO, tiny_overrides
+from conftest import PY, REPO, run_ok, tiny_overrides
 
 from cxrdet.score import main as score_main
 from cxrdet.submission import SubmissionError, format_prediction, parse_prediction, read_submission
@@ -17,14 +17,8 @@ from cxrdet.submission import SubmissionError, format_prediction, parse_predicti
 pytestmark = pytest.mark.slow
 
 
-def _run(args, cwd=REPO):
-    done = subprocess.run([PY, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def test_fast_dev_run(tiny_data, tmp_path):
-    done = _run(
+def test_fast_devrun_ok(tiny_data, tmp_path):
+    done = run_ok(
         ["train.py", *tiny_overrides(tiny_data, tmp_path / "run"), "+trainer.fast_dev_run=true"]
     )
     assert "max_steps=1" in done.stdout + done.stderr
@@ -34,7 +28,7 @@ def test_fast_dev_run(tiny_data, tmp_path):
 def test_all_train_without_logger_still_checkpoints(tiny_data, tmp_path):
     run = tmp_path / "run"
     overrides = [*tiny_overrides(tiny_data, run), "data.split=all_train", "logger=none"]
-    _run(["train.py", *overrides, "trainer.max_steps=1"])
+    run_ok(["train.py", *overrides, "trainer.max_steps=1"])
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert not (run / "csv").exists()
 
@@ -42,7 +36,7 @@ def test_all_train_without_logger_still_checkpoints(tiny_data, tmp_path):
 def test_bf16_mixed_training_runs_on_cpu(tiny_data, tmp_path):
     run = tmp_path / "run"
     overrides = [*tiny_overrides(tiny_data, run), "trainer.precision=bf16-mixed"]
-    _run(["train.py", *overrides, "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    run_ok(["train.py", *overrides, "trainer.max_steps=2", "trainer.val_check_interval=2"])
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
     assert np.isfinite(metrics["val/loss"].dropna()).all() and len(metrics["val/loss"].dropna())
     hparams = (run / "csv" / "hparams.yaml").read_text()
@@ -61,7 +55,7 @@ def test_bad_labels_path_fails_before_training_with_the_file_named(tiny_data, tm
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("train") / "run"
-    _run(
+    run_ok(
         [
             "train.py",
             *tiny_overrides(tiny_data, run),
@@ -85,7 +79,7 @@ def test_training_writes_checkpoints_and_metrics(trained):
 
 def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):
     out = tmp_path / "submission.csv"
-    _run(
+    run_ok(
         [
             "predict.py",
             f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
@@ -378,10 +372,7 @@ def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):
         "trainer.max_steps=1",
         "trainer.val_check_interval=1",
     ]
-    done = subprocess.run(
-        [PY, "train.py", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_ok(["train.py", *overrides], timeout=300, env=env)
     assert "logging offline" in done.stdout + done.stderr
     (offline,) = (run / "wandb").glob("offline-run-*")
     record = next(offline.glob("run-*.wandb")).read_bytes()
@@ -404,7 +395,7 @@ def test_wandb_images_without_the_csv_logger_warn_instead_of_failing(tiny_data, 
         "trainer.max_steps=1",
         "trainer.val_check_interval=1",
     ]
-    out = _run(["train.py", *overrides])
+    out = run_ok(["train.py", *overrides])
     out = out.stdout + out.stderr
     assert "no report" in out and "logger=[csv,wandb]" in out
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -442,7 +433,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):
     stopped_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
     assert 0 < stopped_at < 200
     resumed = tmp_path / "resumed"
-    _run(
+    run_ok(
         [
             "train.py",
             *tiny_overrides(tiny_data, resumed),

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pandas as pd
 import pytest
 import torch
-from conftest import PY, REPO, tiny_overrides
+from conftest import run_ok, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +22,7 @@ def _train(tiny_data, run, *extra):
         "callbacks.model_checkpoint.save_top_k=-1",
         *extra,
     ]
-    done = subprocess.run(
-        [PY, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ok(["train.py", *args])
     return run
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import yaml
-from conftest import PY, REPO, tiny_overrides
+from conftest import run_ok, tiny_overrides
 from hydra import compose, initialize_config_dir
 
 from cxrdet.cli import CONF_DIR
@@ -22,12 +20,6 @@ def _tiny_sweep(tiny_data, sweep_dir):
     ]
 
 
-def _run(args):
-    done = subprocess.run([PY, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
-
-
 def _hparams(job_dir):
     return yaml.safe_load((job_dir / "csv" / "hparams.yaml").read_text())
 
@@ -35,7 +27,9 @@ def _hparams(job_dir):
 @pytest.mark.slow
 def test_multirun_runs_every_combination_in_its_own_directory(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    _run(["train.py", "-m", "optim.lr=0.001,0.002", "data=256,512", *_tiny_sweep(tiny_data, sweep)])
+    run_ok(
+        ["train.py", "-m", "optim.lr=0.001,0.002", "data=256,512", *_tiny_sweep(tiny_data, sweep)]
+    )
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     seen = set()
@@ -60,7 +54,7 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_data, tmp_path):
         "data=256",
         *_tiny_sweep(tiny_data, sweep),
     ]
-    _run(args)
+    run_ok(args)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     # The tiny overrides fix model.roi_batch_size_per_image, so the rest of the space is searched.
     assert set(result["best_params"]) == {
