@@ -12,7 +12,8 @@ from torch import nn
 
 from cxrdet.labels import CLASS_NAMES
 from cxrdet.metrics import DetectionEvaluator
-from cxrdet.model import build_fasterrcnn
+from cxrdet.model import build_fasterrcnn, trainable_parameter_groups
+from cxrdet.weights import frozen_bn_eps, no_source
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,9 @@ class DetectorModule(pl.LightningModule):
                 self.log(f"val/{metric}/{names[c]}", v)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = instantiate(self.hparams.optim)(params)
+        optim = instantiate(self.hparams.optim)
+        groups = trainable_parameter_groups(self.model, optim.keywords.get("weight_decay", 0.0))
+        optimizer = optim(groups)
         if not self.hparams.scheduler:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -134,7 +136,7 @@ def load_detector(ckpt_path: str) -> DetectorModule:
     """Load a trained DetectorModule (on the CPU) for inference, never fetching weights again.
 
     The checkpoint holds every trained tensor; the weight sources training started from are
-    dropped (keeping the BatchNorm kind they implied) so that loading works offline.
+    dropped (keeping the BatchNorm kind and eps they implied) so that loading works offline.
     """
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     try:
@@ -142,11 +144,10 @@ def load_detector(ckpt_path: str) -> DetectorModule:
         model_cfg = dict(hparams["model"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"{ckpt_path}: not a cxrdet training checkpoint (no model config)") from e
-    pretrained = any(
-        model_cfg.get(k) not in (None, "", "none", "None") for k in ("weights", "weights_backbone")
-    )
-    model_cfg.update(weights=None, weights_backbone=None)
+    pretrained = not all(no_source(model_cfg.get(k)) for k in ("weights", "weights_backbone"))
     model_cfg.setdefault("frozen_bn", pretrained)
+    model_cfg.setdefault("frozen_bn_eps", frozen_bn_eps(model_cfg.get("weights")))
+    model_cfg.update(weights=None, weights_backbone=None)
     module = DetectorModule(
         model=model_cfg,
         optim=hparams["optim"],

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from cxrdet.model import build_fasterrcnn, load_matching
+from cxrdet.model import build_fasterrcnn, trainable_parameter_groups
 from cxrdet.module import loss_mode
 from cxrdet.schedule import warmup_cosine, warmup_cosine_scheduler
 
@@ -69,18 +70,77 @@ def test_validation_loss_leaves_batchnorm_buffers_unchanged(model):
     model.load_state_dict(before)
 
 
-def test_local_weights_skip_mismatched_head(tmp_path, model):
-    other = build_fasterrcnn(num_classes=90, image_size=64)
-    path = tmp_path / "coco_like.pth"
-    torch.save(other.state_dict(), path)
-    fresh = build_fasterrcnn(num_classes=14, image_size=64, weights=str(path), frozen_bn=False)
-    got = fresh.state_dict()
-    assert torch.equal(
-        got["backbone.body.conv1.weight"], other.state_dict()["backbone.body.conv1.weight"]
+def test_rpn_top_k_follows_detectron2_by_default_and_the_keys():
+    model = build_fasterrcnn(image_size=64)
+    assert model.rpn._pre_nms_top_n == {"training": 2000, "testing": 1000}
+    assert model.rpn._post_nms_top_n == {"training": 1000, "testing": 1000}
+    other = build_fasterrcnn(image_size=64, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=50)
+    assert (
+        other.rpn._post_nms_top_n["training"] == 300 and other.rpn._pre_nms_top_n["testing"] == 50
     )
-    assert got["roi_heads.box_predictor.cls_score.weight"].shape[0] == 15
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        load_matching(model, tmp_path / "missing.pth")
+
+
+def test_normalisation_parameters_get_no_weight_decay(model):
+    groups = trainable_parameter_groups(model, 1e-4)
+    decayed, undecayed = groups
+    bn = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert undecayed["weight_decay"] == 0.0 and decayed["weight_decay"] == 1e-4
+    assert {id(p) for p in undecayed["params"]} == {id(p) for p in bn}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in groups for p in g["params"]} == trainable
+    frozen = build_fasterrcnn(image_size=64, frozen_bn=True)
+    assert len(trainable_parameter_groups(frozen, 1e-4)) == 1  # frozen BatchNorm has no parameters
+    from cxrdet.module import DetectorModule
+
+    module = DetectorModule(
+        model={"num_classes": 14, "image_size": 64},
+        optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "weight_decay": 1e-4},
+    )
+    optimizer = module.configure_optimizers()
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0]
+
+
+def _stand_in_heads(model, seen: list):
+    """Replace the RPN and box head by a detector that returns one box at fixed fractions of
+    whatever input size the transform produced, and records those sizes."""
+
+    def rpn(images, features, targets=None):
+        return [None] * len(images.image_sizes), {}
+
+    def roi_heads(features, proposals, image_sizes, targets=None):
+        seen.append(list(image_sizes))
+        box = lambda h, w: torch.tensor([[0.1 * w, 0.2 * h, 0.5 * w, 0.9 * h]])  # noqa: E731
+        dets = [
+            {"boxes": box(h, w), "scores": torch.tensor([0.9]), "labels": torch.tensor([4])}
+            for h, w in image_sizes
+        ]
+        return dets, {}
+
+    model.rpn.forward, model.roi_heads.forward = rpn, roi_heads
+
+
+def test_min_size_list_and_test_size_map_boxes_back_to_original_pixels(tiny_data):
+    from cxrdet.dataset import ImageDataset
+    from cxrdet.predictor import predict_dataset
+
+    torch.manual_seed(0)
+    model = build_fasterrcnn(image_size=64, min_size=[96, 128], max_size=1333, test_size=160)
+    seen = []
+    _stand_in_heads(model, seen)
+    model.transform.train()
+    sizes = {
+        tuple(s) for _ in range(8) for s in model.transform([torch.rand(3, 64, 64)])[0].image_sizes
+    }
+    assert sizes == {(96, 96), (128, 128)}  # drawn per image from the list
+    model.eval()
+    prepared = tiny_data["prepared"] / "64"
+    dataset = ImageDataset(prepared / "test", prepared / "test_meta.csv")
+    results, errors = predict_dataset([model], dataset, "cpu", batch_size=2, progress=False)
+    assert not errors and {tuple(s) for batch in seen for s in batch} == {(160, 160)}
+    for image_id, (boxes, _, classes) in results.items():
+        h, w = dataset.meta.at[image_id, "dim0"], dataset.meta.at[image_id, "dim1"]
+        np.testing.assert_allclose(boxes, [[0.1 * w, 0.2 * h, 0.5 * w, 0.9 * h]], rtol=1e-5)
+        assert classes.tolist() == [3]
 
 
 def test_warmup_cosine_known_steps():

@@ -1,0 +1,186 @@
+"""Pretrained weights offline: torchvision names from a TORCH_HOME made here, local files of every
+accepted kind, the one-line cure when nothing is cached, and the save helper."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+
+import pytest
+import torch
+from conftest import PY, REPO
+from safetensors.torch import save_file
+from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from cxrdet.model import build_fasterrcnn
+from cxrdet.module import DetectorModule, load_detector
+from cxrdet.weights import WeightsUnavailable, cache_file
+from cxrdet.weights import main as weights_main
+
+COCO = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+IMAGENET = ResNet50_Weights.IMAGENET1K_V1
+
+
+@pytest.fixture(scope="module")
+def coco_state():
+    """A state dict shaped like torchvision's COCO detector (91 classes), made on the spot."""
+    torch.manual_seed(1)
+    return build_fasterrcnn(num_classes=90, image_size=64, frozen_bn=True).state_dict()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty TORCH_HOME of this test's own; torchvision reads its cache from there."""
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def _cache(weights, state) -> None:
+    path = cache_file(weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+
+
+def _trainable_stages(model) -> list[str]:
+    body = model.backbone.body
+    stages = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    return [s for s in stages if any(p.requires_grad for p in getattr(body, s).parameters())]
+
+
+def test_default_loads_the_cached_coco_file_with_frozen_batchnorm(torch_home, coco_state, caplog):
+    _cache(COCO, coco_state)
+    assert str(cache_file(COCO)).startswith(str(torch_home))
+    with caplog.at_level(logging.INFO, logger="cxrdet.weights"):
+        model = build_fasterrcnn(num_classes=14, image_size=64, weights="DEFAULT")
+    got = model.state_dict()
+    assert torch.equal(
+        got["backbone.body.layer3.0.conv1.weight"],
+        coco_state["backbone.body.layer3.0.conv1.weight"],
+    )
+    assert torch.equal(got["rpn.head.conv.0.0.weight"], coco_state["rpn.head.conv.0.0.weight"])
+    assert (
+        got["roi_heads.box_predictor.cls_score.weight"].shape[0] == 15
+    )  # 14 findings + background
+    message = caplog.text
+    assert "torchvision COCO_V1" in message and "skipped 4" in message
+    assert "roi_heads.box_predictor.bbox_pred.bias" in message
+    norms = [m for m in model.backbone.body.modules() if "Norm" in type(m).__name__]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) and m.eps == 0.0 for m in norms)
+    assert _trainable_stages(model) == ["layer2", "layer3", "layer4"]
+
+
+def test_backbone_name_loads_the_cached_imagenet_file(torch_home):
+    torch.manual_seed(2)
+    state = resnet50().state_dict()
+    _cache(IMAGENET, state)
+    model = build_fasterrcnn(num_classes=14, image_size=64, weights_backbone="IMAGENET1K_V1")
+    assert torch.equal(model.backbone.body.layer4[2].conv3.weight, state["layer4.2.conv3.weight"])
+    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
+    assert model.backbone.body.bn1.eps == 1e-5
+
+
+def test_a_name_neither_cached_nor_downloadable_names_the_file_and_the_cures(
+    torch_home, monkeypatch
+):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsUnavailable) as e:
+        build_fasterrcnn(num_classes=14, image_size=64, weights="DEFAULT")
+    text = str(e.value)
+    assert str(cache_file(COCO)) in text and "\n" not in text
+    assert "python -m cxrdet.weights save" in text and "model.weights=/path/to/" in text
+    with pytest.raises(WeightsUnavailable, match="model.weights_backbone=IMAGENET1K_V1"):
+        build_fasterrcnn(num_classes=14, image_size=64, weights_backbone="IMAGENET1K_V1")
+
+
+def test_unknown_name_and_unsupported_file_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="model.weights=COCO_V9: neither a torchvision name"):
+        build_fasterrcnn(weights="COCO_V9")
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"unsupported weights file; expected one of \.pth, \.pt"):
+        build_fasterrcnn(weights=str(bad))
+    with pytest.raises(WeightsUnavailable, match="missing.pth: weights file not found"):
+        build_fasterrcnn(weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin", ".ckpt", ".safetensors"])
+def test_local_files_of_every_accepted_kind(tmp_path, coco_state, suffix):
+    path = tmp_path / f"coco{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in coco_state.items()}, str(path))
+    elif suffix == ".ckpt":  # a cxrdet (Lightning) checkpoint: "model." prefix under state_dict
+        torch.save({"state_dict": {f"model.{k}": v for k, v in coco_state.items()}}, path)
+    else:
+        torch.save(coco_state, path)
+    model = build_fasterrcnn(num_classes=14, image_size=64, weights=str(path))
+    key = "backbone.fpn.layer_blocks.2.0.weight"
+    assert torch.equal(model.state_dict()[key], coco_state[key])
+    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
+
+
+def test_a_local_copy_of_the_coco_file_keeps_eps_zero_through_a_checkpoint(tmp_path, coco_state):
+    path = tmp_path / cache_file(COCO).name
+    torch.save(coco_state, path)
+    module = DetectorModule(
+        model={"num_classes": 14, "image_size": 64, "weights": str(path)},
+        optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
+    )
+    assert module.model.backbone.body.bn1.eps == 0.0
+    ckpt = tmp_path / "trained.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+    path.unlink()  # inference never needs the starting weights again
+    loaded = load_detector(str(ckpt)).model
+    assert loaded.backbone.body.bn1.eps == 0.0
+    assert isinstance(loaded.backbone.body.layer1[0].bn1, FrozenBatchNorm2d)
+
+
+def test_save_writes_a_torch_home_with_checksums(torch_home, tmp_path, coco_state, capsys):
+    _cache(COCO, coco_state)
+    _cache(IMAGENET, resnet50().state_dict())
+    out = tmp_path / "carry"
+    weights_main(["save", str(out)])
+    sums = (out / "SHA256SUMS").read_text().splitlines()
+    assert len(sums) == 2
+    for line in sums:
+        digest, rel = line.split("  ")
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+    assert (out / "hub" / "checkpoints" / cache_file(COCO).name).is_file()
+    assert f"export TORCH_HOME={out}" in capsys.readouterr().out
+    weights_main(["list"])
+    assert capsys.readouterr().out.count(" cached") == 2
+
+
+def test_train_without_cached_weights_stops_before_the_data_in_one_line(tmp_path):
+    # The headline command, run for real offline: torchvision's download goes to a closed port.
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "empty_torch_home"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
+    args = [
+        "train.py",
+        "data=512",
+        "model=frcnn_r50fpn",
+        "paths.raw_dir=/nowhere",
+        "trainer=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    done = subprocess.run(
+        [PY, *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    assert "model.weights=DEFAULT" in errors[0] and cache_file(COCO).name in errors[0]
+    assert "Traceback" not in done.stderr and "/nowhere" not in done.stderr
