@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -23,24 +25,77 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
+def normal_share(empty_images) -> float:
+    """``data.empty_images`` as the share of no-finding images each epoch trains on:
+    ``drop`` → 0, ``keep`` → 1, a fraction in [0, 1] → itself."""
+    named = {"drop": 0.0, "keep": 1.0}
+    if str(empty_images) in named:
+        return named[str(empty_images)]
+    try:
+        share = float(empty_images)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(
+            f"data.empty_images={empty_images!r}: expected drop, keep or a fraction in [0, 1]"
+        )
+    return share
+
+
 class EpochSampler(DistributedSampler):
     """The training order, shuffled from (seed, epoch), this rank's share under DDP; it yields
     ``(epoch, index)`` so that the dataset seeds each sample's augmentation from both.
 
-    ``epoch_source`` (the trainer's epoch counter) is read when an epoch's iteration starts:
-    Lightning creates a resumed run's first iterator before it calls ``set_epoch``. One process:
-    ``num_replicas=1, rank=0``; Lightning keeps a DistributedSampler as it is under DDP.
+    ``normal`` marks the images without a finding; each epoch takes every other image and a
+    ``normal_share`` of these, drawn anew from (seed, epoch) (Detectron2 drops them all by
+    default: share 0). ``epoch_source`` (the trainer's epoch counter) is read when an epoch's
+    iteration starts: Lightning creates a resumed run's first iterator before it calls
+    ``set_epoch``. One process: ``num_replicas=1, rank=0``; Lightning keeps a DistributedSampler
+    as it is under DDP.
     """
 
-    def __init__(self, dataset, *args, epoch_source: Callable[[], int] | None = None, **kwargs):
+    def __init__(
+        self,
+        dataset,
+        *args,
+        epoch_source: Callable[[], int] | None = None,
+        normal: Sequence[bool] | None = None,
+        normal_share: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(dataset, *args, **kwargs)
         self.epoch_source = epoch_source
+        self.normal = np.zeros(len(dataset), bool) if normal is None else np.asarray(normal, bool)
+        self.normal_share = normal_share
+        self.n_normal = round(normal_share * int(self.normal.sum()))
+        pool = int((~self.normal).sum()) + self.n_normal
+        if self.drop_last and pool % self.num_replicas:  # as DistributedSampler counts
+            self.num_samples = math.ceil((pool - self.num_replicas) / self.num_replicas)
+        else:
+            self.num_samples = math.ceil(pool / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def _indices(self) -> list[int]:
+        if self.n_normal == int(self.normal.sum()):  # every image: DistributedSampler's order
+            return list(super().__iter__())
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        normal = np.flatnonzero(self.normal)
+        chosen = normal[torch.randperm(len(normal), generator=g)[: self.n_normal].numpy()]
+        pool = np.sort(np.concatenate([np.flatnonzero(~self.normal), chosen]))
+        if self.shuffle:
+            pool = pool[torch.randperm(len(pool), generator=g).numpy()]
+        indices = pool.tolist()
+        if len(indices) < self.total_size:  # pad by repeating, as DistributedSampler does
+            indices += (indices * math.ceil(self.total_size / max(len(indices), 1)))[
+                : self.total_size - len(indices)
+            ]
+        return indices[: self.total_size][self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self):
         if self.epoch_source is not None:
             self.set_epoch(self.epoch_source())
         epoch = self.epoch
-        return ((epoch, i) for i in super().__iter__())
+        return ((epoch, i) for i in self._indices())
 
 
 class CXRDataModule(pl.LightningDataModule):
@@ -60,6 +115,9 @@ class CXRDataModule(pl.LightningDataModule):
         val_fusion: the same for the validation ground truth.
         fusion_iou: IoU threshold of the fusion.
         use_class14: train "No finding" as a class with a ``0 0 1 1`` box.
+        empty_images: training images without a finding: ``drop`` (train on the others only,
+            as Detectron2 and the report did), ``keep`` (train on all), or a fraction of them
+            drawn anew each epoch beside every image with a finding. Validation scores all.
         batch_size: images per training batch.
         val_batch_size: images per validation batch.
         num_workers: DataLoader worker processes.
@@ -84,6 +142,7 @@ class CXRDataModule(pl.LightningDataModule):
         val_fusion: str = "none",
         fusion_iou: float = 0.4,
         use_class14: bool = False,
+        empty_images: str | float = "keep",
         batch_size: int = 2,
         val_batch_size: int = 4,
         num_workers: int = 4,
@@ -97,11 +156,14 @@ class CXRDataModule(pl.LightningDataModule):
         self.fold, self.n_folds = fold, n_folds
         self.fusion, self.val_fusion, self.fusion_iou = fusion, val_fusion, fusion_iou
         self.use_class14 = use_class14
+        self.empty_images = empty_images
+        self.normal_share = 1.0  # set by setup() from empty_images
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers = num_workers
         self.augment = augment
         self.seed = seed
         self.train_set: DetectionDataset | None = None
+        self.normal: list[bool] = []  # per training image: no finding
         self.val_set: DetectionDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -125,14 +187,28 @@ class CXRDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"no usable training images: {self.labels_csv} and {self.image_dir} share no ids"
             )
-        if len(train) < self.batch_size:
+        self.normal_share = normal_share(self.empty_images)
+        self.normal = [not r.has_finding for r in train]
+        n_normal = sum(self.normal)
+        per_epoch = len(train) - n_normal + round(self.normal_share * n_normal)
+        if per_epoch < self.batch_size:
             raise ValueError(
-                f"{len(train)} training image(s) in {self.image_dir}, fewer than one batch "
+                f"{per_epoch} training image(s) per epoch in {self.image_dir} "
+                f"({len(train) - n_normal} with a finding, {n_normal} without, "
+                f"data.empty_images keeps {self.normal_share:g} of those), fewer than one batch "
                 f"(data.batch_size={self.batch_size})"
             )
         self.train_set = DetectionDataset(self.image_dir, train, self.augment, seed=self.seed)
         self.val_set = DetectionDataset(self.image_dir, val) if val else None
-        log.info("data: %d train / %d validation images", len(train), len(val))
+        log.info(
+            "data: %d train images (%d with a finding, %d without; an epoch trains on %d) / "
+            "%d validation images",
+            len(train),
+            len(train) - n_normal,
+            n_normal,
+            per_epoch,
+            len(val),
+        )
         shape = load_png(Path(self.image_dir) / f"{train[0].image_id}.png").shape
         if max(shape) != self.image_size:
             log.warning(
@@ -161,6 +237,8 @@ class CXRDataModule(pl.LightningDataModule):
             epoch_source=(lambda: trainer.fit_loop.epoch_progress.current.processed)
             if trainer
             else None,
+            normal=self.normal,
+            normal_share=self.normal_share,
         )
         return StatefulDataLoader(
             self.train_set,

@@ -38,6 +38,11 @@ class Record:
     classes: np.ndarray  # [N] class ids 0..14
     content: Content | None = None  # letterbox rectangle in the PNG; None = squashed
 
+    @property
+    def has_finding(self) -> bool:
+        """Some reader marked a finding (a box of class 0-13) that survived loading."""
+        return bool((self.classes != NO_FINDING).any())
+
 
 def load_png(path: Path) -> np.ndarray:
     """Read an 8-bit grey PNG; a missing or unreadable file raises naming the file."""

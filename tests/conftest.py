@@ -42,6 +42,8 @@ def tiny_overrides(data: dict, run_dir: Path) -> list[str]:
         "data.batch_size=2",
         "trainer=cpu",
         "model.roi_batch_size_per_image=32",
+        "model.weights=null",  # random init: nothing to download
+        "data.empty_images=keep",  # every tiny image, so that epochs are 6 batches long
         f"hydra.run.dir={run_dir}",
     ]
 

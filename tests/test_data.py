@@ -240,3 +240,101 @@ def test_training_order_is_seeded_per_epoch_and_sharded_across_ranks(tiny_data):
     counter = EpochSampler(dm.train_set, 1, 0, seed=7, epoch_source=lambda: 1)
     counter.set_epoch(0)
     assert list(counter) == epoch1
+
+
+class _Keys(torch.utils.data.Dataset):
+    """Returns the sampler's key itself, so a loader's batches show the order."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        return key[1]
+
+
+NORMAL = [i % 3 != 0 for i in range(30)]  # 10 images with a finding (0, 3, ...), 20 without
+ABNORMAL = [i for i, n in enumerate(NORMAL) if not n]
+
+
+def _epoch(share, epoch=0, seed=5, replicas=1, rank=0):
+    from cxrdet.datamodule import EpochSampler
+
+    sampler = EpochSampler(
+        _Keys(30), replicas, rank, seed=seed, normal=NORMAL, normal_share=share, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    return [i for _, i in sampler]
+
+
+def test_empty_images_drop_keep_and_a_fraction_choose_what_the_sampler_yields():
+    from cxrdet.datamodule import normal_share
+
+    assert sorted(_epoch(0.0)) == ABNORMAL
+    assert sorted(_epoch(1.0)) == list(range(30))
+    quarter = [_epoch(0.25, epoch) for epoch in range(3)]
+    for ids in quarter:  # every image with a finding, 5 of the 20 without, no repeats
+        assert len(ids) == 15 == len(set(ids)) and set(ABNORMAL) <= set(ids)
+    normals = [frozenset(ids) - set(ABNORMAL) for ids in quarter]
+    assert len(set(normals)) == 3  # drawn anew each epoch
+    assert _epoch(0.25, 1) == quarter[1] and _epoch(0.25, 1, seed=6) != quarter[1]
+    shards = [_epoch(0.25, 1, replicas=2, rank=r) for r in (0, 1)]
+    assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 7
+    assert set(shards[0] + shards[1]) <= set(quarter[1])
+    assert [normal_share(v) for v in ("drop", "keep", 0.25, "0.5")] == [0.0, 1.0, 0.25, 0.5]
+    for bad in ("some", 1.5, -0.1):
+        with pytest.raises(ValueError, match="data.empty_images"):
+            normal_share(bad)
+
+
+def test_a_fraction_of_empty_images_resumes_mid_epoch_in_the_same_order():
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from cxrdet.datamodule import EpochSampler
+
+    def loader():
+        epoch = {"n": 0}
+        sampler = EpochSampler(
+            _Keys(30),
+            1,
+            0,
+            seed=5,
+            normal=NORMAL,
+            normal_share=0.25,
+            epoch_source=lambda: epoch["n"],
+        )
+        return StatefulDataLoader(_Keys(30), batch_size=2, sampler=sampler, drop_last=True), epoch
+
+    straight, epoch = loader()
+    order = []
+    for n in (0, 1):
+        epoch["n"] = n
+        order += [b.tolist() for b in straight]
+    first, epoch = loader()
+    it = iter(first)
+    before = [next(it).tolist() for _ in range(3)]
+    state = first.state_dict()
+    resumed, epoch = loader()
+    resumed.load_state_dict(state)
+    after = [b.tolist() for b in resumed]
+    epoch["n"] = 1
+    after += [b.tolist() for b in resumed]
+    assert before + after == order
+
+
+def test_datamodule_drops_normal_images_from_training_but_validates_on_all(tiny_data):
+    halves = {"split": "kfold", "n_folds": 2, "batch_size": 2}  # 8 validation images
+    drop = _tiny_datamodule(tiny_data, empty_images="drop", **halves)
+    with_finding = [i for i, r in enumerate(drop.train_set.records) if r.has_finding]
+    assert 0 < len(with_finding) < len(drop.train_set)
+    sampler = drop.train_dataloader().sampler
+    assert sorted(i for _, i in sampler) == with_finding
+    keep = _tiny_datamodule(tiny_data, empty_images="keep", **halves)
+    assert len(keep.val_set) == len(drop.val_set) == 8
+    assert any(not r.has_finding for r in drop.val_set.records)
+    with pytest.raises(ValueError, match="per epoch"):
+        _tiny_datamodule(
+            tiny_data, empty_images="drop", **{**halves, "batch_size": len(with_finding) + 1}
+        )
