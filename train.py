@@ -12,6 +12,7 @@ import sys
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
@@ -20,28 +21,48 @@ import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentation
 from cxrdet.cli import quote_numeric_choices
 from cxrdet.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.module import DetectorModule
+from cxrdet.precision import resolve_precision
 from cxrdet.report import upload_figures, write_report
 from cxrdet.tracking import build_loggers, run_info
 
 log = logging.getLogger("cxrdet.train")
 
 
+def choose_precision(trainer_cfg: DictConfig) -> str:
+    """Resolve ``trainer.precision: auto`` for the device the trainer will use, in place."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    chosen = resolve_precision(trainer_cfg.precision, "cuda" if cuda else "cpu")
+    log.info(
+        "precision: %s (trainer.precision=%s on %s)",
+        chosen,
+        trainer_cfg.precision,
+        "cuda" if cuda else "cpu",
+    )
+    trainer_cfg.precision = chosen
+    return chosen
+
+
 def train(cfg: DictConfig) -> float | None:
     """Build data, model, callbacks and loggers from ``cfg``; fit; return the best metric."""
     pl.seed_everything(cfg.seed, workers=True)
+    choose_precision(cfg.trainer)
     augment = instantiate(cfg.augment) if cfg.augment else None
     datamodule = instantiate(cfg.data, augment=augment, seed=cfg.seed, _recursive_=False)
     num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    module = DetectorModule(
-        model={**model_cfg, "num_classes": num_classes},
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
-        if cfg.get("scheduler")
-        else None,
-        class_names=CLASS_NAMES[:num_classes],
-        on_nonfinite=cfg.on_nonfinite,
-    )
+    try:  # pretrained weights that cannot load stop here, before any data loads
+        module = DetectorModule(
+            model={**model_cfg, "num_classes": num_classes},
+            optim=OmegaConf.to_container(cfg.optim, resolve=True),
+            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
+            if cfg.get("scheduler")
+            else None,
+            class_names=CLASS_NAMES[:num_classes],
+            on_nonfinite=cfg.on_nonfinite,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     loggers, log_images = build_loggers(cfg.logger)
     info = run_info(cfg)

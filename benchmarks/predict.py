@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 from cxrdet.dataset import ImageDataset  # noqa: E402
 from cxrdet.module import DetectorModule  # noqa: E402
-from cxrdet.predictor import autocast, predict  # noqa: E402
+from cxrdet.precision import autocast
+from cxrdet.predictor import predict  # noqa: E402
 from cxrdet.prepare import prepare  # noqa: E402
 from cxrdet.synth import synthesize  # noqa: E402
 
@@ -33,7 +34,7 @@ from cxrdet.synth import synthesize  # noqa: E402
 def make_checkpoint(path: Path, size: int) -> None:
     torch.manual_seed(0)
     module = DetectorModule(
-        model={"num_classes": 14, "image_size": size},
+        model={"num_classes": 14, "image_size": size, "weights": None},  # random init: offline
         optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.001},
     )
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)

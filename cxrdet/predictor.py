@@ -25,6 +25,7 @@ from cxrdet.dataset import DicomDataset, ImageDataset, collate
 from cxrdet.draw import draw_boxes
 from cxrdet.module import load_detector
 from cxrdet.postprocess import fuse_predictions, hflip_boxes, nofinding_filter
+from cxrdet.precision import autocast, autocast_dtype, resolve_precision
 from cxrdet.submission import EMPTY_PREDICTION, format_prediction, read_submission, write_submission
 
 log = logging.getLogger(__name__)
@@ -38,31 +39,17 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_models(ckpt_paths: list[str], device, score_thresh: float, max_detections: int):
-    """Detectors in eval mode with the given score threshold and detection cap."""
-    models = []
+    """Detectors in eval mode with the given score threshold and detection cap, and the prepared
+    image size the first was trained on."""
+    models, sizes = [], []
     for path in ckpt_paths:
-        model = load_detector(path).model.to(device).eval()
+        module = load_detector(path)
+        model = module.model.to(device).eval()
         model.roi_heads.score_thresh = score_thresh
         model.roi_heads.detections_per_img = max_detections
         models.append(model)
-    return models
-
-
-AUTOCAST = {"32": None, "32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision named as Lightning's ``trainer.precision`` names it
-    (None: full precision); an unknown name is a ValueError."""
-    if str(precision) not in AUTOCAST:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(AUTOCAST)}")
-    return AUTOCAST[str(precision)]
-
-
-def autocast(device: torch.device, precision: str):
-    """The forward pass's precision context on ``device``."""
-    dtype = autocast_dtype(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+        sizes.append(int(module.hparams.model.get("image_size", 512)))
+    return models, sizes[0]
 
 
 def _numpy(output: dict):
@@ -175,7 +162,7 @@ def predict(
     batch_size: int = 4,
     num_workers: int = 0,
     device: str = "auto",
-    precision: str = "32",
+    precision: str = "auto",
     tta: str = "none",
     weights: list[float] | None = None,
     fusion_iou: float = 0.55,
@@ -197,10 +184,12 @@ def predict(
     ckpts = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
     dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv)  # fail before the models
     dev = pick_device(device)
+    precision = resolve_precision(precision, dev.type)
     autocast_dtype(precision)  # an unknown precision fails here, before the models load
-    models = load_models(ckpts, dev, score_thresh, max_detections)
+    log.info("precision: %s on %s", precision, dev)
+    models, image_size = load_models(ckpts, dev, score_thresh, max_detections)
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
-        dataset = DicomDataset(dicom_dir, int(models[0].transform.min_size[0]), keep_ratio)
+        dataset = DicomDataset(dicom_dir, image_size, keep_ratio)
     probs = read_probs(nofinding_probs, dataset.ids) if nofinding_probs else None
     start = time.perf_counter()
     results, errors = predict_dataset(
@@ -244,6 +233,7 @@ def predict(
         "seconds": round(seconds, 2),
         "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
         "device": str(dev),
+        "precision": precision,
     }
     Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s: %d images, %.2f images/s", path, len(rows), summary["images_per_s"] or 0)

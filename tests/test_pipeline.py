@@ -21,7 +21,9 @@ def test_fast_devrun_ok(tiny_data, tmp_path):
     done = run_ok(
         ["train.py", *tiny_overrides(tiny_data, tmp_path / "run"), "+trainer.fast_dev_run=true"]
     )
-    assert "max_steps=1" in done.stdout + done.stderr
+    log = done.stdout + done.stderr
+    assert "max_steps=1" in log
+    assert "precision: 32-true (trainer.precision=auto on cpu)" in log  # auto, resolved and said
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 
@@ -104,6 +106,7 @@ def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):
         assert (boxes >= 0).all() and ((classes >= 0) & (classes <= 14)).all()
     summary = json.loads((tmp_path / "predict.json").read_text())
     assert summary["images"] == len(meta) and summary["images_per_s"] > 0
+    assert summary["precision"] == "32-true"  # precision=auto on the CPU
 
     code = score_main(
         ["--labels", str(tiny_data["raw"] / "test_labels.csv"), "--submission", str(out), "--json"]
