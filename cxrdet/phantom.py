@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 # Relative weight of each finding class (0..13) among abnormal images: the real train.csv row
-# counts (DESIGN.md §2), square-rooted so that rare classes still show up in a small demo set.
+# counts, square-rooted so that rare classes still show up in a small demo set.
 REAL_COUNTS = [7162, 279, 960, 5427, 556, 1000, 1247, 2483, 2580, 2203, 2476, 4842, 226, 4655]
 CLASS_WEIGHTS = np.sqrt(np.array(REAL_COUNTS, dtype=np.float64))
 CLASS_WEIGHTS /= CLASS_WEIGHTS.sum()

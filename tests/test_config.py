@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -88,3 +92,79 @@ def test_seed_and_winners_experiments_compose_to_the_report_recipe():
     winners = _compose("train", ["experiment=winners_512", "data.fold=3"])
     assert winners.data.split == "kfold" and winners.data.fold == 3
     assert winners.data.fusion == "wbf" and winners.optim.lr == 0.001
+
+
+def test_the_headline_command_composes_the_real_data_recipe():
+    # python train.py data=512 model=frcnn_r50fpn --cfg job
+    cfg = _compose("train", ["data='512'", "model=frcnn_r50fpn"])
+    assert cfg.model.weights == "DEFAULT" and cfg.model.trainable_backbone_layers == 3
+    assert cfg.trainer.precision == "auto" and cfg.data.empty_images == "drop"
+    assert cfg.model.rpn_post_nms_top_n_train == 1000
+
+
+def _detectron2_table() -> dict[str, object]:
+    """key → cxrdet value of every row of docs/detectron2.md's settings table that has both."""
+    text = (CONF_DIR.parent / "docs" / "detectron2.md").read_text()
+    table = text.split("## Every setting the report relied on")[1].split("\n## ")[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4:
+            continue
+        key, value = re.fullmatch(r"`([a-z_.]+)`", cells[3]), re.match(r"`([^`]+)`", cells[2])
+        if key and value:
+            rows[key.group(1)] = yaml.safe_load(value.group(1))
+    return rows
+
+
+def _stages(model) -> int:
+    body = model.backbone.body
+    names = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    return sum(any(p.requires_grad for p in getattr(body, n).parameters()) for n in names)
+
+
+MODEL_GETTERS = {
+    "model.trainable_backbone_layers": _stages,
+    "model.rpn_pre_nms_top_n_train": lambda m: m.rpn._pre_nms_top_n["training"],
+    "model.rpn_pre_nms_top_n_test": lambda m: m.rpn._pre_nms_top_n["testing"],
+    "model.rpn_post_nms_top_n_train": lambda m: m.rpn._post_nms_top_n["training"],
+    "model.rpn_post_nms_top_n_test": lambda m: m.rpn._post_nms_top_n["testing"],
+    "model.rpn_batch_size_per_image": lambda m: m.rpn.fg_bg_sampler.batch_size_per_image,
+    "model.roi_batch_size_per_image": lambda m: m.roi_heads.fg_bg_sampler.batch_size_per_image,
+    "model.box_score_thresh": lambda m: m.roi_heads.score_thresh,
+    "model.box_nms_thresh": lambda m: m.roi_heads.nms_thresh,
+    "model.box_detections_per_img": lambda m: m.roi_heads.detections_per_img,
+    "model.min_size": lambda m: list(m.transform.min_size),
+    "model.max_size": lambda m: m.transform.max_size,
+    "model.test_size": lambda m: m.transform.test_size,
+}
+
+
+def test_seed_experiment_builds_the_model_of_the_detectron2_table(tmp_path, monkeypatch):
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from cxrdet.model import build_fasterrcnn
+    from cxrdet.weights import cache_file
+
+    rows = _detectron2_table()
+    assert len(rows) >= 25 and set(MODEL_GETTERS) <= set(rows)
+    cfg = _compose("train", ["experiment=seed_r50fpn_512"])
+    for key, value in rows.items():
+        got = cfg.hydra.runtime.choices[key] if key in GROUPS else OmegaConf.select(cfg, key)
+        assert got == value, f"{key}: config {got!r}, docs/detectron2.md {value!r}"
+    # DEFAULT from a TORCH_HOME made here, holding a COCO-shaped state dict.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+    cache_file(coco).parent.mkdir(parents=True)
+    state = build_fasterrcnn(num_classes=90, image_size=64, frozen_bn=True).state_dict()
+    torch.save(state, cache_file(coco))
+    model = build_fasterrcnn(num_classes=14, **OmegaConf.to_container(cfg.model, resolve=True))
+    expected = {**rows, "model.min_size": [rows["model.min_size"]]}
+    expected["model.test_size"] = rows["model.test_size"] or rows["model.min_size"]
+    for key, getter in MODEL_GETTERS.items():
+        assert getter(model) == expected[key], key
+    body = model.backbone.body
+    assert torch.equal(body.layer2[0].conv1.weight, state["backbone.body.layer2.0.conv1.weight"])
+    norms = [m for m in body.modules() if "BatchNorm" in type(m).__name__]
+    assert all(isinstance(m, FrozenBatchNorm2d) for m in norms)
