@@ -41,9 +41,9 @@ timeout 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tail -5
 
 echo "== 2. training throughput, ${SIZE} px"
 ACCEL=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)
-PRECISIONS=$([ "$DEVICE" = cuda ] && echo 32-true,16-mixed,bf16-mixed || echo 32-true,bf16-mixed)
+PRECISIONS=$([ "$DEVICE" = cuda ] && echo 32-true,16-mixed,bf16-mixed || echo 32-true)
 timeout 240 "$PY" benchmarks/train_throughput.py --size "$SIZE" --batch 2 --steps "$STEPS" \
-  --warmup 5 --accelerator "$ACCEL" --precisions "$PRECISIONS" 2>/dev/null | tail -1 > "$OUT/train.json"
+  --rounds "${ROUNDS:-2}" --warmup 5 --accelerator "$ACCEL" --precisions "$PRECISIONS" 2>/dev/null | tail -1 > "$OUT/train.json"
 
 echo "== 3. inference throughput, ${SIZE} px"
 for p in 32 16-mixed; do

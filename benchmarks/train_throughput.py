@@ -1,15 +1,21 @@
 """Training throughput: cxrdet's Lightning loop vs a plain PyTorch loop, same everything, and
 the Lightning loop at other precisions.
 
-    python benchmarks/train_throughput.py [--size 256] [--batch 2] [--steps 20] [--warmup 3]
-        [--precisions 32-true,bf16-mixed] [--accelerator cpu|gpu]
+    python benchmarks/train_throughput.py [--size 256] [--batch 2] [--steps 8] [--rounds 4]
+        [--warmup 2] [--precisions 32-true[,bf16-mixed]] [--accelerator cpu|gpu] [--frozen-bn]
+        [--roi 512]
 
 Both loops train the same torchvision Faster R-CNN R50-FPN (random init, same seed) on the same
 synthetic phantoms with the same DataLoader, batch, optimiser and torch threads; the first
-``--warmup`` steps are not timed. The Lightning loop runs with cxrdet's usual callbacks
-(progress bar, LR monitor, throughput monitor) and CSV logger, once per precision
-(``trainer.precision`` values; the plain loop is fp32). Prints images/s of each, the ratio
-cxrdet/plain at fp32 and each precision's speed-up over fp32; the last line is one JSON object.
+``--warmup`` steps of each run are not timed. The Lightning loop runs with cxrdet's usual
+callbacks (progress bar, LR monitor, throughput monitor) and CSV logger, once per precision
+(``trainer.precision`` values; the plain loop is fp32). The loops take turns, ``--rounds``
+times (plain, cxrdet, plain, cxrdet, ...), so that a machine speeding up or slowing down during
+the run (another job ending, say) weighs on both alike: the ratio is the median of each round's
+cxrdet/plain. Prints images/s (medians), the ratio and each precision's speed-up over the first;
+the last line is one JSON object, with the peak memory (process RSS; on a GPU, the most CUDA
+memory allocated). ``--frozen-bn`` trains what a pretrained run trains (frozen BatchNorm, three
+ResNet stages; the weights' values do not change the cost) instead of all of it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -134,49 +142,75 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
     p.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per loop (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per run (default 8)")
+    p.add_argument("--rounds", type=int, default=4, help="turns of each loop (default 4)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed first steps of a run (default 2)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     p.add_argument(
         "--precisions",
-        default="32-true,bf16-mixed",
-        help="Lightning precisions to time, the first as the reference (default 32-true,bf16-mixed;"
-        " on a GPU e.g. 32-true,16-mixed,bf16-mixed)",
+        default="32-true",
+        help="Lightning precisions to time, the first as the reference (default 32-true; e.g. "
+        "32-true,bf16-mixed on a CPU with AVX512-BF16/AMX, 32-true,16-mixed,bf16-mixed on a GPU)",
     )
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="default cpu")
+    p.add_argument("--frozen-bn", action="store_true", help="train as a pretrained run does")
+    p.add_argument("--roi", type=int, default=512, help="ROIs sampled per image (default 512)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device("cuda" if a.accelerator == "gpu" else "cpu")
     precisions = a.precisions.split(",")
-    model_cfg = {"num_classes": 14, "image_size": a.size}
+    model_cfg = {
+        "num_classes": 14,
+        "weights": None,  # random init: nothing to download; --frozen-bn costs as pretrained
+        "image_size": a.size,
+        "frozen_bn": a.frozen_bn,
+        "roi_batch_size_per_image": a.roi,
+    }
+    plain, ours = [], {k: [] for k in precisions}
     with tempfile.TemporaryDirectory() as tmp:
         dm = make_data(Path(tmp), a.size, images=max(16, a.batch * 4))
         dm.batch_size = a.batch
         dm.setup()
-        plain = plain_loop(dm, model_cfg, a.steps, a.warmup, device)
-        print(f"plain PyTorch loop (fp32): {plain:.3f} images/s")
-        ours = {}
-        for precision in precisions:
-            ours[precision] = lightning_loop(
-                dm, model_cfg, a.steps, a.warmup, Path(tmp), a.accelerator, precision
-            )
-            print(f"cxrdet Lightning loop ({precision}): {ours[precision]:.3f} images/s")
-    reference = ours[precisions[0]]
-    ratio = reference / plain
+        for r in range(a.rounds):
+            plain.append(plain_loop(dm, model_cfg, a.steps, a.warmup, device))
+            print(f"round {r + 1}: plain PyTorch loop (fp32) {plain[-1]:.3f} images/s", flush=True)
+            for precision in precisions:
+                ours[precision].append(
+                    lightning_loop(
+                        dm, model_cfg, a.steps, a.warmup, Path(tmp), a.accelerator, precision
+                    )
+                )
+                print(f"round {r + 1}: cxrdet ({precision}) {ours[precision][-1]:.3f} images/s")
+    med = statistics.median
+    reference = precisions[0]
+    ratios = [x / y for x, y in zip(ours[reference], plain)]
+    ratio = med(ratios)
+    print(f"plain PyTorch loop (fp32): {med(plain):.3f} images/s (median of {a.rounds})")
+    for precision in precisions:
+        print(f"cxrdet Lightning loop ({precision}): {med(ours[precision]):.3f} images/s")
     print(
-        f"ratio cxrdet ({precisions[0]}) / plain: {ratio:.3f} (target >= 0.97); {a.size} px, "
-        f"batch {a.batch}, {a.steps} timed steps, {a.threads} threads, {device.type}"
+        f"ratio cxrdet ({reference}) / plain: {ratio:.3f} (target >= 0.97; rounds: "
+        f"{', '.join(f'{x:.3f}' for x in ratios)}); {a.size} px, batch {a.batch}, "
+        f"{a.rounds} x {a.steps} timed steps, {a.threads} threads, {device.type}"
+        f"{', frozen BatchNorm' if a.frozen_bn else ''}"
     )
-    speedups = {k: v / reference for k, v in ours.items()}
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    cuda_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    print(f"peak memory: {rss_gb:.1f} GB RSS" + (f", {cuda_gb:.1f} GB CUDA" if cuda_gb else ""))
+    speedups = {k: med(v) / med(ours[reference]) for k, v in ours.items()}
     for k in precisions[1:]:
-        print(f"{k}: {speedups[k]:.2f}x the images/s of {precisions[0]}")
+        print(f"{k}: {speedups[k]:.2f}x the images/s of {reference}")
     print(
         json.dumps(
             {
-                "plain_img_per_s": round(plain, 4),
-                "cxrdet_img_per_s": {k: round(v, 4) for k, v in ours.items()},
+                "plain_img_per_s": round(med(plain), 4),
+                "cxrdet_img_per_s": {k: round(med(v), 4) for k, v in ours.items()},
                 "ratio": round(ratio, 4),
+                "round_ratios": [round(x, 4) for x in ratios],
                 "speedup": {k: round(v, 4) for k, v in speedups.items()},
+                "peak_rss_gb": round(rss_gb, 2),
+                "peak_cuda_gb": round(cuda_gb, 2) if cuda_gb else None,
+                "seconds_per_1000_steps": round(1000 * a.batch / med(ours[reference]), 1),
                 "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
             }
         )

@@ -17,7 +17,7 @@ import pandas as pd
 
 ROOT = Path("outputs/demo")
 RAW, PREPARED, TRAIN = ROOT / "raw", ROOT / "prepared", ROOT / "train"
-SIZE = 256
+SIZE = 192  # the prepared size conf/data/demo.yaml trains on
 SYNTH_ARGS = ["--train", "200", "--test", "50", "--seed", "0"]
 
 
@@ -31,36 +31,9 @@ def run(step: str, cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def best_checkpoint() -> Path | None:
-    best = sorted((TRAIN / "checkpoints").glob("best-*.ckpt"))
-    last = TRAIN / "checkpoints" / "last.ckpt"
-    return best[-1] if best else (last if last.is_file() else None)
-
-
-def training_figures() -> dict:
-    """Last validation AP40 / mAP40 and mean training images/s from the run's metrics.csv."""
-    path = TRAIN / "csv" / "metrics.csv"
-    if not path.is_file():
-        return {}
-    m = pd.read_csv(path)
-    out = {}
-    for metric in ("AP40", "mAP40"):
-        if f"val/{metric}" in m:
-            out[f"val_{metric}"] = float(m[f"val/{metric}"].dropna().iloc[-1])
-    rate = [c for c in m.columns if c.endswith("samples_per_sec") and c.startswith("train")]
-    if rate and m[rate[0]].notna().any():
-        out["train_images_per_s"] = float(m[rate[0]].dropna().mean())
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cxrdet.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--force", action="store_true", help="delete outputs/demo/ and redo every step")
-    a = p.parse_args(argv)
-    if a.force and ROOT.exists():
-        shutil.rmtree(ROOT)
-    py = sys.executable
-    times = {}
+def make_data() -> dict[str, float]:
+    """Steps 1-2: phantoms (reused when present) and their prepared PNGs; returns step times."""
+    py, times = sys.executable, {}
     if (RAW / "train.csv").is_file() and (RAW / "test_labels.csv").is_file():
         print(f"=== synth: reusing {RAW}")
     else:
@@ -84,6 +57,39 @@ def main(argv: list[str] | None = None) -> None:
                 "2",
             ],
         )
+    return times
+
+
+def best_checkpoint(train_dir: Path = TRAIN) -> Path | None:
+    best = sorted((train_dir / "checkpoints").glob("best-*.ckpt"))
+    last = train_dir / "checkpoints" / "last.ckpt"
+    return best[-1] if best else (last if last.is_file() else None)
+
+
+def training_figures(train_dir: Path = TRAIN) -> dict:
+    """Last validation AP40 / mAP40 and mean training images/s from the run's metrics.csv."""
+    path = train_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    m = pd.read_csv(path)
+    out = {}
+    for metric in ("AP40", "mAP40"):
+        if f"val/{metric}" in m:
+            out[f"val_{metric}"] = float(m[f"val/{metric}"].dropna().iloc[-1])
+    rate = [c for c in m.columns if c.endswith("samples_per_sec") and c.startswith("train")]
+    if rate and m[rate[0]].notna().any():
+        out["train_images_per_s"] = float(m[rate[0]].dropna().mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m cxrdet.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--force", action="store_true", help="delete outputs/demo/ and redo every step")
+    a = p.parse_args(argv)
+    if a.force and ROOT.exists():
+        shutil.rmtree(ROOT)
+    py = sys.executable
+    times = make_data()
     if best_checkpoint() is None:
         times["train"] = run("3/5 train (about 10 minutes)", [py, "train.py", "experiment=demo"])
     else:
