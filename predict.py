@@ -10,14 +10,21 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
+from cxrdet.labels import read_labels
 from cxrdet.predictor import predict
+from cxrdet.splits import split_ids
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        sys.exit(
+            "error: pass the checkpoint to predict with: python predict.py ckpt_path="
+            "outputs/train/<run>/checkpoints/last.ckpt (or a list: ckpt_path=[a.ckpt,b.ckpt])"
+        )
     try:
         summary = run(cfg)
     except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, no traceback
@@ -31,6 +38,13 @@ def main(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict:
     """Predict with the settings in ``cfg`` (conf/predict.yaml)."""
     ckpt = cfg.ckpt_path
+    image_ids = None
+    if cfg.split.mode:  # the validation images of a training split, as train.py made it
+        if cfg.dicom_dir:
+            raise ValueError("split.mode works on prepared PNGs, not with dicom_dir")
+        s = cfg.split
+        labels, _ = read_labels(s.labels_csv)
+        _, image_ids = split_ids(labels, s.mode, s.val_fraction, s.seed, s.fold, s.n_folds)
     return predict(
         ckpt_path=ckpt if isinstance(ckpt, str) else list(ckpt),
         output=cfg.output,
@@ -53,6 +67,7 @@ def run(cfg: DictConfig) -> dict:
         nofinding_low=cfg.nofinding.low,
         nofinding_high=cfg.nofinding.high,
         viz=cfg.viz,
+        image_ids=image_ids,
     )
 
 

@@ -13,6 +13,8 @@ import sys
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
@@ -26,6 +28,10 @@ from cxrdet.report import upload_figures, write_report
 from cxrdet.tracking import build_loggers, run_info
 
 log = logging.getLogger("cxrdet.train")
+# Lightning advertises its cloud services on every run ("💡 Tip: ... litlogger"): noise here.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "💡 Tip" not in record.getMessage()
+)
 
 
 def choose_precision(trainer_cfg: DictConfig) -> str:
@@ -43,8 +49,29 @@ def choose_precision(trainer_cfg: DictConfig) -> str:
     return chosen
 
 
+def refuse_with_ddp(cfg: DictConfig) -> None:
+    """Stop, in one line, on what DDP cannot do here: skipping a batch on one rank (the others
+    would wait in the gradient all-reduce for ever), and a sweep launched in this process
+    (Lightning's DDP re-runs the command line in its child processes, the sweep's included)."""
+    if "ddp" not in str(cfg.trainer.get("strategy", "")):
+        return
+    if cfg.on_nonfinite == "skip":
+        sys.exit(
+            "error: on_nonfinite=skip cannot run under DDP (a rank that skips leaves the others "
+            "waiting); use on_nonfinite=stop, or train on one device"
+        )
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and "submitit" not in str(hydra_cfg.launcher._target_):
+        sys.exit(
+            "error: a sweep (-m or hparams_search) with trainer=ddp needs one job per run: add "
+            "hydra/launcher=slurm (each run then starts its own DDP processes), or sweep on one "
+            "device"
+        )
+
+
 def train(cfg: DictConfig) -> float | None:
     """Build data, model, callbacks and loggers from ``cfg``; fit; return the best metric."""
+    refuse_with_ddp(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     choose_precision(cfg.trainer)
     augment = instantiate(cfg.augment) if cfg.augment else None

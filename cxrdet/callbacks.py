@@ -89,3 +89,29 @@ class LastCheckpointAtEnd(pl.Callback):
         path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         ckpt.last_model_path = str(path)
+
+
+def best_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The checkpoint ModelCheckpoint rated best in a run's ``checkpoints/`` folder, else
+    ``last.ckpt``, else None.
+
+    Each ``best-step<N>.ckpt`` records the best path as of its own save, so the one with the
+    highest step (a number, not a name: ``step8000`` comes before ``step10000``) knows the
+    best of them all.
+    """
+    folder = Path(checkpoints_dir)
+    best = sorted(folder.glob("best-*.ckpt"), key=_step_of)
+    if best:
+        state = torch.load(best[-1], map_location="cpu", weights_only=True, mmap=True)
+        for key, value in state.get("callbacks", {}).items():
+            named = Path(str(value.get("best_model_path") or "")).name
+            if key.startswith("ModelCheckpoint") and (folder / named).is_file() and named:
+                return folder / named
+        return best[-1]
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def _step_of(path: Path) -> int:
+    digits = "".join(ch if ch.isdigit() else " " for ch in path.stem).split()
+    return int(digits[-1]) if digits else -1

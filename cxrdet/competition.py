@@ -127,12 +127,29 @@ def competition_map(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False
     return out
 
 
+def no_finding_as_image_label(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
+    """A detector's class-14 detections as the competition reads "No finding": one line at the
+    highest of their scores, box ``0 0 1 1`` (wherever the detector put it)."""
+    is14 = np.asarray(classes) == 14
+    if not is14.any():
+        return boxes, scores, classes
+    first = np.flatnonzero(is14)[np.argmax(np.asarray(scores)[is14])]
+    keep = ~is14
+    keep[first] = True
+    boxes = np.array(boxes, np.float64).reshape(-1, 4)
+    boxes[first] = NO_FINDING_BOX
+    return boxes[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]
+
+
 def with_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
-    """Append a "No finding" detection scored from the detector's own confidence.
+    """Append a "No finding" detection scored from the detector's own confidence, unless the
+    detector (trained with class 14) gave one itself.
 
     Its score is 1 - the highest finding score (1 when nothing was found); its box ``0 0 1 1``.
     An extra low-score line never lowers the other classes' AP, and it lets class 14 score.
     """
+    if (np.asarray(classes) == 14).any():
+        return boxes, scores, classes
     finding = np.asarray(classes) != 14
     top = float(np.max(np.asarray(scores)[finding])) if finding.any() else 0.0
     return add_no_finding(boxes, scores, classes, 1.0 - top)

@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrdet.boxes import Content, clip, letterbox_content, to_prepared, valid
+from cxrdet.competition import NO_FINDING_BOX
 from cxrdet.dicom import DicomError, read_dicom
-from cxrdet.labels import BOX_COLUMNS, NO_FINDING
+from cxrdet.labels import BOX_COLUMNS, NO_FINDING, normal_image_ids
 from cxrdet.meta import content_of, read_meta
 from cxrdet.prepare import find_dicoms, resize
 
@@ -37,11 +38,12 @@ class Record:
     boxes: np.ndarray  # [N, 4] xyxy, original pixels
     classes: np.ndarray  # [N] class ids 0..14
     content: Content | None = None  # letterbox rectangle in the PNG; None = squashed
+    normal: bool = False  # no reader marked a finding (cxrdet.labels.normal_image_ids)
 
     @property
     def has_finding(self) -> bool:
-        """Some reader marked a finding (a box of class 0-13) that survived loading."""
-        return bool((self.classes != NO_FINDING).any())
+        """Some reader marked a finding on this image."""
+        return not self.normal
 
 
 def load_png(path: Path) -> np.ndarray:
@@ -67,11 +69,12 @@ def build_records(
     """Group label rows into per-image records, skipping (with a logged count) what cannot load.
 
     Images without a meta row or PNG are skipped; boxes are clipped to the original image and
-    dropped when nothing is left. Class-14 rows become one ``0 0 1 1`` box per image (prepared
-    pixels, as the seed did) when ``use_class14`` is set, and no box otherwise.
+    dropped when nothing is left. A normal image (no reader marked a finding) gets one ``0 0 1 1``
+    class-14 box (prepared pixels, as the seed did) when ``use_class14`` is set, none otherwise.
     """
     image_dir = Path(image_dir)
     grouped = dict(tuple(labels.groupby("image_id", sort=False)))
+    normal = normal_image_ids(labels)
     records, no_image, outside = [], [], 0
     for image_id in image_ids:
         if image_id not in meta.index or not (image_dir / f"{image_id}.png").is_file():
@@ -85,11 +88,13 @@ def build_records(
         keep = valid(boxes)
         outside += int((~keep).sum())
         boxes, classes = boxes[keep], classes[keep]
-        if use_class14 and (~finding).any():
-            boxes = np.vstack([boxes, [[np.nan] * 4]])  # placeholder: 0 0 1 1 once loaded
+        if use_class14 and image_id in normal:  # its box is set when loaded (image-level)
+            boxes = np.vstack([boxes, [[np.nan] * 4]])
             classes = np.append(classes, NO_FINDING)
         content = content_of(meta, image_id)
-        records.append(Record(image_id, hw, boxes.reshape(-1, 4), classes, content))
+        records.append(
+            Record(image_id, hw, boxes.reshape(-1, 4), classes, content, image_id in normal)
+        )
     if no_image:
         log.warning(
             "skipped %d image(s) listed in the labels with no PNG or meta row in %s (e.g. %s)",
@@ -131,16 +136,21 @@ class DetectionDataset(Dataset):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         r = self.records[i]
         image = load_png(self.image_dir / f"{r.image_id}.png")
-        boxes = to_prepared(r.boxes, r.orig_hw, image.shape, r.content)
-        boxes[np.isnan(boxes).any(axis=1)] = [0.0, 0.0, 1.0, 1.0]  # class-14 placeholder
+        # "No finding" is an image-level label: its 0 0 1 1 box is added after the augmentation,
+        # which must neither move nor drop it.
+        no_finding = r.classes == NO_FINDING
+        boxes = to_prepared(r.boxes[~no_finding], r.orig_hw, image.shape, r.content)
         boxes = clip(boxes, image.shape)
         keep = valid(boxes, min_size=0.5)
-        boxes, classes = boxes[keep], r.classes[keep]
+        boxes, classes = boxes[keep], r.classes[~no_finding][keep]
         if self.transform is not None:
             if self.seed is not None and hasattr(self.transform, "set_random_seed"):
                 self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
             out = self.transform(image=image, bboxes=boxes, labels=classes)
             image, boxes, classes = out["image"], out["bboxes"], out["labels"]
+        if no_finding.any():
+            boxes = np.vstack([np.asarray(boxes, np.float64).reshape(-1, 4), NO_FINDING_BOX])
+            classes = np.append(np.asarray(classes, np.int64), NO_FINDING)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(classes, np.int64).reshape(-1)) + 1,
@@ -150,14 +160,24 @@ class DetectionDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Prepared PNGs listed in a meta CSV, for prediction.
+    """Prepared PNGs listed in a meta CSV (or only ``image_ids`` of them), for prediction.
 
     Samples are ``(image, {"image_id", "orig_hw", "content"})``.
     """
 
-    def __init__(self, image_dir: str | Path, meta_csv: str | Path):
+    def __init__(
+        self, image_dir: str | Path, meta_csv: str | Path, image_ids: list[str] | None = None
+    ):
         self.image_dir = Path(image_dir)
         self.meta = read_meta(meta_csv)
+        if image_ids is not None:
+            unknown = [i for i in image_ids if i not in self.meta.index]
+            if unknown:
+                raise ValueError(
+                    f"{len(unknown)} image(s) to predict are not in {meta_csv} "
+                    f"(e.g. {', '.join(unknown[:3])})"
+                )
+            self.meta = self.meta.loc[list(image_ids)]
         missing = [i for i in self.meta.index if not (self.image_dir / f"{i}.png").is_file()]
         if missing:
             raise FileNotFoundError(

@@ -61,9 +61,9 @@ def make_data() -> dict[str, float]:
 
 
 def best_checkpoint(train_dir: Path = TRAIN) -> Path | None:
-    best = sorted((train_dir / "checkpoints").glob("best-*.ckpt"))
-    last = train_dir / "checkpoints" / "last.ckpt"
-    return best[-1] if best else (last if last.is_file() else None)
+    from cxrdet.callbacks import best_checkpoint as best_in  # imports torch: not at start-up
+
+    return best_in(train_dir / "checkpoints")
 
 
 def training_figures(train_dir: Path = TRAIN) -> dict:

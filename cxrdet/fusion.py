@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from ensemble_boxes import nms, weighted_boxes_fusion
 
-from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING
+from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, normal_image_ids
 
 FUSIONS = ("none", "wbf", "nms")
 FUSED_READER = "fused"
@@ -50,8 +50,7 @@ def fuse_readers(labels: pd.DataFrame, method: str = "wbf", iou: float = 0.4) ->
     finding = labels["class_id"] != NO_FINDING
     for image_id, rows in labels[finding].groupby("image_id", sort=False):
         out += [[image_id, *r] for r in fuse_image(rows, method, iou)]
-    normal = sorted(set(labels["image_id"]) - set(labels.loc[finding, "image_id"]))
-    out += [[i, NO_FINDING, *[np.nan] * 4] for i in normal]
+    out += [[i, NO_FINDING, *[np.nan] * 4] for i in sorted(normal_image_ids(labels))]
     fused = pd.DataFrame(out, columns=["image_id", "class_id", *BOX_COLUMNS])
     fused["class_id"] = fused["class_id"].astype(np.int64)
     fused.insert(1, "class_name", [CLASS_NAMES[c] for c in fused["class_id"]])

@@ -34,6 +34,16 @@ LABEL_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min
 BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 
 
+def normal_image_ids(labels: pd.DataFrame) -> set[str]:
+    """The images no reader marked a finding on: cxrdet's one meaning of a normal image.
+
+    A reader's "No finding" beside another reader's box does not make an image normal; an image
+    is normal when every row it has is class 14. Training, fusion, scoring and EDA all use this.
+    """
+    finding = labels["class_id"] != NO_FINDING
+    return set(labels["image_id"]) - set(labels.loc[finding, "image_id"])
+
+
 @dataclass
 class LabelReport:
     """What :func:`read_labels` dropped, by reason, with the first offending CSV rows."""

@@ -30,11 +30,12 @@ from cxrdet.competition import (
     NO_FINDING_BOX,
     competition_map,
     flatten,
+    no_finding_as_image_label,
     pair_ious,
     same_group_pairs,
     with_no_finding,
 )
-from cxrdet.labels import NO_FINDING
+from cxrdet.labels import NO_FINDING, NUM_FINDINGS
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ def coco_ap(
 class DetectionEvaluator:
     """Collects predictions batch by batch and scores them (reset / process / evaluate).
 
-    ``evaluate`` returns the seed's AP40 over the trained classes and the competition mAP40,
+    ``evaluate`` returns the seed's AP40 over the findings 0-13 (also when "No finding" is
+    trained as class 14) and the competition mAP40,
     for which an image without ground-truth boxes has a "No finding" box and every image a
     "No finding" detection scored as predict.py writes it
     (:func:`cxrdet.competition.with_no_finding`).
@@ -162,7 +164,7 @@ class DetectionEvaluator:
         for t, o in zip(targets, outputs):
             image_id = t["image_id"]
             self.gt[image_id] = (t["boxes"].cpu().numpy(), t["labels"].cpu().numpy() - 1)
-            self.dets[image_id] = (
+            self.dets[image_id] = no_finding_as_image_label(
                 o["boxes"].detach().float().cpu().numpy(),
                 o["scores"].detach().float().cpu().numpy(),
                 o["labels"].cpu().numpy() - 1,
@@ -184,7 +186,9 @@ class DetectionEvaluator:
     def evaluate(self, curves: bool = False) -> dict:
         """``{"AP40", "AP40_per_class", "mAP40", "mAP40_per_class", "images"}`` (+
         ``"mAP40_curves"``: class id → (recall, precision) with ``curves``)."""
-        coco = coco_ap(self.gt, self.dets, self.num_classes, self.iou, self.max_dets)
+        # AP40 is over the findings 0-13 whatever was trained, as the scorer computes it.
+        findings = min(self.num_classes, NUM_FINDINGS)
+        coco = coco_ap(self.gt, self.dets, findings, self.iou, self.max_dets)
         gt = {
             i: (b, c) if len(c) else (NO_FINDING_BOX[None], np.array([NO_FINDING]))
             for i, (b, c) in self.gt.items()

@@ -66,6 +66,8 @@ class DetectorModule(pl.LightningModule):
         self.model = build_fasterrcnn(**model)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
         self.evaluator = DetectionEvaluator(num_classes=len(self.class_names))
+        self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
+        self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
 
     def forward(self, images, targets=None):
         return self.model(images, targets)
@@ -126,10 +128,31 @@ class DetectorModule(pl.LightningModule):
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
+        if self.resumed_from and self.resumed_from[0] != total:
+            made_for, step = self.resumed_from
+            log.warning(
+                "resuming at step %d a LR schedule made for %d steps with trainer.max_steps=%d: "
+                "the schedule is stretched to %d steps from here, so the LR jumps (keep "
+                "trainer.max_steps=%d to continue it unchanged)",
+                step,
+                made_for,
+                total,
+                total,
+                made_for,
+            )
+        self.schedule_steps = total
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["schedule_steps"] = self.schedule_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before configure_optimizers on a resume, which compares the two lengths.
+        if checkpoint.get("schedule_steps"):
+            self.resumed_from = (int(checkpoint["schedule_steps"]), int(checkpoint["global_step"]))
 
 
 def load_detector(ckpt_path: str) -> DetectorModule:

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cxrdet.boxes import clip, to_original, to_prepared
-from cxrdet.competition import with_no_finding
+from cxrdet.boxes import clip, to_original, to_prepared, valid
+from cxrdet.competition import no_finding_as_image_label, with_no_finding
 from cxrdet.dataset import DicomDataset, ImageDataset, collate
 from cxrdet.draw import draw_boxes
 from cxrdet.module import load_detector
@@ -111,7 +111,13 @@ def predict_dataset(
             )
             top = np.argsort(-scores, kind="stable")[:max_detections]
             boxes = to_original(boxes[top], info["orig_hw"], hw, info["content"])
-            results[info["image_id"]] = (clip(boxes, info["orig_hw"]), scores[top], classes[top])
+            # The content rectangle maps onto the original image, so clipping here clips to the
+            # content; a box lying in the letterbox padding (or under a pixel) ends up empty.
+            boxes, scores, classes = no_finding_as_image_label(
+                clip(boxes, info["orig_hw"]), scores[top], classes[top]
+            )
+            keep = valid(boxes)
+            results[info["image_id"]] = (boxes[keep], scores[keep], classes[keep])
     return results, errors
 
 
@@ -173,6 +179,7 @@ def predict(
     nofinding_high: float = 0.95,
     viz: int = 0,
     progress: bool = True,
+    image_ids: list[str] | None = None,
 ) -> dict:
     """Write ``output`` (submission.csv) with one row per image; returns a summary.
 
@@ -180,9 +187,10 @@ def predict(
     come from ``dicom_dir`` when given, else ``image_dir`` + ``meta_csv``. Each row gets
     ``14 <1 - top score> 0 0 1 1`` with ``nofinding_line``, or, with ``nofinding_probs``
     (``image_id,p_abnormal``), the classifier filter of :func:`nofinding_filter`.
+    ``image_ids`` restricts prepared PNGs to those images (a split's validation images).
     """
     ckpts = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
-    dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv)  # fail before the models
+    dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv, image_ids)  # before models
     dev = pick_device(device)
     precision = resolve_precision(precision, dev.type)
     autocast_dtype(precision)  # an unknown precision fails here, before the models load

@@ -7,8 +7,10 @@ writes ``OUT/<size>/train/<image_id>.png`` (8-bit, one channel, square, cv2 INTE
 ``--keep-ratio`` the image is letterboxed and ``content_x0,content_y0,content_w,content_h`` say
 where it lies, so boxes map back exactly). Each DICOM is decoded once for all sizes. The split name
 (``train``/``test``) is the input folder's name unless ``--split`` says otherwise. A rerun skips
-images whose PNGs exist; unreadable files are skipped, counted and listed in
-``OUT/failures_<split>.csv``. The exit code is non-zero only when nothing could be prepared.
+images whose PNGs exist, and refuses to mix modes: a size prepared squashed is not topped up
+letterboxed, nor the reverse (``--redo`` prepares every image again in the asked mode);
+unreadable files are skipped, counted and listed in ``OUT/failures_<split>.csv``. The exit code
+is non-zero only when nothing could be prepared.
 """
 
 from __future__ import annotations
@@ -104,6 +106,23 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_mode(metas: dict[int, Path], keep_ratio: bool) -> None:
+    """Refuse to add to a size prepared in the other mode: its meta CSV records the mode (the
+    content columns are there exactly when it was letterboxed), and boxes map back through it."""
+    for path in metas.values():
+        if not path.is_file():
+            continue
+        columns = pd.read_csv(path, nrows=0).columns
+        letterboxed = set(CONTENT_COLUMNS) <= set(columns)
+        if letterboxed != keep_ratio:
+            was, asked = ("letterboxed", "squashed") if letterboxed else ("squashed", "letterboxed")
+            raise ValueError(
+                f"{path.parent} was prepared {was} ({path.name}) and this run asks for {asked} "
+                f"images{'' if keep_ratio else ' (no --keep-ratio)'}: mixing them would shift "
+                f"every box; use another --output, or --redo to prepare every image again {asked}"
+            )
+
+
 def prepare(
     input_dir: str | Path,
     output: str | Path,
@@ -112,8 +131,9 @@ def prepare(
     workers: int = 1,
     progress: bool = True,
     keep_ratio: bool = False,
+    redo: bool = False,
 ) -> dict:
-    """Prepare every DICOM under ``input_dir``.
+    """Prepare every DICOM under ``input_dir`` (``redo``: also those already prepared).
 
     Returns:
         Counts ``{done, skipped (already prepared), failed, images (in the meta CSV)}``.
@@ -133,9 +153,11 @@ def prepare(
         (output / str(s) / split).mkdir(parents=True, exist_ok=True)
 
     metas = {s: output / str(s) / f"{split}_meta.csv" for s in sizes}
+    if not redo:
+        check_mode(metas, keep_ratio)
     known: dict[str, tuple[int, int]] = {}
     first = metas[sizes[0]]
-    if first.is_file():
+    if first.is_file() and not redo:
         prev = pd.read_csv(first, dtype={"image_id": str})
         known = {r.image_id: (int(r.dim0), int(r.dim1)) for r in prev.itertuples()}
     todo = [
@@ -198,12 +220,19 @@ def main(argv: list[str] | None = None) -> int:
         help="letterbox (keep the aspect ratio, pad black) instead of squashing to a square; "
         "the meta CSV records where the image lies",
     )
+    p.add_argument(
+        "--redo",
+        action="store_true",
+        help="prepare every image again, also those already done (e.g. to change --keep-ratio)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if any(s < 8 for s in a.sizes):
         p.error("--sizes must be at least 8 px")
     try:
-        counts = prepare(a.input, a.output, a.sizes, a.split, a.workers, keep_ratio=a.keep_ratio)
+        counts = prepare(
+            a.input, a.output, a.sizes, a.split, a.workers, keep_ratio=a.keep_ratio, redo=a.redo
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

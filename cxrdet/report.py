@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cxrdet.callbacks import best_checkpoint  # noqa: E402
 from cxrdet.labels import CLASS_NAMES  # noqa: E402
 
 
@@ -164,9 +165,10 @@ def write_report(run_dir: str | Path, ckpt: str = "best", n_images: int = 8) -> 
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     written = curve_figures(pd.read_csv(metrics_csv), out)
-    if ckpt in ("best", "last"):
-        found = sorted((run_dir / "checkpoints").glob("best-*.ckpt")) if ckpt == "best" else []
-        path = found[-1] if found else run_dir / "checkpoints" / "last.ckpt"
+    if ckpt == "best":
+        path = best_checkpoint(run_dir / "checkpoints") or run_dir / "checkpoints" / "last.ckpt"
+    elif ckpt == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(ckpt)
     if path.is_file() and (run_dir / ".hydra" / "config.yaml").is_file():

@@ -1,7 +1,8 @@
 """Score a submission against labels locally.
 
     python -m cxrdet.score --labels LABELS.csv --submission submission.csv
-        [--iou 0.4] [--fusion none|wbf|nms] [--json] [--split valid20|kfold --fold K --seed S]
+        [--iou 0.4] [--fusion none|wbf|nms --fusion-iou 0.4] [--json]
+        [--split valid20|kfold --fold K --seed S --val-fraction 0.2 --n-folds 5]
 
 LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
 ``--fusion`` merges them first (see cxrdet.fusion). Prints
@@ -27,20 +28,29 @@ import numpy as np
 
 from cxrdet.competition import NO_FINDING_BOX, competition_map
 from cxrdet.fusion import FUSIONS, fuse_readers
-from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels
+from cxrdet.labels import (
+    BOX_COLUMNS,
+    CLASS_NAMES,
+    NO_FINDING,
+    NUM_FINDINGS,
+    normal_image_ids,
+    read_labels,
+)
 from cxrdet.metrics import coco_ap
 from cxrdet.splits import SPLIT_MODES, split_ids
 from cxrdet.submission import SubmissionError, read_submission
 
 
 def ground_truth(labels, image_ids) -> dict:
-    """image id → (boxes, classes) with one ``0 0 1 1`` class-14 box per "No finding" image."""
+    """image id → (boxes, classes) with one ``0 0 1 1`` class-14 box per normal image (no
+    reader marked a finding: :func:`cxrdet.labels.normal_image_ids`)."""
     gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in image_ids}
+    normal = normal_image_ids(labels)
     for image_id, rows in labels.groupby("image_id"):
         finding = rows["class_id"].to_numpy() != NO_FINDING
         boxes = rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64)
         classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
-        if (~finding).any():
+        if image_id in normal:
             boxes = np.vstack([boxes, NO_FINDING_BOX])
             classes = np.append(classes, NO_FINDING)
         gt[image_id] = (boxes, classes)
@@ -55,17 +65,22 @@ def score(
     split: str | None = None,
     fold: int = 0,
     seed: int = 111,
+    fusion_iou: float = 0.4,
+    val_fraction: float = 0.2,
+    n_folds: int = 5,
 ) -> dict:
     """Both metrics of a submission; see the module docstring.
 
-    With ``split`` (``valid20`` or ``kfold``), only the validation images of that split of
-    ``labels_csv`` are scored — the same images training validated on for that seed and fold.
+    ``iou`` is the metric's threshold and ``fusion_iou`` the one at which ``fusion`` merges the
+    readers' boxes (training's ``data.fusion_iou``). With ``split`` (``valid20`` or ``kfold``),
+    only the validation images of that split of ``labels_csv`` are scored — the same images
+    training validated on for that seed, fraction, fold and fold count.
     """
     labels, _ = read_labels(labels_csv)
     if split:
-        _, val_ids = split_ids(labels, split, seed=seed, fold=fold)
+        _, val_ids = split_ids(labels, split, val_fraction, seed, fold, n_folds)
         labels = labels[labels["image_id"].isin(set(val_ids))]
-    labels = fuse_readers(labels, fusion, iou)
+    labels = fuse_readers(labels, fusion, fusion_iou)
     image_ids = sorted(labels["image_id"].unique())
     sub = read_submission(submission_csv, image_ids=image_ids)
     gt = ground_truth(labels, image_ids)
@@ -91,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--submission", required=True, help="image_id,PredictionString CSV")
     p.add_argument("--iou", type=float, default=0.4, help="IoU threshold (default 0.4)")
     p.add_argument("--fusion", choices=FUSIONS, default="none", help="merge readers first")
+    p.add_argument(
+        "--fusion-iou", type=float, default=0.4, help="IoU at which --fusion merges (default 0.4)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--split",
@@ -99,9 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fold", type=int, default=0, help="kfold: the validation fold (default 0)")
     p.add_argument("--seed", type=int, default=111, help="split seed (default 111, as training)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="valid20: held-out share (default 0.2)"
+    )
+    p.add_argument("--n-folds", type=int, default=5, help="kfold: number of folds (default 5)")
     a = p.parse_args(argv)
     try:
-        r = score(a.labels, a.submission, a.iou, a.fusion, a.split, a.fold, a.seed)
+        r = score(
+            a.labels,
+            a.submission,
+            iou=a.iou,
+            fusion=a.fusion,
+            fusion_iou=a.fusion_iou,
+            split=a.split,
+            fold=a.fold,
+            seed=a.seed,
+            val_fraction=a.val_fraction,
+            n_folds=a.n_folds,
+        )
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS
+from cxrdet.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, normal_image_ids
 
 GRID = 128  # heatmap resolution (normalised image coordinates)
 
@@ -20,7 +20,7 @@ def summarise(labels: pd.DataFrame) -> dict:
     return {
         "rows": int(len(labels)),
         "images": int(labels["image_id"].nunique()),
-        "normal_images": int((per_image.max() == NO_FINDING).sum()),
+        "normal_images": len(normal_image_ids(labels)),
         "class_counts": {
             CLASS_NAMES[c]: int(n)
             for c, n in labels["class_id"].value_counts().sort_index().items()

@@ -137,3 +137,35 @@ def test_evaluator_reports_both_metrics_with_no_finding_images():
     assert r["AP40"] == 1.0 and r["AP40_per_class"] == {3: 1.0}
     # Class 14: image b (score 0.8) is right, image a (0.1) is a false positive ranked last.
     assert r["mAP40_per_class"] == {3: 1.0, 14: 1.0} and r["mAP40"] == 1.0
+
+
+def test_class_14_detections_are_one_image_level_line():
+    from cxrdet.competition import no_finding_as_image_label, with_no_finding
+
+    boxes = np.array([[10.0, 10, 50, 50], [300, 200, 340, 260], [5, 5, 9, 9]])
+    scores, classes = np.array([0.9, 0.6, 0.3]), np.array([3, 14, 14])
+    b, s, c = no_finding_as_image_label(boxes, scores, classes)
+    assert c.tolist() == [3, 14] and s.tolist() == [0.9, 0.6]
+    np.testing.assert_array_equal(b[1], [0, 0, 1, 1])  # wherever the detector put it
+    b2, s2, c2 = with_no_finding(b, s, c)  # the detector's own line is not doubled
+    assert c2.tolist() == [3, 14] and s2.tolist() == [0.9, 0.6]
+
+
+def test_validation_scores_class_14_as_the_competition_does():
+    import torch
+
+    from cxrdet.metrics import DetectionEvaluator
+
+    ev = DetectionEvaluator(num_classes=15)
+    ev.process(
+        [{"image_id": "n", "boxes": torch.tensor([[0.0, 0, 1, 1]]), "labels": torch.tensor([15])}],
+        [
+            {
+                "boxes": torch.tensor([[40.0, 30, 90, 80], [0, 0, 3, 3]]),
+                "scores": torch.tensor([0.7, 0.2]),
+                "labels": torch.tensor([15, 15]),
+            }
+        ],
+    )
+    result = ev.evaluate()
+    assert result["mAP40_per_class"] == {14: 1.0}

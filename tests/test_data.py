@@ -338,3 +338,19 @@ def test_datamodule_drops_normal_images_from_training_but_validates_on_all(tiny_
         _tiny_datamodule(
             tiny_data, empty_images="drop", **{**halves, "batch_size": len(with_finding) + 1}
         )
+
+
+def test_no_finding_box_is_image_level_and_never_augmented(tiny_data):
+    flip = _augment(
+        [
+            {"_target_": "albumentations.HorizontalFlip", "p": 1.0},
+            {"_target_": "albumentations.Affine", "translate_percent": [0.2, 0.3], "p": 1.0},
+        ]
+    )
+    dm = _tiny_datamodule(tiny_data, use_class14=True, augment=flip)
+    normal = [i for i, r in enumerate(dm.train_set.records) if not r.has_finding]
+    assert normal
+    for i in normal:  # flipped and shifted images: the 0 0 1 1 box stays where it is
+        _, target = dm.train_set[i]
+        assert target["labels"].tolist() == [15]
+        np.testing.assert_allclose(target["boxes"].numpy(), [[0, 0, 1, 1]])

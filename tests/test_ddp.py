@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pandas as pd
 import pytest
-from conftest import run_ok, tiny_overrides
+from conftest import PY, REPO, run_ok, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +57,28 @@ def test_two_ranks_give_the_same_ap40_as_one(ddp_run, tiny_data):
     assert two["val/AP40"] == pytest.approx(one["val/AP40"], abs=1e-9)
     assert two["val/mAP40"] == pytest.approx(one["val/mAP40"], abs=1e-9)
     assert 0 < one["val/mAP40"] < 1  # a real score, not an empty case
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["on_nonfinite=skip"], "on_nonfinite=skip cannot run under DDP"),
+        (["-m", "optim.lr=0.001,0.002"], "add hydra/launcher=slurm"),
+    ],
+    ids=["skip-a-batch", "local-sweep"],
+)
+def test_what_ddp_cannot_do_is_refused_at_start_in_one_line(tiny_data, tmp_path, extra, message):
+    overrides = [
+        *[o for o in tiny_overrides(tiny_data, tmp_path / "run") if not o.startswith("hydra.")],
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = subprocess.run(
+        [PY, "train.py", *extra, *overrides], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]

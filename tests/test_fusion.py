@@ -56,3 +56,41 @@ def test_no_finding_reader_does_not_veto_findings():
     assert fuse_readers(labels, "none") is labels
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse_readers(labels, "mean")
+
+
+def test_one_meaning_of_normal_in_training_fusion_scoring_and_eda(tmp_path):
+    import cv2
+
+    from cxrdet.dataset import build_records
+    from cxrdet.labels import normal_image_ids, read_labels
+    from cxrdet.meta import read_meta
+    from cxrdet.score import ground_truth
+    from cxrdet.stats import summarise
+
+    nan = [float("nan")] * 4
+    rows = [  # "a": one reader marked a finding, two wrote "No finding"; "b": all three normal
+        ["a", "Cardiomegaly", 3, "R1", 10, 20, 60, 70],
+        ["a", "No finding", 14, "R2", *nan],
+        ["a", "No finding", 14, "R3", *nan],
+        *[["b", "No finding", 14, f"R{r}", *nan] for r in (1, 2, 3)],
+    ]
+    pd.DataFrame(rows, columns=LABEL_COLUMNS).to_csv(tmp_path / "train.csv", index=False)
+    labels, _ = read_labels(tmp_path / "train.csv")
+    assert normal_image_ids(labels) == {"b"}
+    assert summarise(labels)["normal_images"] == 1
+    gt = ground_truth(labels, ["a", "b"])
+    assert gt["a"][1].tolist() == [3] and gt["b"][1].tolist() == [14]
+    fused = fuse_readers(labels, "wbf")
+    assert sorted(map(tuple, fused[["image_id", "class_id"]].values.tolist())) == [
+        ("a", 3),
+        ("b", 14),
+    ]
+    pd.DataFrame({"image_id": ["a", "b"], "dim0": [80, 80], "dim1": [80, 80]}).to_csv(
+        tmp_path / "meta.csv", index=False
+    )
+    for image_id in "ab":
+        cv2.imwrite(str(tmp_path / f"{image_id}.png"), np.zeros((16, 16), np.uint8))
+    meta = read_meta(tmp_path / "meta.csv")
+    a, b = build_records(labels, meta, tmp_path, ["a", "b"], use_class14=True)
+    assert a.classes.tolist() == [3] and a.has_finding
+    assert b.classes.tolist() == [14] and not b.has_finding

@@ -24,6 +24,7 @@ def test_fast_devrun_ok(tiny_data, tmp_path):
     log = done.stdout + done.stderr
     assert "max_steps=1" in log
     assert "precision: 32-true (trainer.precision=auto on cpu)" in log  # auto, resolved and said
+    assert "litlogger" not in log  # Lightning's advertisement is filtered
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 
@@ -112,6 +113,25 @@ def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):
         ["--labels", str(tiny_data["raw"] / "test_labels.csv"), "--submission", str(out), "--json"]
     )
     assert code == 0
+
+
+def test_predict_without_a_checkpoint_says_what_to_pass(tiny_data, tmp_path):
+    done = subprocess.run(
+        [
+            PY,
+            "predict.py",
+            f"paths.prepared_dir={tiny_data['prepared']}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip().startswith("error: pass the checkpoint") and "ckpt_path=" in done.stderr
+    )
 
 
 def test_predict_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path):
@@ -448,3 +468,138 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):
     )
     last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == stopped_at + 2
+
+
+class PaddingDetector(torch.nn.Module):
+    """A stand-in detector with one box wholly in the letterbox padding, one half in it and one
+    inside the content, for every image."""
+
+    def __init__(self, contents: list):
+        super().__init__()
+        self.contents = contents
+
+    def forward(self, images):
+        out = []
+        for _ in images:
+            x0, y0, w, h = self.contents.pop(0)
+            if x0 >= 2:  # padding left and right
+                boxes = [[0, 10, x0 - 1, 30], [x0 - 4, 10, x0 + 6, 30], [x0 + 2, 5, x0 + 9, 20]]
+            elif y0 >= 2:  # padding above and below
+                boxes = [[10, 0, 30, y0 - 1], [10, y0 - 4, 30, y0 + 6], [5, y0 + 2, 20, y0 + 9]]
+            else:  # (almost) square: no padding to predict in
+                boxes = [[0, 0, 0, 0], [0, 5, 20, 20], [25, 25, 40, 40]]
+            out.append(
+                {
+                    "boxes": torch.tensor(boxes, dtype=torch.float32),
+                    "scores": torch.tensor([0.9, 0.8, 0.7]),
+                    "labels": torch.tensor([3, 4, 5]),
+                }
+            )
+        return out
+
+
+def test_letterbox_predictions_in_the_padding_are_dropped_not_fatal(
+    tiny_data, tmp_path, monkeypatch
+):
+    from cxrdet import predictor
+    from cxrdet.meta import content_of, read_meta
+    from cxrdet.prepare import prepare
+
+    prepare(tiny_data["raw"] / "train", tmp_path, [64], keep_ratio=True, progress=False)
+    meta = read_meta(tmp_path / "64" / "train_meta.csv")
+    contents = [content_of(meta, i) for i in meta.index]
+    assert sum(max(c[0], c[1]) >= 2 for c in contents) >= 2  # letterboxed with padding
+    stand_in = PaddingDetector(list(contents))
+    monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([stand_in], 64))
+    summary = predictor.predict(
+        "unused.ckpt",
+        str(tmp_path / "submission.csv"),
+        image_dir=str(tmp_path / "64" / "train"),
+        meta_csv=str(tmp_path / "64" / "train_meta.csv"),
+        batch_size=1,
+        nofinding_line=False,
+        progress=False,
+    )
+    sub = read_submission(summary["submission"], image_ids=list(meta.index))
+    for image_id, (boxes, _, classes) in sub.items():
+        assert classes.tolist() == [3, 4]  # labels 4 and 5 (class + 1): the padding box is gone
+        h, w = meta.at[image_id, "dim0"], meta.at[image_id, "dim1"]
+        assert (boxes[0, :2] == 0).any()  # the half box is clipped to the content's edge
+        assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+
+
+def test_a_split_s_validation_images_are_predicted_and_scored_in_two_commands(
+    tiny_data, trained, tmp_path
+):
+    from cxrdet.labels import read_labels
+    from cxrdet.splits import split_ids
+
+    out = tmp_path / "holdout.csv"
+    prepared = tiny_data["prepared"] / "64"
+    run_ok(
+        [
+            "predict.py",
+            f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+            f"image_dir={prepared / 'train'}",
+            f"meta_csv={prepared / 'train_meta.csv'}",
+            f"paths.raw_dir={tiny_data['raw']}",
+            "split.mode=kfold",
+            "split.n_folds=2",
+            "split.fold=1",
+            f"output={out}",
+            "num_workers=0",
+            f"hydra.run.dir={tmp_path / 'predict'}",
+        ]
+    )
+    labels, _ = read_labels(tiny_data["raw"] / "train.csv")
+    _, val = split_ids(labels, "kfold", seed=111, fold=1, n_folds=2)
+    assert sorted(pd.read_csv(out, dtype=str).image_id) == sorted(val) and len(val) == 8
+    code = score_main(
+        [
+            "--labels",
+            str(tiny_data["raw"] / "train.csv"),
+            "--submission",
+            str(out),
+            "--split",
+            "kfold",
+            "--n-folds",
+            "2",
+            "--fold",
+            "1",
+        ]
+    )
+    assert code == 0
+
+
+class NoFindingDetector(torch.nn.Module):
+    """A stand-in detector trained with class 14: a finding and two "No finding" boxes."""
+
+    def forward(self, images):
+        box = [[20.0, 20, 40, 40], [10, 10, 30, 30], [5, 5, 50, 50]]
+        return [
+            {
+                "boxes": torch.tensor(box),
+                "scores": torch.tensor([0.9, 0.5, 0.3]),
+                "labels": torch.tensor([15, 4, 15]),
+            }
+            for _ in images
+        ]
+
+
+def test_class_14_predictions_are_written_as_the_competition_reads_them(
+    tiny_data, tmp_path, monkeypatch
+):
+    from cxrdet import predictor
+
+    monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([NoFindingDetector()], 64))
+    prepared = tiny_data["prepared"] / "64"
+    summary = predictor.predict(
+        "unused.ckpt",
+        str(tmp_path / "submission.csv"),
+        image_dir=str(prepared / "test"),
+        meta_csv=str(prepared / "test_meta.csv"),
+        progress=False,
+    )
+    for boxes, scores, classes in read_submission(summary["submission"]).values():
+        assert classes.tolist() == [14, 3] and scores.tolist() == [0.9, 0.5]  # one 14 line only
+        assert boxes[0].tolist() == [0, 0, 1, 1]  # in original pixels, wherever it was drawn

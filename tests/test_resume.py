@@ -10,20 +10,19 @@ from conftest import run_ok, tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-def _train(tiny_data, run, *extra):
+def _train(tiny_data, run, *extra, max_steps=10):
     # 10 steps over two epochs (6 batches each), validation and a checkpoint every 4 steps,
     # the seed's augmentation, two loader workers: the resume at step 4 lands mid-epoch.
     args = [
         *tiny_overrides(tiny_data, run),
         "data.num_workers=2",
-        "trainer.max_steps=10",
+        f"trainer.max_steps={max_steps}",
         "trainer.val_check_interval=4",
         "trainer.deterministic=true",
         "callbacks.model_checkpoint.save_top_k=-1",
         *extra,
     ]
-    run_ok(["train.py", *args])
-    return run
+    return run_ok(["train.py", *args])
 
 
 def _weights(path):
@@ -37,7 +36,9 @@ def _val_metrics(run):
 
 @pytest.fixture(scope="module")
 def straight(tiny_data, tmp_path_factory):
-    return _train(tiny_data, tmp_path_factory.mktemp("straight") / "run")
+    run = tmp_path_factory.mktemp("straight") / "run"
+    _train(tiny_data, run)
+    return run
 
 
 @pytest.mark.parametrize("step", [4, 8], ids=["mid-first-epoch", "mid-second-epoch"])
@@ -46,7 +47,9 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
 ):
     mid = straight / "checkpoints" / f"best-step{step}.ckpt"
     assert torch.load(mid, weights_only=True)["global_step"] == step
-    resumed = _train(tiny_data, tmp_path / "resumed", f"ckpt_path={mid}")
+    resumed = tmp_path / "resumed"
+    done = _train(tiny_data, resumed, f"ckpt_path={mid}")
+    assert "schedule is stretched" not in done.stdout + done.stderr  # same max_steps
     a, b = (
         _weights(straight / "checkpoints" / "last.ckpt"),
         _weights(resumed / "checkpoints" / "last.ckpt"),
@@ -61,7 +64,8 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
 
 
 def test_same_seed_gives_the_same_weights_and_metrics(tiny_data, straight, tmp_path):
-    again = _train(tiny_data, tmp_path / "again")
+    again = tmp_path / "again"
+    _train(tiny_data, again)
     pd.testing.assert_frame_equal(_val_metrics(straight), _val_metrics(again))
     a, b = (
         _weights(straight / "checkpoints" / "last.ckpt"),
@@ -75,3 +79,13 @@ def test_last_checkpoint_holds_the_final_step_between_validations(straight):
     assert (
         torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
     )
+
+
+def test_resuming_with_another_max_steps_says_the_schedule_is_stretched(
+    tiny_data, straight, tmp_path
+):
+    mid = straight / "checkpoints" / "best-step8.ckpt"
+    done = _train(tiny_data, tmp_path / "longer", f"ckpt_path={mid}", max_steps=12)
+    log = done.stdout + done.stderr
+    assert "resuming at step 8 a LR schedule made for 10 steps with trainer.max_steps=12" in log
+    assert "keep trainer.max_steps=10 to continue it unchanged" in log

@@ -88,3 +88,38 @@ def test_split_scores_only_the_validation_images_training_used(tmp_path, capsys)
     assert json.loads(capsys.readouterr().out)["images"] == len(val) == 4
     assert main(args) == 2  # without the split, the other 16 images are missing
     assert "16 image_id(s) missing" in capsys.readouterr().err
+
+
+def test_split_fraction_and_fold_count_are_read_like_training(tmp_path, capsys):
+    from cxrdet.splits import split_ids
+
+    ids = [f"{i:032x}" for i in range(20)]
+    labels = tmp_path / "labels.csv"
+    rows = [[i, "No finding", 14, "R1", *NAN] for i in ids]
+    pd.DataFrame(rows, columns=LABEL_COLUMNS).to_csv(labels, index=False)
+    for split, extra, kwargs in [
+        ("valid20", ["--val-fraction", "0.5"], {"val_fraction": 0.5}),
+        ("kfold", ["--n-folds", "2", "--fold", "1"], {"n_folds": 2, "fold": 1}),
+    ]:
+        _, val = split_ids(pd.read_csv(labels), split, seed=111, **kwargs)
+        sub = _submission(tmp_path, [(i, "14 1 0 0 1 1") for i in val])
+        args = ["--labels", str(labels), "--submission", str(sub), "--json", "--split", split]
+        assert main([*args, *extra]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["images"] == len(val) == 10
+
+
+def test_the_metric_iou_leaves_the_reader_fusion_iou_alone(tmp_path, capsys):
+    # Two readers' boxes overlap at IoU 0.45: fused at --fusion-iou 0.4 (default) into one box,
+    # which the detection matches at the metric's IoU 0.5; left as two boxes, one is missed.
+    rows = [
+        ["a", "Aortic enlargement", 0, "R1", 0, 0, 100, 100],
+        ["a", "Aortic enlargement", 0, "R2", 0, 0, 100, 45],
+    ]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=LABEL_COLUMNS).to_csv(labels, index=False)
+    sub = _submission(tmp_path, [("a", "0 0.9 0 0 100 100")])
+    args = ["--labels", str(labels), "--submission", str(sub), "--json", "--fusion", "wbf"]
+    assert main([*args, "--iou", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_class"]["0"] == 1.0
+    assert main([*args, "--iou", "0.5", "--fusion-iou", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_class"]["0"] == 0.5

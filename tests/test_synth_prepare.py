@@ -212,3 +212,22 @@ def test_repeated_image_ids_in_nested_folders_are_refused(tmp_path):
         write_dicom(src / sub / "same.dicom", _ramp())
     with pytest.raises(ValueError, match="same"):
         prepare(src, tmp_path / "out", [16], progress=False)
+
+
+def test_rerunning_prepare_in_the_other_mode_is_refused_unless_redone(tiny_data, tmp_path, capsys):
+    raw = tiny_data["raw"] / "test"
+    prepare(raw, tmp_path, [32], progress=False)  # squashed
+    meta = tmp_path / "32" / "test_meta.csv"
+    before = meta.read_text()
+    with pytest.raises(ValueError, match=r"prepared squashed .* asks for letterboxed .* --redo"):
+        prepare(raw, tmp_path, [32], progress=False, keep_ratio=True)
+    assert meta.read_text() == before  # nothing was rewritten
+    args = ["--input", str(raw), "--output", str(tmp_path), "--sizes", "32", "--keep-ratio"]
+    assert prepare_main(args) == 2
+    assert "--redo" in capsys.readouterr().err
+    counts = prepare(raw, tmp_path, [32], progress=False, keep_ratio=True, redo=True)
+    assert counts["done"] == counts["images"] == 4
+    redone = pd.read_csv(meta)
+    assert {"content_x0", "content_w"} <= set(redone.columns)
+    with pytest.raises(ValueError, match=r"prepared letterboxed .* asks for squashed"):
+        prepare(raw, tmp_path, [32], progress=False)
