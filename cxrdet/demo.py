@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     py = sys.executable
     times = make_data()
     if best_checkpoint() is None:
-        times["train"] = run("3/5 train (about 10 minutes)", [py, "train.py", "experiment=demo"])
+        times["train"] = run("3/5 train (about 7 minutes)", [py, "train.py", "experiment=demo"])
     else:
         print(f"\n=== train: reusing {best_checkpoint()} (make demo FORCE=1 to retrain)")
     ckpt = best_checkpoint()

@@ -91,9 +91,17 @@ def named_state_dict(weights: Enum, key: str, given: str | None = None) -> dict:
                 f"save DIR, run where there is network) or pass a local file: "
                 f"{key}=/path/to/{path.name}"
             ) from None
+        except RuntimeError as e:  # the download failed torchvision's checksum
+            raise ValueError(f"{key}={given or weights.name}: {e}") from None
         finally:
             socket.setdefaulttimeout(previous)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file in the cache
+        raise ValueError(
+            f"{key}={given or weights.name}: {path} cannot be read as weights ({e}); delete it "
+            "(torchvision then downloads it again) or copy a good one there"
+        ) from None
 
 
 def _check_file(path: Path, key: str) -> None:

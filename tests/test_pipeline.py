@@ -75,9 +75,11 @@ def test_training_writes_checkpoints_and_metrics(trained):
     ckpts = sorted(p.name for p in (trained / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
     metrics = pd.read_csv(trained / "csv" / "metrics.csv")
-    for column in ("train/loss", "val/loss", "val/AP40", "val/mAP40", "lr-SGD"):
+    for column in ("train/loss", "val/loss", "val/AP40", "val/mAP40"):
         assert metrics[column].notna().any(), column
     assert metrics["val/AP40"].dropna().between(0, 1).all()
+    # Random init: the LR of the weights and of the BatchNorm parameters (no weight decay).
+    assert metrics["lr-SGD/pg1"].notna().any() and metrics["lr-SGD/pg2"].notna().any()
 
 
 def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):

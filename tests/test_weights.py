@@ -184,3 +184,11 @@ def test_train_without_cached_weights_stops_before_the_data_in_one_line(tmp_path
     assert len(errors) == 1, done.stderr[-2000:]
     assert "model.weights=DEFAULT" in errors[0] and cache_file(COCO).name in errors[0]
     assert "Traceback" not in done.stderr and "/nowhere" not in done.stderr
+
+
+def test_a_broken_file_in_the_cache_is_named_with_the_cure(torch_home):
+    path = cache_file(COCO)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a download")
+    with pytest.raises(ValueError, match=r"cannot be read as weights .* delete it"):
+        build_fasterrcnn(num_classes=14, image_size=64, weights="DEFAULT")
