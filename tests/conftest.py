@@ -56,3 +56,14 @@ def run_ok(args: list[str], timeout: int = 600, env: dict | None = None):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def run_fails(args: list[str], timeout: int = 120, env: dict | None = None):
+    """Run ``python ARGS`` in the repository as a user would; fail the test unless it exits
+    non-zero without a traceback (a clear error). Returns the CompletedProcess."""
+    done = subprocess.run(
+        [PY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done

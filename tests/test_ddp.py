@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pandas as pd
 import pytest
-from conftest import PY, REPO, run_ok, tiny_overrides
+from conftest import run_fails, run_ok, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -76,9 +75,6 @@ def test_what_ddp_cannot_do_is_refused_at_start_in_one_line(tiny_data, tmp_path,
         f"hydra.run.dir={tmp_path / 'run'}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    done = subprocess.run(
-        [PY, "train.py", *extra, *overrides], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode != 0 and "Traceback" not in done.stderr
+    done = run_fails(["train.py", *extra, *overrides])
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]

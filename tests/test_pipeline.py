@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import PY, REPO, run_ok, tiny_overrides
+from conftest import PY, REPO, run_fails, run_ok, tiny_overrides
 
 from cxrdet.score import main as score_main
 from cxrdet.submission import SubmissionError, format_prediction, parse_prediction, read_submission
@@ -118,22 +118,13 @@ def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):
 
 
 def test_predict_without_a_checkpoint_says_what_to_pass(tiny_data, tmp_path):
-    done = subprocess.run(
-        [
-            PY,
-            "predict.py",
-            f"paths.prepared_dir={tiny_data['prepared']}",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert (
-        done.stderr.strip().startswith("error: pass the checkpoint") and "ckpt_path=" in done.stderr
-    )
+    args = [
+        "predict.py",
+        f"paths.prepared_dir={tiny_data['prepared']}",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    stderr = run_fails(args).stderr.strip()
+    assert stderr.startswith("error: pass the checkpoint") and "ckpt_path=" in stderr
 
 
 def test_predict_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path):
