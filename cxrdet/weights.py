@@ -207,10 +207,9 @@ def save(out_dir: Path) -> list[Path]:
     files = []
     for role, weights in NAMED.items():
         cached, dst = cache_file(weights), target / cache_file(weights).name
-        if dst.resolve() == cached.resolve() and dst.is_file():
-            pass
-        elif cached.is_file():
-            shutil.copyfile(cached, dst)
+        if cached.is_file():
+            if dst.resolve() != cached.resolve():  # DIR may be this machine's TORCH_HOME
+                shutil.copyfile(cached, dst)
         else:
             print(f"downloading the {role} weights {weights} from {weights.url}", flush=True)
             digest = Path(urlparse(weights.url).path).stem.rsplit("-", 1)[-1]
