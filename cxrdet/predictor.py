@@ -41,15 +41,15 @@ def pick_device(name: str = "auto") -> torch.device:
 def load_models(ckpt_paths: list[str], device, score_thresh: float, max_detections: int):
     """Detectors in eval mode with the given score threshold and detection cap, and the prepared
     image size the first was trained on."""
-    models, sizes = [], []
+    models, image_size = [], None
     for path in ckpt_paths:
         module = load_detector(path)
         model = module.model.to(device).eval()
         model.roi_heads.score_thresh = score_thresh
         model.roi_heads.detections_per_img = max_detections
         models.append(model)
-        sizes.append(int(module.hparams.model.get("image_size", 512)))
-    return models, sizes[0]
+        image_size = image_size or int(module.hparams.model.get("image_size", 512))
+    return models, image_size
 
 
 def _numpy(output: dict):
