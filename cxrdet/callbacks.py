@@ -105,7 +105,7 @@ def best_checkpoint(checkpoints_dir: str | Path) -> Path | None:
         state = torch.load(best[-1], map_location="cpu", weights_only=True, mmap=True)
         for key, value in state.get("callbacks", {}).items():
             named = Path(str(value.get("best_model_path") or "")).name
-            if key.startswith("ModelCheckpoint") and (folder / named).is_file() and named:
+            if key.startswith("ModelCheckpoint") and named and (folder / named).is_file():
                 return folder / named
         return best[-1]
     last = folder / "last.ckpt"

@@ -42,6 +42,12 @@ def normal_share(empty_images) -> float:
     return share
 
 
+def images_per_epoch(normal: Sequence[bool], share: float) -> int:
+    """Every image with a finding plus ``share`` of the normal ones (rounded)."""
+    n_normal = int(np.sum(normal))
+    return len(normal) - n_normal + round(share * n_normal)
+
+
 class EpochSampler(DistributedSampler):
     """The training order, shuffled from (seed, epoch), this rank's share under DDP; it yields
     ``(epoch, index)`` so that the dataset seeds each sample's augmentation from both.
@@ -67,8 +73,8 @@ class EpochSampler(DistributedSampler):
         self.epoch_source = epoch_source
         self.normal = np.zeros(len(dataset), bool) if normal is None else np.asarray(normal, bool)
         self.normal_share = normal_share
-        self.n_normal = round(normal_share * int(self.normal.sum()))
-        pool = int((~self.normal).sum()) + self.n_normal
+        pool = images_per_epoch(self.normal, normal_share)
+        self.n_normal = pool - int((~self.normal).sum())
         if self.drop_last and pool % self.num_replicas:  # as DistributedSampler counts
             self.num_samples = math.ceil((pool - self.num_replicas) / self.num_replicas)
         else:
@@ -190,7 +196,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.normal_share = normal_share(self.empty_images)
         self.normal = [not r.has_finding for r in train]
         n_normal = sum(self.normal)
-        per_epoch = len(train) - n_normal + round(self.normal_share * n_normal)
+        per_epoch = images_per_epoch(self.normal, self.normal_share)
         if per_epoch < self.batch_size:
             raise ValueError(
                 f"{per_epoch} training image(s) per epoch in {self.image_dir} "
