@@ -1,25 +1,27 @@
 """The competition metric: mAP at IoU 0.4, PASCAL VOC 2010 style, written out (vectorised).
 
-Per class, detections of all images are taken in descending score (ties keep their given
-order); each takes the ground-truth box of its image and class with the highest IoU, and is a
-true positive when that IoU is >= 0.4 and no earlier detection took the same box (a duplicate
-is a false positive). AP is the area under the all-point interpolated precision-recall curve;
-the mean runs over the classes that have ground truth. "No finding" (14) is an ordinary class
-whose boxes are ``0 0 1 1``.
+Per class, detections of all images are taken in descending score (ties in the order of the
+ground truth's images, then as given within an image); each takes the ground-truth box of its
+image and class with the highest IoU, and is a true positive when that IoU is >= 0.4 and no
+earlier detection took the same box (a duplicate is a false positive). AP is the area under the
+all-point interpolated precision-recall curve; the mean runs over the classes that have ground
+truth. "No finding" (14) is an ordinary class whose boxes are ``0 0 1 1``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-NO_FINDING_BOX = np.array([0.0, 0.0, 1.0, 1.0])
+from cxrdet.labels import NO_FINDING_BOX
 
 
 def flatten(table: dict, with_scores: bool, index: dict[str, int]):
-    """dict image → arrays  ⇒  flat arrays (image index, class, [score], box) in input order."""
+    """dict image → arrays  ⇒  flat arrays (image index, class, [score], box), images in
+    ``index`` order (so a submission's row order never changes its score), rows as given."""
     imgs, classes, scores, boxes = [], [], [], []
-    for image_id, value in table.items():
-        if image_id not in index:
+    for image_id in index:
+        value = table.get(image_id)
+        if value is None:
             continue
         b = np.asarray(value[0], np.float64).reshape(-1, 4)
         imgs.append(np.full(len(b), index[image_id]))

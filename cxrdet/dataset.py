@@ -20,9 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrdet.boxes import Content, clip, letterbox_content, to_prepared, valid
-from cxrdet.competition import NO_FINDING_BOX
 from cxrdet.dicom import DicomError, read_dicom
-from cxrdet.labels import BOX_COLUMNS, NO_FINDING, normal_image_ids
+from cxrdet.labels import BOX_COLUMNS, NO_FINDING, NO_FINDING_BOX, ground_truth, normal_image_ids
 from cxrdet.meta import content_of, read_meta
 from cxrdet.prepare import find_dicoms, resize
 
@@ -39,6 +38,8 @@ class Record:
     classes: np.ndarray  # [N] class ids 0..14
     content: Content | None = None  # letterbox rectangle in the PNG; None = squashed
     normal: bool = False  # no reader marked a finding (cxrdet.labels.normal_image_ids)
+    truth: tuple[np.ndarray, np.ndarray] | None = None  # what the scorer scores this image
+    # against: (boxes as labelled, class ids), cxrdet.labels.ground_truth
 
     @property
     def has_finding(self) -> bool:
@@ -75,6 +76,7 @@ def build_records(
     image_dir = Path(image_dir)
     grouped = dict(tuple(labels.groupby("image_id", sort=False)))
     normal = normal_image_ids(labels)
+    truth = ground_truth(labels, image_ids)
     records, no_image, outside = [], [], 0
     for image_id in image_ids:
         if image_id not in meta.index or not (image_dir / f"{image_id}.png").is_file():
@@ -93,7 +95,15 @@ def build_records(
             classes = np.append(classes, NO_FINDING)
         content = content_of(meta, image_id)
         records.append(
-            Record(image_id, hw, boxes.reshape(-1, 4), classes, content, image_id in normal)
+            Record(
+                image_id,
+                hw,
+                boxes.reshape(-1, 4),
+                classes,
+                content,
+                image_id in normal,
+                truth[image_id],
+            )
         )
     if no_image:
         log.warning(
@@ -155,6 +165,11 @@ class DetectionDataset(Dataset):
             "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(classes, np.int64).reshape(-1)) + 1,
             "image_id": r.image_id,
+            # For validation scored as the submission (cxrdet.metrics.DetectionEvaluator):
+            "orig_hw": r.orig_hw,
+            "image_hw": tuple(image.shape[:2]),
+            "content": r.content,
+            "truth": r.truth,
         }
         return to_tensor(image), target
 

@@ -32,6 +32,7 @@ NO_FINDING = 14
 NUM_FINDINGS = 14  # classes 0..13 have boxes; class 14 ("No finding") has none
 LABEL_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
+NO_FINDING_BOX = np.array([0.0, 0.0, 1.0, 1.0])  # the competition's box for a normal image
 
 
 def normal_image_ids(labels: pd.DataFrame) -> set[str]:
@@ -42,6 +43,24 @@ def normal_image_ids(labels: pd.DataFrame) -> set[str]:
     """
     finding = labels["class_id"] != NO_FINDING
     return set(labels["image_id"]) - set(labels.loc[finding, "image_id"])
+
+
+def ground_truth(labels: pd.DataFrame, image_ids) -> dict:
+    """What a submission is scored against: image id → (boxes in original pixels, class ids),
+    the findings as labelled plus one ``0 0 1 1`` class-14 box per normal image
+    (:func:`normal_image_ids`); ids without label rows get nothing. Keyed in ``image_ids`` order.
+    """
+    gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in image_ids}
+    normal = normal_image_ids(labels)
+    for image_id, rows in labels[labels["image_id"].isin(gt)].groupby("image_id"):
+        finding = rows["class_id"].to_numpy() != NO_FINDING
+        boxes = rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64)
+        classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
+        if image_id in normal:
+            boxes = np.vstack([boxes, NO_FINDING_BOX])
+            classes = np.append(classes, NO_FINDING)
+        gt[image_id] = (boxes, classes)
+    return gt
 
 
 @dataclass

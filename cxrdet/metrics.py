@@ -1,5 +1,6 @@
 """AP40: COCO-style 101-point AP at IoU 0.4 only, 100 detections per image and class (the
-seed's metric), and the validation evaluator that reports it next to the competition's mAP40.
+seed's metric), and the validation evaluator that reports it next to the competition's mAP40,
+both as the scorer computes them for a submission.
 
 The COCO rules are written out here, vectorised with numpy, because faster-coco-eval needs
 1.45 s on 3,000 images x 100 detections (building 310k annotation dicts plus its Python
@@ -27,15 +28,15 @@ import numpy as np
 import torch.distributed as dist
 
 from cxrdet.competition import (
-    NO_FINDING_BOX,
     competition_map,
     flatten,
-    no_finding_as_image_label,
     pair_ious,
     same_group_pairs,
     with_no_finding,
 )
 from cxrdet.labels import NO_FINDING, NUM_FINDINGS
+from cxrdet.postprocess import to_original_prediction
+from cxrdet.submission import as_read_back
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +142,57 @@ def coco_ap(
     return {"AP": float(np.mean(list(per_class.values()))), "per_class": per_class}
 
 
-class DetectionEvaluator:
-    """Collects predictions batch by batch and scores them (reset / process / evaluate).
+def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False) -> dict:
+    """Both metrics of predictions in the submission's form, as ``python -m cxrdet.score``
+    reports them.
 
-    ``evaluate`` returns the seed's AP40 over the findings 0-13 (also when "No finding" is
-    trained as class 14) and the competition mAP40,
-    for which an image without ground-truth boxes has a "No finding" box and every image a
-    "No finding" detection scored as predict.py writes it
-    (:func:`cxrdet.competition.with_no_finding`).
+    Args:
+        gt: image id → (boxes, class ids 0..14), a normal image with its ``0 0 1 1`` class-14
+            box (:func:`cxrdet.labels.ground_truth`); every scored image is a key, and ties
+            between images rank in this order.
+        dets: image id → (boxes, scores, class ids 0..14), "No finding" lines included.
+        iou: the IoU threshold of both metrics.
+        curves: also return the competition metric's precision-recall curves.
+
+    Returns:
+        ``{"mAP40", "mAP40_per_class", "AP40", "AP40_per_class", "images"}`` (+
+        ``"mAP40_curves"``): the competition mAP over the classes with ground truth, and the
+        COCO-style AP over the findings 0-13 (class-14 boxes and lines left out).
+    """
+    competition = competition_map(gt, dets, iou, curves=curves)
+    findings = lambda *arrays: tuple(a[arrays[-1] != NO_FINDING] for a in arrays)  # noqa: E731
+    coco = coco_ap(
+        {i: findings(*g) for i, g in gt.items()},
+        {i: findings(*d) for i, d in dets.items()},
+        NUM_FINDINGS,
+        iou,
+    )
+    result = {
+        "mAP40": competition["mAP"],
+        "mAP40_per_class": competition["per_class"],
+        "AP40": coco["AP"],
+        "AP40_per_class": coco["per_class"],
+        "images": len(gt),
+    }
+    if curves:
+        result["mAP40_curves"] = competition["curves"]
+    return result
+
+
+class DetectionEvaluator:
+    """Validation scored as the submission of the same images would be (reset / process /
+    evaluate): ``val/mAP40`` and ``val/AP40`` are what ``python -m cxrdet.score`` reports for
+    the submission ``predict.py`` writes of those images with the model's own score threshold.
+
+    Each detection set goes the submission's way: boxes mapped to original pixels and clipped
+    (:func:`cxrdet.postprocess.to_original_prediction`), the "No finding" line appended
+    (:func:`cxrdet.competition.with_no_finding`), then written and read back as a
+    PredictionString (4-decimal scores, 0.1-px boxes). The ground truth is the targets'
+    ``truth``: the validation labels in original pixels (:func:`cxrdet.labels.ground_truth`).
     """
 
-    def __init__(self, num_classes: int, iou: float = 0.4, max_dets: int = 100):
-        self.num_classes, self.iou, self.max_dets = num_classes, iou, max_dets
+    def __init__(self, iou: float = 0.4):
+        self.iou = iou
         self.reset()
 
     def reset(self) -> None:
@@ -160,15 +200,18 @@ class DetectionEvaluator:
         self.dets: dict = {}
 
     def process(self, targets: list[dict], outputs: list[dict]) -> None:
-        """Add one batch: torchvision targets and outputs (labels = class id + 1)."""
+        """Add one batch: targets as :class:`cxrdet.dataset.DetectionDataset` makes them
+        (``image_id``, ``truth``, ``orig_hw``, ``image_hw``, ``content``) and the model's
+        outputs on those images (torchvision's labels = class id + 1)."""
         for t, o in zip(targets, outputs):
-            image_id = t["image_id"]
-            self.gt[image_id] = (t["boxes"].cpu().numpy(), t["labels"].cpu().numpy() - 1)
-            self.dets[image_id] = no_finding_as_image_label(
+            pred = (
                 o["boxes"].detach().float().cpu().numpy(),
                 o["scores"].detach().float().cpu().numpy(),
                 o["labels"].cpu().numpy() - 1,
             )
+            pred = to_original_prediction(pred, t["orig_hw"], t["image_hw"], t["content"])
+            self.dets[t["image_id"]] = as_read_back(*with_no_finding(*pred))
+            self.gt[t["image_id"]] = t["truth"]
 
     def gather(self) -> None:
         """Under DDP, give every rank all ranks' images (each validated only its shard).
@@ -184,24 +227,7 @@ class DetectionEvaluator:
             self.dets.update(dets)
 
     def evaluate(self, curves: bool = False) -> dict:
-        """``{"AP40", "AP40_per_class", "mAP40", "mAP40_per_class", "images"}`` (+
-        ``"mAP40_curves"``: class id → (recall, precision) with ``curves``)."""
-        # AP40 is over the findings 0-13 whatever was trained, as the scorer computes it.
-        findings = min(self.num_classes, NUM_FINDINGS)
-        coco = coco_ap(self.gt, self.dets, findings, self.iou, self.max_dets)
-        gt = {
-            i: (b, c) if len(c) else (NO_FINDING_BOX[None], np.array([NO_FINDING]))
-            for i, (b, c) in self.gt.items()
-        }
-        dets = {i: with_no_finding(*d) for i, d in self.dets.items()}
-        competition = competition_map(gt, dets, self.iou, curves=curves)
-        result = {
-            "AP40": coco["AP"],
-            "AP40_per_class": coco["per_class"],
-            "mAP40": competition["mAP"],
-            "mAP40_per_class": competition["per_class"],
-            "images": len(self.gt),
-        }
-        if curves:
-            result["mAP40_curves"] = competition["curves"]
-        return result
+        """:func:`score_predictions` of everything processed, images in id order (as the
+        scorer orders them)."""
+        gt = dict(sorted(self.gt.items()))
+        return score_predictions(gt, self.dets, self.iou, curves)

@@ -65,7 +65,7 @@ def build_fasterrcnn(
     rpn_post_nms_top_n_test: int = 1000,
     roi_batch_size_per_image: int = 512,
     rpn_batch_size_per_image: int = 256,
-    box_score_thresh: float = 0.05,
+    box_score_thresh: float = 0.0,
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
     frozen_bn: bool | None = None,

@@ -65,7 +65,7 @@ class DetectorModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_fasterrcnn(**model)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
-        self.evaluator = DetectionEvaluator(num_classes=len(self.class_names))
+        self.evaluator = DetectionEvaluator()
         self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
         self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
 

@@ -5,10 +5,28 @@ from __future__ import annotations
 import numpy as np
 from ensemble_boxes import weighted_boxes_fusion
 
-from cxrdet.competition import NO_FINDING_BOX, add_no_finding
-from cxrdet.labels import NO_FINDING
+from cxrdet.boxes import Content, clip, to_original, valid
+from cxrdet.competition import add_no_finding, no_finding_as_image_label
+from cxrdet.labels import NO_FINDING, NO_FINDING_BOX
 
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4], scores [N], classes [N]
+
+
+def to_original_prediction(
+    pred: Prediction, orig_hw, image_hw, content: Content | None = None
+) -> Prediction:
+    """A prediction on a prepared image as the submission writes it: boxes mapped back to
+    original pixels and clipped to the image; a box that ends up under a pixel (one lying in
+    the letterbox padding) is dropped; class-14 detections become one image-level line
+    (:func:`cxrdet.competition.no_finding_as_image_label`).
+
+    The content rectangle maps onto the original image, so clipping to the image clips to it.
+    """
+    boxes, scores, classes = pred
+    boxes = clip(to_original(boxes, orig_hw, image_hw, content), orig_hw)
+    boxes, scores, classes = no_finding_as_image_label(boxes, scores, classes)
+    keep = valid(boxes)
+    return boxes[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]
 
 
 def hflip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:

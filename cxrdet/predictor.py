@@ -19,12 +19,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cxrdet.boxes import clip, to_original, to_prepared, valid
-from cxrdet.competition import no_finding_as_image_label, with_no_finding
+from cxrdet.boxes import to_prepared
+from cxrdet.competition import with_no_finding
 from cxrdet.dataset import DicomDataset, ImageDataset, collate
 from cxrdet.draw import draw_boxes
 from cxrdet.module import load_detector
-from cxrdet.postprocess import fuse_predictions, hflip_boxes, nofinding_filter
+from cxrdet.postprocess import (
+    fuse_predictions,
+    hflip_boxes,
+    nofinding_filter,
+    to_original_prediction,
+)
 from cxrdet.precision import autocast, autocast_dtype, resolve_precision
 from cxrdet.submission import EMPTY_PREDICTION, format_prediction, read_submission, write_submission
 
@@ -38,15 +43,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_models(ckpt_paths: list[str], device, score_thresh: float, max_detections: int):
-    """Detectors in eval mode with the given score threshold and detection cap, and the prepared
-    image size the first was trained on."""
+def load_models(
+    ckpt_paths: list[str], device, score_thresh: float | None, max_detections: int | None
+):
+    """Detectors in eval mode and the prepared image size the first was trained on.
+
+    A None ``score_thresh`` or ``max_detections`` keeps each checkpoint's own (the one its
+    validation scored with); a value replaces it.
+    """
     models, image_size = [], None
     for path in ckpt_paths:
         module = load_detector(path)
         model = module.model.to(device).eval()
-        model.roi_heads.score_thresh = score_thresh
-        model.roi_heads.detections_per_img = max_detections
+        if score_thresh is not None:
+            model.roi_heads.score_thresh = score_thresh
+        if max_detections is not None:
+            model.roi_heads.detections_per_img = max_detections
         models.append(model)
         image_size = image_size or int(module.hparams.model.get("image_size", 512))
     return models, image_size
@@ -110,14 +122,9 @@ def predict_dataset(
                 sets, hw, [w for *_, w in views], fusion_iou, fusion_skip
             )
             top = np.argsort(-scores, kind="stable")[:max_detections]
-            boxes = to_original(boxes[top], info["orig_hw"], hw, info["content"])
-            # The content rectangle maps onto the original image, so clipping here clips to the
-            # content; a box lying in the letterbox padding (or under a pixel) ends up empty.
-            boxes, scores, classes = no_finding_as_image_label(
-                clip(boxes, info["orig_hw"]), scores[top], classes[top]
+            results[info["image_id"]] = to_original_prediction(
+                (boxes[top], scores[top], classes[top]), info["orig_hw"], hw, info["content"]
             )
-            keep = valid(boxes)
-            results[info["image_id"]] = (boxes[keep], scores[keep], classes[keep])
     return results, errors
 
 
@@ -163,8 +170,8 @@ def predict(
     meta_csv: str | None = None,
     dicom_dir: str | None = None,
     keep_ratio: bool = False,
-    score_thresh: float = 0.0,
-    max_detections: int = 100,
+    score_thresh: float | None = None,
+    max_detections: int | None = None,
     batch_size: int = 4,
     num_workers: int = 0,
     device: str = "auto",
@@ -196,6 +203,8 @@ def predict(
     autocast_dtype(precision)  # an unknown precision fails here, before the models load
     log.info("precision: %s on %s", precision, dev)
     models, image_size = load_models(ckpts, dev, score_thresh, max_detections)
+    if max_detections is None:  # the fused boxes are capped as each model caps its own
+        max_detections = max(m.roi_heads.detections_per_img for m in models)
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
         dataset = DicomDataset(dicom_dir, image_size, keep_ratio)
     probs = read_probs(nofinding_probs, dataset.ids) if nofinding_probs else None

@@ -87,7 +87,7 @@ def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> l
     if datamodule.val_set is None:
         return []
     model = load_detector(str(ckpt)).model.eval()
-    evaluator, shown = DetectionEvaluator(num_classes=len(CLASS_NAMES)), []
+    evaluator, shown = DetectionEvaluator(), []
     with torch.inference_mode():
         for i in range(len(datamodule.val_set)):
             image, target = datamodule.val_set[i]

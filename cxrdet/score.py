@@ -24,37 +24,11 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
-from cxrdet.competition import NO_FINDING_BOX, competition_map
 from cxrdet.fusion import FUSIONS, fuse_readers
-from cxrdet.labels import (
-    BOX_COLUMNS,
-    CLASS_NAMES,
-    NO_FINDING,
-    NUM_FINDINGS,
-    normal_image_ids,
-    read_labels,
-)
-from cxrdet.metrics import coco_ap
+from cxrdet.labels import CLASS_NAMES, ground_truth, read_labels
+from cxrdet.metrics import score_predictions
 from cxrdet.splits import SPLIT_MODES, split_ids
 from cxrdet.submission import SubmissionError, read_submission
-
-
-def ground_truth(labels, image_ids) -> dict:
-    """image id → (boxes, classes) with one ``0 0 1 1`` class-14 box per normal image (no
-    reader marked a finding: :func:`cxrdet.labels.normal_image_ids`)."""
-    gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in image_ids}
-    normal = normal_image_ids(labels)
-    for image_id, rows in labels.groupby("image_id"):
-        finding = rows["class_id"].to_numpy() != NO_FINDING
-        boxes = rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64)
-        classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
-        if image_id in normal:
-            boxes = np.vstack([boxes, NO_FINDING_BOX])
-            classes = np.append(classes, NO_FINDING)
-        gt[image_id] = (boxes, classes)
-    return gt
 
 
 def score(
@@ -83,17 +57,13 @@ def score(
     labels = fuse_readers(labels, fusion, fusion_iou)
     image_ids = sorted(labels["image_id"].unique())
     sub = read_submission(submission_csv, image_ids=image_ids)
-    gt = ground_truth(labels, image_ids)
-    competition = competition_map(gt, sub, iou=iou)
-    findings_gt = {i: (b[c != NO_FINDING], c[c != NO_FINDING]) for i, (b, c) in gt.items()}
-    findings_det = {i: tuple(a[c != NO_FINDING] for a in (b, s, c)) for i, (b, s, c) in sub.items()}
-    ap40 = coco_ap(findings_gt, findings_det, NUM_FINDINGS, iou=iou)
+    result = score_predictions(ground_truth(labels, image_ids), sub, iou=iou)
     return {
-        "mAP40": competition["mAP"],
-        "AP40": ap40["AP"],
-        "per_class": competition["per_class"],
-        "AP40_per_class": ap40["per_class"],
-        "images": len(image_ids),
+        "mAP40": result["mAP40"],
+        "AP40": result["AP40"],
+        "per_class": result["mAP40_per_class"],
+        "AP40_per_class": result["AP40_per_class"],
+        "images": result["images"],
     }
 
 

@@ -32,6 +32,12 @@ def format_prediction(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
     return " ".join(parts)
 
 
+def as_read_back(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
+    """A prediction exactly as the scorer reads it from a submission: 4-decimal scores, 0.1-px
+    boxes, highest score first (formatted, then parsed)."""
+    return parse_prediction(format_prediction(boxes, scores, classes))
+
+
 def parse_prediction(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PredictionString → (boxes [N, 4], scores [N], classes [N]); raises ValueError with why."""
     tokens = str(text).split() if isinstance(text, str) else []

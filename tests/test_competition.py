@@ -56,12 +56,15 @@ def test_classes_without_ground_truth_are_left_out_and_no_finding_is_a_class():
     assert math.isnan(competition_map({}, dets)["mAP"])
 
 
-def test_ties_keep_the_given_order():
-    # Equal scores: the wrong-class-position FP listed first comes first.
+def test_ties_rank_in_the_ground_truth_s_image_order_whatever_the_row_order():
+    # Equal scores: image a's false positive ranks before image b's hit, as a comes first in
+    # the ground truth; a submission listing b first scores the same.
     gt = _gt(a=(BOX, [1]), b=(BOX, [1]))
     dets = _dets(a=([[200, 200, 240, 240]], [0.5], [1]), b=(BOX, [0.5], [1]))
     assert competition_map(gt, dets)["per_class"][1] == pytest.approx(0.5 * 0.5)
     dets = _dets(b=(BOX, [0.5], [1]), a=([[200, 200, 240, 240]], [0.5], [1]))
+    assert competition_map(gt, dets)["per_class"][1] == pytest.approx(0.5 * 0.5)
+    gt = _gt(b=(BOX, [1]), a=(BOX, [1]))
     assert competition_map(gt, dets)["per_class"][1] == pytest.approx(0.5)
 
 
@@ -113,30 +116,63 @@ def test_no_finding_line_from_detector_scores():
     assert list(classes) == [14] and list(scores) == [1.0]
 
 
-def test_evaluator_reports_both_metrics_with_no_finding_images():
+def _target(image_id, boxes, classes, hw=(100, 100)):
+    """A validation target as DetectionDataset makes it: an unscaled, squashed image whose
+    scorer's ground truth is ``boxes``/``classes`` (class ids, original pixels)."""
     import torch
 
+    truth = (np.array(boxes, float).reshape(-1, 4), np.array(classes, np.int64))
+    return {
+        "image_id": image_id,
+        "boxes": torch.as_tensor(truth[0], dtype=torch.float32),
+        "labels": torch.as_tensor(truth[1]) + 1,
+        "orig_hw": hw,
+        "image_hw": hw,
+        "content": None,
+        "truth": truth,
+    }
+
+
+def _output(boxes, scores, classes):
+    import torch
+
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "labels": torch.tensor(classes) + 1,
+    }
+
+
+def test_evaluator_reports_both_metrics_with_no_finding_images():
     from cxrdet.metrics import DetectionEvaluator
 
-    ev = DetectionEvaluator(num_classes=14)
-    box = torch.tensor([[10.0, 10, 50, 50]])
-    targets = [
-        {"image_id": "a", "boxes": box, "labels": torch.tensor([4])},
-        {
-            "image_id": "b",
-            "boxes": torch.zeros((0, 4)),
-            "labels": torch.zeros(0, dtype=torch.int64),
-        },
-    ]
-    outputs = [
-        {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([4])},
-        {"boxes": box, "scores": torch.tensor([0.2]), "labels": torch.tensor([4])},
-    ]
-    ev.process(targets, outputs)
+    ev = DetectionEvaluator()
+    ev.process(
+        [_target("a", BOX, [3]), _target("b", [[0, 0, 1, 1]], [14])],
+        [_output(BOX, [0.9], [3]), _output(BOX, [0.2], [3])],
+    )
     r = ev.evaluate()
     assert r["AP40"] == 1.0 and r["AP40_per_class"] == {3: 1.0}
     # Class 14: image b (score 0.8) is right, image a (0.1) is a false positive ranked last.
     assert r["mAP40_per_class"] == {3: 1.0, 14: 1.0} and r["mAP40"] == 1.0
+
+
+def test_validation_scores_the_submission_in_original_pixels_as_written():
+    """Prepared-pixel detections are mapped to original pixels and rounded to 0.1 px as the
+    submission writes them: a box that misses by a hair before that rounding and hits after it
+    counts, as it does in the scored submission."""
+    from cxrdet.metrics import DetectionEvaluator
+
+    ev = DetectionEvaluator()
+    target = _target("a", [[0, 0, 100, 40.0]], [3], hw=(400, 200))
+    target["image_hw"] = (100, 100)  # the model saw the 400 x 200 image squashed to 100 x 100
+    # 0 0 50 3.99 prepared = 0 0 100 15.96 original: IoU 0.399 with the 100 x 40 box, a miss;
+    # written as 0 0 100 16.0: IoU 0.4, a hit.
+    ev.process([target], [_output([[0, 0, 50, 3.99]], [0.91234], [3])])
+    boxes, scores, classes = ev.dets["a"]
+    assert boxes.tolist() == [[0, 0, 100, 16.0], [0, 0, 1, 1]] and classes.tolist() == [3, 14]
+    assert scores.tolist() == [0.9123, 0.0877]  # 4 decimals, the No-finding line 1 - top
+    assert ev.evaluate()["mAP40_per_class"] == {3: 1.0}
 
 
 def test_class_14_detections_are_one_image_level_line():
@@ -152,20 +188,12 @@ def test_class_14_detections_are_one_image_level_line():
 
 
 def test_validation_scores_class_14_as_the_competition_does():
-    import torch
-
     from cxrdet.metrics import DetectionEvaluator
 
-    ev = DetectionEvaluator(num_classes=15)
+    ev = DetectionEvaluator()
     ev.process(
-        [{"image_id": "n", "boxes": torch.tensor([[0.0, 0, 1, 1]]), "labels": torch.tensor([15])}],
-        [
-            {
-                "boxes": torch.tensor([[40.0, 30, 90, 80], [0, 0, 3, 3]]),
-                "scores": torch.tensor([0.7, 0.2]),
-                "labels": torch.tensor([15, 15]),
-            }
-        ],
+        [_target("n", [[0, 0, 1, 1]], [14])],
+        [_output([[40.0, 30, 90, 80], [0, 0, 3, 3]], [0.7, 0.2], [14, 14])],
     )
     result = ev.evaluate()
     assert result["mAP40_per_class"] == {14: 1.0}

@@ -64,7 +64,8 @@ def test_demo_experiment_overlays_only_what_it_changes():
 def test_predict_config_composes():
     cfg = _compose("predict", ["ckpt_path=x.ckpt", "image_size=256"])
     assert cfg.image_dir.endswith("/256/test")
-    assert cfg.score_thresh == 0.0 and cfg.max_detections == 100
+    # The checkpoint's own threshold and cap: the operating point its val/mAP40 scored.
+    assert cfg.score_thresh is None and cfg.max_detections is None
 
 
 def test_numeric_choices_are_quoted_for_hydra():

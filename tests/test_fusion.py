@@ -62,9 +62,8 @@ def test_one_meaning_of_normal_in_training_fusion_scoring_and_eda(tmp_path):
     import cv2
 
     from cxrdet.dataset import build_records
-    from cxrdet.labels import normal_image_ids, read_labels
+    from cxrdet.labels import ground_truth, normal_image_ids, read_labels
     from cxrdet.meta import read_meta
-    from cxrdet.score import ground_truth
     from cxrdet.stats import summarise
 
     nan = [float("nan")] * 4

@@ -137,25 +137,15 @@ def test_ap40_hand_cases():
 
 
 def test_val_ap40_is_over_the_findings_also_when_no_finding_is_trained():
-    import torch
+    from test_competition import _output, _target
 
     from cxrdet.metrics import DetectionEvaluator
 
-    ev = DetectionEvaluator(num_classes=15)  # use_class14=true: 14 findings + "No finding"
-    box = torch.tensor([[10.0, 10, 50, 50]])
-    corner = torch.tensor([[0.0, 0, 1, 1]])
-    targets = [
-        {"image_id": "a", "boxes": box, "labels": torch.tensor([4])},  # class 3 (labels = id + 1)
-        {"image_id": "b", "boxes": corner, "labels": torch.tensor([15])},  # No finding
-    ]
-    outputs = [
-        {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([4])},
-        {
-            "boxes": torch.tensor([[60.0, 60, 90, 90]]),
-            "scores": torch.tensor([0.8]),
-            "labels": torch.tensor([15]),
-        },  # a class-14 detection that misses its 0 0 1 1 box
-    ]
+    ev = DetectionEvaluator()  # use_class14=true: 14 findings + "No finding"
+    box = [[10.0, 10, 50, 50]]
+    targets = [_target("a", box, [3]), _target("b", [[0, 0, 1, 1]], [14])]
+    # image b: a class-14 detection away from its 0 0 1 1 box
+    outputs = [_output(box, [0.9], [3]), _output([[60.0, 60, 90, 90]], [0.8], [14])]
     ev.process(targets, outputs)
     result = ev.evaluate()
     assert set(result["AP40_per_class"]) == {3} and result["AP40"] == 1.0

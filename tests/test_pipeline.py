@@ -12,6 +12,7 @@ import torch
 from conftest import PY, REPO, run_fails, run_ok, tiny_overrides
 
 from cxrdet.score import main as score_main
+from cxrdet.score import score
 from cxrdet.submission import SubmissionError, format_prediction, parse_prediction, read_submission
 
 pytestmark = pytest.mark.slow
@@ -62,6 +63,9 @@ def trained(tiny_data, tmp_path_factory):
         [
             "train.py",
             *tiny_overrides(tiny_data, run),
+            "data.split=kfold",  # 8 validation images, normal ones among them
+            "data.n_folds=2",
+            "data.fold=1",
             "trainer.max_steps=2",
             "trainer.val_check_interval=2",
             "scheduler.warmup_steps=1",
@@ -510,6 +514,7 @@ def test_letterbox_predictions_in_the_padding_are_dropped_not_fatal(
         image_dir=str(tmp_path / "64" / "train"),
         meta_csv=str(tmp_path / "64" / "train_meta.csv"),
         batch_size=1,
+        max_detections=100,  # the stand-in has no cap of its own
         nofinding_line=False,
         progress=False,
     )
@@ -564,6 +569,35 @@ def test_a_split_s_validation_images_are_predicted_and_scored_in_two_commands(
     assert code == 0
 
 
+def test_val_map40_is_the_score_of_the_checkpoint_s_submission(tiny_data, trained, tmp_path):
+    """The metric that picks the best checkpoint is the one its submission gets: predict.py's
+    default threshold, No-finding line, original pixels and rounding, scored by cxrdet.score."""
+    out = tmp_path / "val.csv"
+    prepared = tiny_data["prepared"] / "64"
+    run_ok(
+        [
+            "predict.py",
+            f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",  # the validated weights
+            f"image_dir={prepared / 'train'}",
+            f"meta_csv={prepared / 'train_meta.csv'}",
+            f"paths.raw_dir={tiny_data['raw']}",
+            "split.mode=kfold",  # the fixture's split
+            "split.n_folds=2",
+            "split.fold=1",
+            f"output={out}",
+            "num_workers=0",
+            f"hydra.run.dir={tmp_path / 'predict'}",
+        ]
+    )
+    labels = str(tiny_data["raw"] / "train.csv")
+    scored = score(labels, str(out), split="kfold", fold=1, n_folds=2)
+    logged = pd.read_csv(trained / "csv" / "metrics.csv")
+    assert scored["images"] == logged["val/images"].dropna().iloc[-1] == 8
+    assert np.isfinite(scored["AP40"]) and 0 < scored["mAP40"] < 1
+    assert logged["val/mAP40"].dropna().iloc[-1] == pytest.approx(scored["mAP40"], abs=1e-6)
+    assert logged["val/AP40"].dropna().iloc[-1] == pytest.approx(scored["AP40"], abs=1e-6)
+
+
 class NoFindingDetector(torch.nn.Module):
     """A stand-in detector trained with class 14: a finding and two "No finding" boxes."""
 
@@ -591,6 +625,7 @@ def test_class_14_predictions_are_written_as_the_competition_reads_them(
         str(tmp_path / "submission.csv"),
         image_dir=str(prepared / "test"),
         meta_csv=str(prepared / "test_meta.csv"),
+        max_detections=100,  # the stand-in has no cap of its own
         progress=False,
     )
     for boxes, scores, classes in read_submission(summary["submission"]).values():
