@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv/ and install cxrdet (editable) with its dev tools
 
 demo: $(STAMP) ## Synthetic data -> prepare -> train -> predict -> score, under outputs/demo/ (FORCE=1 redoes every step)
-	$(PY) -m cxrdet.demo $(if $(FORCE),--force)
+	$(PY) -m cxrdet demo $(if $(FORCE),--force)
 
 test: $(STAMP) ## Run the test suite (no network, CPU only)
 	$(PY) -m pytest -q

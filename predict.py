@@ -13,9 +13,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
-from cxrdet.labels import read_labels
-from cxrdet.predictor import predict
-from cxrdet.splits import split_ids
+from cxrdet.data.labels import read_labels
+from cxrdet.data.splits import split_ids
+from cxrdet.inference.predictor import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
-from cxrdet.cli import quote_numeric_choices
-from cxrdet.labels import CLASS_NAMES, NUM_FINDINGS
-from cxrdet.module import DetectorModule
-from cxrdet.precision import resolve_precision
-from cxrdet.report import upload_figures, write_report
-from cxrdet.tracking import build_loggers, run_info
+from cxrdet.config import quote_numeric_choices
+from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.models.module import DetectorModule
+from cxrdet.models.precision import resolve_precision
+from cxrdet.reports.report import upload_figures, write_report
+from cxrdet.training.loggers import build_loggers, run_info
 
 log = logging.getLogger("cxrdet.train")
 # Lightning advertises its cloud services on every run ("💡 Tip: ... litlogger"): noise here.

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from cxrdet.demo import PREPARED, RAW, SIZE, best_checkpoint, make_data, run, training_figures
-from cxrdet.score import score
+from cxrdet.demo.run import PREPARED, RAW, SIZE, best_checkpoint, make_data, run, training_figures
+from cxrdet.evaluation.score import score
 
 OUT = Path("outputs/demo-variants")
 

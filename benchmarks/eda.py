@@ -3,7 +3,7 @@
     python benchmarks/eda.py [--rows 67914]
 
 Generates the CSV and a meta CSV (real class frequencies, 3 readers per image, 71 % normal),
-times ``python -m cxrdet.eda`` on one core (target: < 30 s) and prints the time; the last line
+times ``cxrdet eda`` on one core (target: < 30 s) and prints the time; the last line
 is one JSON object.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdet.labels import CLASS_NAMES, LABEL_COLUMNS
-from cxrdet.phantom import REAL_COUNTS
+from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS
+from cxrdet.demo.phantom import REAL_COUNTS
 
 
 def make_csv(path: Path, meta_path: Path, rows: int, seed: int = 0) -> None:
@@ -69,7 +69,7 @@ def main() -> None:
         cmd = [
             sys.executable,
             "-m",
-            "cxrdet.eda",
+            "cxrdet.reports.eda",
             "--labels",
             str(tmp / "train.csv"),
             "--meta",
@@ -82,7 +82,7 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(cmd, check=True, env=env)
         seconds = time.perf_counter() - start
-    print(f"cxrdet.eda on {rows} rows, one core: {seconds:.1f} s (target < 30 s)")
+    print(f"cxrdet.reports.eda on {rows} rows, one core: {seconds:.1f} s (target < 30 s)")
     print(json.dumps({"rows": rows, "seconds": round(seconds, 2)}))
 
 

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from cxrdet.competition import competition_map
-from cxrdet.metrics import coco_ap
+from cxrdet.evaluation.coco import coco_ap
+from cxrdet.evaluation.competition import competition_map
 
 
 def make(images: int, dets: int, seed: int = 0):

@@ -5,9 +5,9 @@
 
 A random-init R50-FPN checkpoint and synthetic prepared PNGs; the same threads, batch, score
 threshold (0.0) and detection cap (100) for all. The bare loop gets the images already in
-memory; ``cxrdet.predictor.predict`` reads PNGs, maps boxes back, formats and validates the
-CSV. Prints images/s of both, their ratio (target >= 0.9) and hflip TTA's cost relative to
-plain prediction (target <= 2.1x); the last line is one JSON object.
+memory; ``cxrdet.inference.predictor.predict`` reads PNGs, maps boxes back, formats and
+validates the CSV. Prints images/s of both, their ratio (target >= 0.9) and hflip TTA's cost
+relative to plain prediction (target <= 2.1x); the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from cxrdet.dataset import ImageDataset  # noqa: E402
-from cxrdet.module import DetectorModule  # noqa: E402
-from cxrdet.precision import autocast
-from cxrdet.predictor import predict  # noqa: E402
-from cxrdet.prepare import prepare  # noqa: E402
-from cxrdet.synth import synthesize  # noqa: E402
+from cxrdet.data.dataset import ImageDataset  # noqa: E402
+from cxrdet.data.prepare import prepare  # noqa: E402
+from cxrdet.demo.synth import synthesize  # noqa: E402
+from cxrdet.inference.predictor import predict  # noqa: E402
+from cxrdet.models.module import DetectorModule  # noqa: E402
+from cxrdet.models.precision import autocast
 
 
 def make_checkpoint(path: Path, size: int) -> None:
@@ -42,7 +42,7 @@ def make_checkpoint(path: Path, size: int) -> None:
 
 @torch.inference_mode()
 def bare_loop(ckpt: Path, dataset: ImageDataset, batch: int, device, precision: str) -> float:
-    from cxrdet.module import load_detector
+    from cxrdet.models.module import load_detector
 
     model = load_detector(str(ckpt)).model.eval().to(device)
     model.roi_heads.score_thresh, model.roi_heads.detections_per_img = 0.0, 100

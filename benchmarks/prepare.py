@@ -3,7 +3,7 @@
     python benchmarks/prepare.py [--images 128] [--size 512]
 
 The recipe: pydicom ``apply_voi_lut`` in float64, MONOCHROME1 flip, min-max, PIL LANCZOS
-resize, PIL PNG save. cxrdet: ``cxrdet.prepare.prepare_one`` (lookup-table LUTs, cv2
+resize, PIL PNG save. cxrdet: ``cxrdet.data.prepare.prepare_one`` (lookup-table LUTs, cv2
 INTER_AREA, cv2 PNG). Files are synthetic ~2000 px CR-like DICOMs. Prints ms per image on one
 core for both, the speed-up (target >= 3x) and the 1 → 2 worker speed-up of ``prepare``
 (target >= 1.8x); the last line is one JSON object.
@@ -23,8 +23,8 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_voi_lut
 
-from cxrdet.prepare import one_core, prepare, prepare_one
-from cxrdet.synth import synthesize
+from cxrdet.data.prepare import one_core, prepare, prepare_one
+from cxrdet.demo.synth import synthesize
 
 
 def recipe(src: Path, dst: Path, size: int) -> None:

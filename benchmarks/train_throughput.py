@@ -36,12 +36,12 @@ import torch  # noqa: E402
 from pytorch_lightning import callbacks as cb  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 
-from cxrdet.datamodule import CXRDataModule  # noqa: E402
-from cxrdet.dataset import batch_size  # noqa: E402
-from cxrdet.model import build_fasterrcnn  # noqa: E402
-from cxrdet.module import DetectorModule  # noqa: E402
-from cxrdet.prepare import prepare  # noqa: E402
-from cxrdet.synth import synthesize  # noqa: E402
+from cxrdet.data.datamodule import CXRDataModule  # noqa: E402
+from cxrdet.data.dataset import batch_size  # noqa: E402
+from cxrdet.data.prepare import prepare  # noqa: E402
+from cxrdet.demo.synth import synthesize  # noqa: E402
+from cxrdet.models.detector import build_fasterrcnn  # noqa: E402
+from cxrdet.models.module import DetectorModule  # noqa: E402
 
 
 class StepClock(pl.Callback):

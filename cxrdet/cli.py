@@ -1,28 +1,50 @@
-"""Command-line helpers shared by the Hydra entry points."""
+"""The ``cxrdet`` command: one subcommand per tool (``cxrdet <tool> --help`` for its options).
+
+``python -m cxrdet <tool>`` is the same. Training and prediction are the Hydra entry points
+``train.py`` and ``predict.py``.
+"""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import importlib
+import sys
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# tool → (module with main(argv), one line for ``cxrdet --help``), in pipeline order
+TOOLS = {
+    "synth": ("cxrdet.demo.synth", "write a synthetic dataset of DICOM phantoms (Kaggle layout)"),
+    "prepare": ("cxrdet.data.prepare", "convert DICOMs to PNGs at one or more sizes + meta CSV"),
+    "eda": ("cxrdet.reports.eda", "the dataset's figures and tables from train.csv"),
+    "weights": ("cxrdet.models.weights", "list or save the pretrained weights for offline use"),
+    "report": ("cxrdet.reports.report", "result figures of a finished training run"),
+    "score": ("cxrdet.evaluation.score", "score a submission.csv (mAP40, AP40) against labels"),
+    "demo": ("cxrdet.demo.run", "the whole job on synthetic phantoms, offline, on the CPU"),
+}
 
 
-def quote_numeric_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
-    """Quote numeric config-group choices so ``data=512`` (and ``data=256,512``) work.
+def usage() -> str:
+    width = max(map(len, TOOLS))
+    lines = [f"  {name:<{width}}  {line}" for name, (_, line) in TOOLS.items()]
+    return "\n".join(
+        [
+            "usage: cxrdet <tool> [options]   (cxrdet <tool> --help for the tool's options)",
+            "",
+            "tools:",
+            *lines,
+            "",
+            "Training and prediction: python train.py [key=value ...], python predict.py "
+            "ckpt_path=PATH (--help for each).",
+        ]
+    )
 
-    Hydra parses ``data=512`` as the integer 512 and rejects it as a group choice; quoting it
-    (``data='512'``) is Hydra's documented remedy. This applies that quoting for the groups in
-    ``conf_dir`` that have numeric option names, leaving every other argument untouched.
-    """
-    groups = {p.parent.name for p in conf_dir.glob("*/*.yaml") if p.stem.isdigit()}
-    if not groups:
-        return argv
-    pattern = re.compile(rf"^([+~]*(?:{'|'.join(sorted(groups))}))=(\d+(?:,\d+)*)$")
-    out = []
-    for arg in argv:
-        m = pattern.match(arg)
-        if m:
-            arg = m.group(1) + "=" + ",".join(f"'{v}'" for v in m.group(2).split(","))
-        out.append(arg)
-    return out
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    tool, rest = argv[0], argv[1:]
+    if tool not in TOOLS:
+        print(f"cxrdet: unknown tool {tool!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(TOOLS[tool][0])
+    return int(module.main(rest) or 0)

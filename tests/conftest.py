@@ -20,8 +20,8 @@ TINY = 64
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Raw DICOMs + labels (16 train / 4 test, 64–96 px) and PNGs prepared at 64 px."""
-    from cxrdet.prepare import prepare
-    from cxrdet.synth import synthesize
+    from cxrdet.data.prepare import prepare
+    from cxrdet.demo.synth import synthesize
 
     root = tmp_path_factory.mktemp("tiny")
     raw, prepared = root / "raw", root / "prepared"

@@ -13,8 +13,8 @@ import sys
 
 import pytorch_lightning as pl
 
-from cxrdet.datamodule import CXRDataModule
-from cxrdet.module import load_detector
+from cxrdet.data.datamodule import CXRDataModule
+from cxrdet.models.module import load_detector
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cxrdet.callbacks import best_checkpoint
+from cxrdet.training.callbacks import best_checkpoint
 
 
 def _ckpt(path, best):

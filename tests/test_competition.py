@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrdet.competition import competition_map, voc_ap
+from cxrdet.evaluation.competition import competition_map, voc_ap
 
 BOX = np.array([[10.0, 10, 50, 50]])
 
@@ -107,7 +107,7 @@ def test_matches_map_boxes_on_random_data():
 
 
 def test_no_finding_line_from_detector_scores():
-    from cxrdet.competition import with_no_finding
+    from cxrdet.evaluation.nofinding import with_no_finding
 
     boxes, scores, classes = with_no_finding(np.array([BOX[0]]), np.array([0.3]), np.array([2]))
     assert list(classes) == [2, 14] and scores[-1] == pytest.approx(0.7)
@@ -144,7 +144,7 @@ def _output(boxes, scores, classes):
 
 
 def test_evaluator_reports_both_metrics_with_no_finding_images():
-    from cxrdet.metrics import DetectionEvaluator
+    from cxrdet.evaluation.evaluator import DetectionEvaluator
 
     ev = DetectionEvaluator()
     ev.process(
@@ -161,7 +161,7 @@ def test_validation_scores_the_submission_in_original_pixels_as_written():
     """Prepared-pixel detections are mapped to original pixels and rounded to 0.1 px as the
     submission writes them: a box that misses by a hair before that rounding and hits after it
     counts, as it does in the scored submission."""
-    from cxrdet.metrics import DetectionEvaluator
+    from cxrdet.evaluation.evaluator import DetectionEvaluator
 
     ev = DetectionEvaluator()
     target = _target("a", [[0, 0, 100, 40.0]], [3], hw=(400, 200))
@@ -176,7 +176,7 @@ def test_validation_scores_the_submission_in_original_pixels_as_written():
 
 
 def test_class_14_detections_are_one_image_level_line():
-    from cxrdet.competition import no_finding_as_image_label, with_no_finding
+    from cxrdet.evaluation.nofinding import no_finding_as_image_label, with_no_finding
 
     boxes = np.array([[10.0, 10, 50, 50], [300, 200, 340, 260], [5, 5, 9, 9]])
     scores, classes = np.array([0.9, 0.6, 0.3]), np.array([3, 14, 14])
@@ -188,7 +188,7 @@ def test_class_14_detections_are_one_image_level_line():
 
 
 def test_validation_scores_class_14_as_the_competition_does():
-    from cxrdet.metrics import DetectionEvaluator
+    from cxrdet.evaluation.evaluator import DetectionEvaluator
 
     ev = DetectionEvaluator()
     ev.process(

@@ -10,7 +10,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cxrdet.cli import CONF_DIR, quote_numeric_choices
+from cxrdet.config import CONF_DIR, quote_numeric_choices
 
 GROUPS = [
     "data",
@@ -145,8 +145,8 @@ def test_seed_experiment_builds_the_model_of_the_detectron2_table(tmp_path, monk
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from cxrdet.model import build_fasterrcnn
-    from cxrdet.weights import cache_file
+    from cxrdet.models.detector import build_fasterrcnn
+    from cxrdet.models.weights import cache_file
 
     rows = _detectron2_table()
     assert len(rows) >= 25 and set(MODEL_GETTERS) <= set(rows)

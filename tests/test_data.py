@@ -9,11 +9,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from cxrdet.boxes import to_original, to_prepared
-from cxrdet.cli import CONF_DIR
-from cxrdet.datamodule import CXRDataModule
-from cxrdet.labels import read_labels
-from cxrdet.splits import split_ids
+from cxrdet.config import CONF_DIR
+from cxrdet.data.boxes import to_original, to_prepared
+from cxrdet.data.datamodule import CXRDataModule
+from cxrdet.data.labels import read_labels
+from cxrdet.data.splits import split_ids
 
 
 def test_box_to_prepared_and_back_is_exact():
@@ -178,8 +178,8 @@ def test_use_class14_adds_one_box_per_normal_image(tiny_data):
 
 
 def test_letterboxed_data_places_boxes_inside_the_content(tiny_data, tmp_path):
-    from cxrdet.boxes import letterbox_content
-    from cxrdet.prepare import prepare
+    from cxrdet.data.boxes import letterbox_content
+    from cxrdet.data.prepare import prepare
 
     prepare(tiny_data["raw"] / "train", tmp_path, [64], keep_ratio=True, progress=False)
     dm = _tiny_datamodule(tiny_data, prepared=tmp_path)
@@ -218,7 +218,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_sample(tiny_data):
 
 
 def test_training_order_is_seeded_per_epoch_and_sharded_across_ranks(tiny_data):
-    from cxrdet.datamodule import EpochSampler
+    from cxrdet.data.datamodule import EpochSampler
 
     dm = _seeded_datamodule(tiny_data, 7)
     sampler = dm.train_dataloader().sampler
@@ -260,7 +260,7 @@ ABNORMAL = [i for i, n in enumerate(NORMAL) if not n]
 
 
 def _epoch(share, epoch=0, seed=5, replicas=1, rank=0):
-    from cxrdet.datamodule import EpochSampler
+    from cxrdet.data.datamodule import EpochSampler
 
     sampler = EpochSampler(
         _Keys(30), replicas, rank, seed=seed, normal=NORMAL, normal_share=share, drop_last=True
@@ -270,7 +270,7 @@ def _epoch(share, epoch=0, seed=5, replicas=1, rank=0):
 
 
 def test_empty_images_drop_keep_and_a_fraction_choose_what_the_sampler_yields():
-    from cxrdet.datamodule import normal_share
+    from cxrdet.data.datamodule import normal_share
 
     assert sorted(_epoch(0.0)) == ABNORMAL
     assert sorted(_epoch(1.0)) == list(range(30))
@@ -292,7 +292,7 @@ def test_empty_images_drop_keep_and_a_fraction_choose_what_the_sampler_yields():
 def test_a_fraction_of_empty_images_resumes_mid_epoch_in_the_same_order():
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from cxrdet.datamodule import EpochSampler
+    from cxrdet.data.datamodule import EpochSampler
 
     def loader():
         epoch = {"n": 0}

@@ -9,8 +9,8 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxrdet.dicom import DicomError, read_dicom, to_display
-from cxrdet.synth import write_dicom
+from cxrdet.data.dicom import DicomError, read_dicom, to_display
+from cxrdet.demo.synth import write_dicom
 
 
 def reference(ds) -> np.ndarray:

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from cxrdet.eda import main
-from cxrdet.labels import CLASS_NAMES, LABEL_COLUMNS
-from cxrdet.stats import heatmaps, reader_agreement
+from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS
+from cxrdet.reports.eda import main
+from cxrdet.reports.stats import heatmaps, reader_agreement
 
 
 def test_eda_counts_equal_pandas_and_figures_exist(tiny_data, tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrdet.fusion import fuse_readers
-from cxrdet.labels import LABEL_COLUMNS
+from cxrdet.data.fusion import fuse_readers
+from cxrdet.data.labels import LABEL_COLUMNS
 
 
 def _rows(rows):
@@ -61,10 +61,10 @@ def test_no_finding_reader_does_not_veto_findings():
 def test_one_meaning_of_normal_in_training_fusion_scoring_and_eda(tmp_path):
     import cv2
 
-    from cxrdet.dataset import build_records
-    from cxrdet.labels import ground_truth, normal_image_ids, read_labels
-    from cxrdet.meta import read_meta
-    from cxrdet.stats import summarise
+    from cxrdet.data.dataset import build_records
+    from cxrdet.data.labels import ground_truth, normal_image_ids, read_labels
+    from cxrdet.data.meta import read_meta
+    from cxrdet.reports.stats import summarise
 
     nan = [float("nan")] * 4
     rows = [  # "a": one reader marked a finding, two wrote "No finding"; "b": all three normal

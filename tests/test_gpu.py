@@ -7,8 +7,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cxrdet.datamodule import CXRDataModule
-from cxrdet.module import DetectorModule
+from cxrdet.data.datamodule import CXRDataModule
+from cxrdet.models.module import DetectorModule
 
 pytestmark = [
     pytest.mark.gpu,
@@ -53,8 +53,8 @@ def test_training_and_validation_on_cuda(tiny_data, tmp_path, precision):
 
 
 def test_fp16_prediction_on_cuda_matches_fp32_on_cpu(tiny_data, tmp_path):
-    from cxrdet.predictor import predict
-    from cxrdet.submission import read_submission
+    from cxrdet.evaluation.submission import read_submission
+    from cxrdet.inference.predictor import predict
 
     torch.manual_seed(0)
     module = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrdet.metrics import coco_ap
+from cxrdet.evaluation.coco import coco_ap
 
 
 def reference_ap(gt, dets, num_classes, iou=0.4, max_dets=100):
@@ -139,7 +139,7 @@ def test_ap40_hand_cases():
 def test_val_ap40_is_over_the_findings_also_when_no_finding_is_trained():
     from test_competition import _output, _target
 
-    from cxrdet.metrics import DetectionEvaluator
+    from cxrdet.evaluation.evaluator import DetectionEvaluator
 
     ev = DetectionEvaluator()  # use_class14=true: 14 findings + "No finding"
     box = [[10.0, 10, 50, 50]]

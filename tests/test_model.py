@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxrdet.model import build_fasterrcnn, trainable_parameter_groups
-from cxrdet.module import loss_mode
-from cxrdet.schedule import warmup_cosine, warmup_cosine_scheduler
+from cxrdet.models.detector import build_fasterrcnn, trainable_parameter_groups
+from cxrdet.models.module import loss_mode
+from cxrdet.models.schedule import warmup_cosine, warmup_cosine_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_normalisation_parameters_get_no_weight_decay(model):
     assert {id(p) for g in groups for p in g["params"]} == trainable
     frozen = build_fasterrcnn(image_size=64, frozen_bn=True)
     assert len(trainable_parameter_groups(frozen, 1e-4)) == 1  # frozen BatchNorm has no parameters
-    from cxrdet.module import DetectorModule
+    from cxrdet.models.module import DetectorModule
 
     module = DetectorModule(
         model={"num_classes": 14, "image_size": 64},
@@ -120,8 +120,8 @@ def _stand_in_heads(model, seen: list):
 
 
 def test_min_size_list_and_test_size_map_boxes_back_to_original_pixels(tiny_data):
-    from cxrdet.dataset import ImageDataset
-    from cxrdet.predictor import predict_dataset
+    from cxrdet.data.dataset import ImageDataset
+    from cxrdet.inference.predictor import predict_dataset
 
     torch.manual_seed(0)
     model = build_fasterrcnn(image_size=64, min_size=[96, 128], max_size=1333, test_size=160)

@@ -11,9 +11,14 @@ import pytest
 import torch
 from conftest import PY, REPO, run_fails, run_ok, tiny_overrides
 
-from cxrdet.score import main as score_main
-from cxrdet.score import score
-from cxrdet.submission import SubmissionError, format_prediction, parse_prediction, read_submission
+from cxrdet.evaluation.score import main as score_main
+from cxrdet.evaluation.score import score
+from cxrdet.evaluation.submission import (
+    SubmissionError,
+    format_prediction,
+    parse_prediction,
+    read_submission,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +182,7 @@ def test_malformed_submission_rejected_with_row_and_reason(tmp_path, row, reason
 
 
 def _predict(trained, tiny_data, out, **kw):
-    from cxrdet.predictor import predict
+    from cxrdet.inference.predictor import predict
 
     args = {
         "ckpt_path": str(trained / "checkpoints" / "last.ckpt"),
@@ -260,9 +265,9 @@ class BlobDetector(torch.nn.Module):
 def test_hflip_tta_of_a_symmetric_image_is_symmetric(trained, tmp_path):
     import cv2
 
-    from cxrdet.dataset import ImageDataset
-    from cxrdet.module import load_detector
-    from cxrdet.predictor import predict_dataset
+    from cxrdet.data.dataset import ImageDataset
+    from cxrdet.inference.predictor import predict_dataset
+    from cxrdet.models.module import load_detector
 
     image = np.zeros((64, 64), np.uint8)
     for x in (
@@ -318,7 +323,7 @@ def test_viz_and_unreadable_dicom_in_a_dicom_folder(tiny_data, trained, tmp_path
 
 
 def test_report_writes_every_figure(trained):
-    from cxrdet.report import main as report_main
+    from cxrdet.reports.report import main as report_main
 
     assert report_main([str(trained), "--images", "2", "--ckpt", "last"]) == 0
     for name in ("fig10_loss", "fig11_ap", "per_class_ap", "pr_curves", "fig12_validation_images"):
@@ -326,7 +331,7 @@ def test_report_writes_every_figure(trained):
 
 
 def test_figures_reach_only_loggers_that_take_images(tmp_path):
-    from cxrdet.report import upload_figures
+    from cxrdet.reports.report import upload_figures
 
     class ImageLogger:
         def __init__(self):
@@ -361,7 +366,7 @@ def test_nonfinite_loss_stops_with_step_and_losses_and_keeps_checkpoints(tiny_da
 
 
 def test_nonfinite_loss_can_skip_the_batch():
-    from cxrdet.module import DetectorModule
+    from cxrdet.models.module import DetectorModule
 
     module = DetectorModule(
         model={"num_classes": 14, "image_size": 64, "roi_batch_size_per_image": 16},
@@ -498,9 +503,9 @@ class PaddingDetector(torch.nn.Module):
 def test_letterbox_predictions_in_the_padding_are_dropped_not_fatal(
     tiny_data, tmp_path, monkeypatch
 ):
-    from cxrdet import predictor
-    from cxrdet.meta import content_of, read_meta
-    from cxrdet.prepare import prepare
+    from cxrdet.data.meta import content_of, read_meta
+    from cxrdet.data.prepare import prepare
+    from cxrdet.inference import predictor
 
     prepare(tiny_data["raw"] / "train", tmp_path, [64], keep_ratio=True, progress=False)
     meta = read_meta(tmp_path / "64" / "train_meta.csv")
@@ -529,8 +534,8 @@ def test_letterbox_predictions_in_the_padding_are_dropped_not_fatal(
 def test_a_split_s_validation_images_are_predicted_and_scored_in_two_commands(
     tiny_data, trained, tmp_path
 ):
-    from cxrdet.labels import read_labels
-    from cxrdet.splits import split_ids
+    from cxrdet.data.labels import read_labels
+    from cxrdet.data.splits import split_ids
 
     out = tmp_path / "holdout.csv"
     prepared = tiny_data["prepared"] / "64"
@@ -571,7 +576,7 @@ def test_a_split_s_validation_images_are_predicted_and_scored_in_two_commands(
 
 def test_val_map40_is_the_score_of_the_checkpoint_s_submission(tiny_data, trained, tmp_path):
     """The metric that picks the best checkpoint is the one its submission gets: predict.py's
-    default threshold, No-finding line, original pixels and rounding, scored by cxrdet.score."""
+    default threshold, No-finding line, original pixels and rounding, scored by cxrdet score."""
     out = tmp_path / "val.csv"
     prepared = tiny_data["prepared"] / "64"
     run_ok(
@@ -616,7 +621,7 @@ class NoFindingDetector(torch.nn.Module):
 def test_class_14_predictions_are_written_as_the_competition_reads_them(
     tiny_data, tmp_path, monkeypatch
 ):
-    from cxrdet import predictor
+    from cxrdet.inference import predictor
 
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([NoFindingDetector()], 64))
     prepared = tiny_data["prepared"] / "64"

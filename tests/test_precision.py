@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxrdet.precision import autocast_dtype, resolve_precision
+from cxrdet.models.precision import autocast_dtype, resolve_precision
 
 
 def test_auto_is_full_precision_on_the_cpu_and_mixed_on_cuda(monkeypatch):

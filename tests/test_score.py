@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from cxrdet.labels import LABEL_COLUMNS
-from cxrdet.score import main
+from cxrdet.data.labels import LABEL_COLUMNS
+from cxrdet.evaluation.score import main
 
 NAN = [float("nan")] * 4
 
@@ -75,7 +75,7 @@ def test_malformed_submissions_are_rejected_with_line_and_reason(
 
 
 def test_split_scores_only_the_validation_images_training_used(tmp_path, capsys):
-    from cxrdet.splits import split_ids
+    from cxrdet.data.splits import split_ids
 
     ids = [f"{i:032x}" for i in range(20)]
     rows = [[i, "No finding", 14, "R1", *NAN] for i in ids]
@@ -91,7 +91,7 @@ def test_split_scores_only_the_validation_images_training_used(tmp_path, capsys)
 
 
 def test_split_fraction_and_fold_count_are_read_like_training(tmp_path, capsys):
-    from cxrdet.splits import split_ids
+    from cxrdet.data.splits import split_ids
 
     ids = [f"{i:032x}" for i in range(20)]
     labels = tmp_path / "labels.csv"

@@ -7,7 +7,7 @@ import yaml
 from conftest import run_ok, tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from cxrdet.cli import CONF_DIR
+from cxrdet.config import CONF_DIR
 
 
 def _tiny_sweep(tiny_data, sweep_dir):

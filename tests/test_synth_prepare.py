@@ -8,11 +8,11 @@ import pandas as pd
 import pydicom
 import pytest
 
-from cxrdet.dicom import DicomError, read_dicom
-from cxrdet.labels import LABEL_COLUMNS, NO_FINDING
-from cxrdet.prepare import main as prepare_main
-from cxrdet.prepare import prepare
-from cxrdet.synth import write_dicom
+from cxrdet.data.dicom import DicomError, read_dicom
+from cxrdet.data.labels import LABEL_COLUMNS, NO_FINDING
+from cxrdet.data.prepare import main as prepare_main
+from cxrdet.data.prepare import prepare
+from cxrdet.demo.synth import write_dicom
 
 PATIENT_TAGS = ["PatientName", "PatientID", "PatientBirthDate", "StudyDate", "InstitutionName"]
 
@@ -52,7 +52,7 @@ def test_synth_layout_and_labels(tiny_data):
 
 
 def test_synth_is_deterministic(tmp_path):
-    from cxrdet.synth import synthesize
+    from cxrdet.demo.synth import synthesize
 
     for name in ("a", "b"):
         synthesize(tmp_path / name, 3, 1, seed=5, min_px=48, max_px=64, progress=False)
@@ -132,8 +132,8 @@ def test_prepare_cli_exit_codes(tmp_path, capsys):
 
 
 def test_letterbox_keeps_ratio_and_maps_boxes_back_to_a_pixel(tmp_path):
-    from cxrdet.boxes import to_original, to_prepared
-    from cxrdet.meta import content_of, read_meta
+    from cxrdet.data.boxes import to_original, to_prepared
+    from cxrdet.data.meta import content_of, read_meta
 
     display = np.zeros((300, 200), np.float32)
     box = np.array([[40.0, 90.0, 120.0, 210.0]])  # x0, y0, x1, y1 in original pixels
@@ -181,7 +181,7 @@ def test_patient_identifiers_never_reach_any_output(tmp_path):
 
 
 def test_interrupted_run_keeps_its_work_and_resumes(tmp_path, monkeypatch):
-    import cxrdet.prepare as prep
+    import cxrdet.data.prepare as prep
 
     src = tmp_path / "in" / "train"
     src.mkdir(parents=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from cxrdet.tracking import wandb_key_configured, wandb_offline_without_key
+from cxrdet.training.loggers import wandb_key_configured, wandb_offline_without_key
 
 
 def test_no_key_means_offline(tmp_path, monkeypatch):
@@ -30,7 +30,7 @@ def test_a_key_or_an_explicit_mode_is_respected(tmp_path, monkeypatch):
 def _logger_cfg(overrides, tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from cxrdet.cli import CONF_DIR
+    from cxrdet.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -43,7 +43,7 @@ def _logger_cfg(overrides, tmp_path):
 def test_loggers_combine_and_wandb_takes_project_entity_group_tags(tmp_path, monkeypatch):
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-    from cxrdet.tracking import build_loggers
+    from cxrdet.training.loggers import build_loggers
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     overrides = [
@@ -70,7 +70,7 @@ def test_loggers_combine_and_wandb_takes_project_entity_group_tags(tmp_path, mon
 def test_run_info_has_config_commit_and_job_number():
     from omegaconf import OmegaConf
 
-    from cxrdet.tracking import run_info
+    from cxrdet.training.loggers import run_info
 
     info = run_info(OmegaConf.create({"optim": {"lr": 0.01}, "twice": "${optim.lr}"}))
     assert info["config"] == {"optim": {"lr": 0.01}, "twice": 0.01}

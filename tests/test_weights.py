@@ -15,10 +15,10 @@ from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cxrdet.model import build_fasterrcnn
-from cxrdet.module import DetectorModule, load_detector
-from cxrdet.weights import WeightsUnavailable, cache_file
-from cxrdet.weights import main as weights_main
+from cxrdet.models.detector import build_fasterrcnn
+from cxrdet.models.module import DetectorModule, load_detector
+from cxrdet.models.weights import WeightsUnavailable, cache_file
+from cxrdet.models.weights import main as weights_main
 
 COCO = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
 IMAGENET = ResNet50_Weights.IMAGENET1K_V1
@@ -54,7 +54,7 @@ def _trainable_stages(model) -> list[str]:
 def test_default_loads_the_cached_coco_file_with_frozen_batchnorm(torch_home, coco_state, caplog):
     _cache(COCO, coco_state)
     assert str(cache_file(COCO)).startswith(str(torch_home))
-    with caplog.at_level(logging.INFO, logger="cxrdet.weights"):
+    with caplog.at_level(logging.INFO, logger="cxrdet.models.weights"):
         model = build_fasterrcnn(num_classes=14, image_size=64, weights="DEFAULT")
     got = model.state_dict()
     assert torch.equal(
@@ -94,7 +94,7 @@ def test_a_name_neither_cached_nor_downloadable_names_the_file_and_the_cures(
         build_fasterrcnn(num_classes=14, image_size=64, weights="DEFAULT")
     text = str(e.value)
     assert str(cache_file(COCO)) in text and "\n" not in text
-    assert "python -m cxrdet.weights save" in text and "model.weights=/path/to/" in text
+    assert "cxrdet weights save" in text and "model.weights=/path/to/" in text
     with pytest.raises(WeightsUnavailable, match="model.weights_backbone=IMAGENET1K_V1"):
         build_fasterrcnn(num_classes=14, image_size=64, weights_backbone="IMAGENET1K_V1")
 

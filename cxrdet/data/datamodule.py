@@ -1,0 +1,270 @@
+"""LightningDataModule over the prepared layout and a train.csv-format labels file."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from cxrdet.data.dataset import DetectionDataset, build_records, collate, load_png
+from cxrdet.data.fusion import fuse_readers
+from cxrdet.data.labels import read_labels
+from cxrdet.data.meta import read_meta
+from cxrdet.data.splits import split_ids
+
+log = logging.getLogger(__name__)
+# torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+
+
+def normal_share(empty_images) -> float:
+    """``data.empty_images`` as the share of no-finding images each epoch trains on:
+    ``drop`` → 0, ``keep`` → 1, a fraction in [0, 1] → itself."""
+    named = {"drop": 0.0, "keep": 1.0}
+    if str(empty_images) in named:
+        return named[str(empty_images)]
+    try:
+        share = float(empty_images)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(
+            f"data.empty_images={empty_images!r}: expected drop, keep or a fraction in [0, 1]"
+        )
+    return share
+
+
+def images_per_epoch(normal: Sequence[bool], share: float) -> int:
+    """Every image with a finding plus ``share`` of the normal ones (rounded)."""
+    n_normal = int(np.sum(normal))
+    return len(normal) - n_normal + round(share * n_normal)
+
+
+class EpochSampler(DistributedSampler):
+    """The training order, shuffled from (seed, epoch), this rank's share under DDP; it yields
+    ``(epoch, index)`` so that the dataset seeds each sample's augmentation from both.
+
+    ``normal`` marks the images without a finding; each epoch takes every other image and a
+    ``normal_share`` of these, drawn anew from (seed, epoch) (Detectron2 drops them all by
+    default: share 0). ``epoch_source`` (the trainer's epoch counter) is read when an epoch's
+    iteration starts: Lightning creates a resumed run's first iterator before it calls
+    ``set_epoch``. One process: ``num_replicas=1, rank=0``; Lightning keeps a DistributedSampler
+    as it is under DDP.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        *args,
+        epoch_source: Callable[[], int] | None = None,
+        normal: Sequence[bool] | None = None,
+        normal_share: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(dataset, *args, **kwargs)
+        self.epoch_source = epoch_source
+        self.normal = np.zeros(len(dataset), bool) if normal is None else np.asarray(normal, bool)
+        self.normal_share = normal_share
+        pool = images_per_epoch(self.normal, normal_share)
+        self.n_normal = pool - int((~self.normal).sum())
+        if self.drop_last and pool % self.num_replicas:  # as DistributedSampler counts
+            self.num_samples = math.ceil((pool - self.num_replicas) / self.num_replicas)
+        else:
+            self.num_samples = math.ceil(pool / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def _indices(self) -> list[int]:
+        if self.n_normal == int(self.normal.sum()):  # every image: DistributedSampler's order
+            return list(super().__iter__())
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        normal = np.flatnonzero(self.normal)
+        chosen = normal[torch.randperm(len(normal), generator=g)[: self.n_normal].numpy()]
+        pool = np.sort(np.concatenate([np.flatnonzero(~self.normal), chosen]))
+        if self.shuffle:
+            pool = pool[torch.randperm(len(pool), generator=g).numpy()]
+        indices = pool.tolist()
+        if len(indices) < self.total_size:  # pad by repeating, as DistributedSampler does
+            indices += (indices * math.ceil(self.total_size / max(len(indices), 1)))[
+                : self.total_size - len(indices)
+            ]
+        return indices[: self.total_size][self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self):
+        if self.epoch_source is not None:
+            self.set_epoch(self.epoch_source())
+        epoch = self.epoch
+        return ((epoch, i) for i in self._indices())
+
+
+class CXRDataModule(pl.LightningDataModule):
+    """Train/validation detection data from ``labels_csv`` + ``image_dir`` + ``meta_csv``.
+
+    Args:
+        labels_csv: train.csv (Kaggle columns; boxes in original pixels).
+        image_dir: folder of ``<image_id>.png`` (e.g. ``prepared/512/train``).
+        meta_csv: ``image_id,dim0,dim1`` with the original sizes.
+        image_size: side of the prepared PNGs the model is built for; a mismatch is logged.
+        split: ``all_train``, ``valid20`` or ``kfold`` (see :func:`cxrdet.data.splits.split_ids`).
+        val_fraction: held-out share for ``valid20``.
+        split_seed: seed of the split.
+        fold: the validation fold for ``kfold``.
+        n_folds: folds for ``kfold``.
+        fusion: fuse the readers' training boxes: ``none``, ``wbf`` or ``nms``.
+        val_fusion: the same for the validation ground truth.
+        fusion_iou: IoU threshold of the fusion.
+        use_class14: train "No finding" as a class with a ``0 0 1 1`` box.
+        empty_images: training images without a finding: ``drop`` (train on the others only,
+            as Detectron2 and the report did), ``keep`` (train on all), or a fraction of them
+            drawn anew each epoch beside every image with a finding. Validation scores all.
+        batch_size: images per training batch.
+        val_batch_size: images per validation batch.
+        num_workers: DataLoader worker processes.
+        augment: training transform called as ``augment(image=, bboxes=, labels=)`` (an
+            ``albumentations.Compose`` with pascal_voc bbox params), or None.
+        seed: seeds the training order and each sample's augmentation (per epoch), so a run
+            repeats and resumes exactly; train.py passes its ``seed``.
+    """
+
+    def __init__(
+        self,
+        labels_csv: str,
+        image_dir: str,
+        meta_csv: str,
+        image_size: int = 512,
+        split: str = "valid20",
+        val_fraction: float = 0.2,
+        split_seed: int = 111,
+        fold: int = 0,
+        n_folds: int = 5,
+        fusion: str = "none",
+        val_fusion: str = "none",
+        fusion_iou: float = 0.4,
+        use_class14: bool = False,
+        empty_images: str | float = "keep",
+        batch_size: int = 2,
+        val_batch_size: int = 4,
+        num_workers: int = 4,
+        augment=None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.labels_csv, self.image_dir, self.meta_csv = labels_csv, image_dir, meta_csv
+        self.image_size = image_size
+        self.split, self.val_fraction, self.split_seed = split, val_fraction, split_seed
+        self.fold, self.n_folds = fold, n_folds
+        self.fusion, self.val_fusion, self.fusion_iou = fusion, val_fusion, fusion_iou
+        self.use_class14 = use_class14
+        self.empty_images = empty_images
+        self.normal_share = 1.0  # set by setup() from empty_images
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.seed = seed
+        self.train_set: DetectionDataset | None = None
+        self.normal: list[bool] = []  # per training image: no finding
+        self.val_set: DetectionDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if not Path(self.image_dir).is_dir():
+            raise FileNotFoundError(
+                f"image folder not found: {self.image_dir} (run cxrdet prepare)"
+            )
+        labels, _ = read_labels(self.labels_csv)
+        meta = read_meta(self.meta_csv)
+        train_ids, val_ids = split_ids(
+            labels, self.split, self.val_fraction, self.split_seed, self.fold, self.n_folds
+        )
+        in_val = labels["image_id"].isin(set(val_ids))
+        train_labels = fuse_readers(labels[~in_val], self.fusion, self.fusion_iou)
+        val_labels = fuse_readers(labels[in_val], self.val_fusion, self.fusion_iou)
+        train = build_records(train_labels, meta, self.image_dir, train_ids, self.use_class14)
+        val = build_records(val_labels, meta, self.image_dir, val_ids, self.use_class14)
+        if not train:
+            raise ValueError(
+                f"no usable training images: {self.labels_csv} and {self.image_dir} share no ids"
+            )
+        self.normal_share = normal_share(self.empty_images)
+        self.normal = [not r.has_finding for r in train]
+        n_normal = sum(self.normal)
+        per_epoch = images_per_epoch(self.normal, self.normal_share)
+        if per_epoch < self.batch_size:
+            raise ValueError(
+                f"{per_epoch} training image(s) per epoch in {self.image_dir} "
+                f"({len(train) - n_normal} with a finding, {n_normal} without, "
+                f"data.empty_images keeps {self.normal_share:g} of those), fewer than one batch "
+                f"(data.batch_size={self.batch_size})"
+            )
+        self.train_set = DetectionDataset(self.image_dir, train, self.augment, seed=self.seed)
+        self.val_set = DetectionDataset(self.image_dir, val) if val else None
+        log.info(
+            "data: %d train images (%d with a finding, %d without; an epoch trains on %d) / "
+            "%d validation images",
+            len(train),
+            len(train) - n_normal,
+            n_normal,
+            per_epoch,
+            len(val),
+        )
+        shape = load_png(Path(self.image_dir) / f"{train[0].image_id}.png").shape
+        if max(shape) != self.image_size:
+            log.warning(
+                "%s holds %dx%d images but data.image_size=%d: the model rescales them to %d",
+                self.image_dir,
+                shape[0],
+                shape[1],
+                self.image_size,
+                self.image_size,
+            )
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Stateful (torchdata): a checkpoint records how far into the epoch it got, so a resumed
+        run goes on with the next batch. The loader's own generator keeps the global RNG (ROI
+        sampling) untouched. Batches are
+        always full, like Detectron2's training sampler: a one-image batch would send small
+        feature maps through PyTorch's CPU convolution fallback, whose weight gradient is not
+        reproducible with several threads."""
+        trainer = getattr(self, "trainer", None)
+        sampler = EpochSampler(
+            self.train_set,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            shuffle=True,
+            seed=self.seed,
+            epoch_source=(lambda: trainer.fit_loop.epoch_progress.current.processed)
+            if trainer
+            else None,
+            normal=self.normal,
+            normal_share=self.normal_share,
+        )
+        return StatefulDataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            drop_last=True,
+            persistent_workers=self.num_workers > 0,  # the epoch travels with each index
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # not the global one: validating leaves it untouched
+        )

@@ -1,0 +1,103 @@
+"""Both metrics of predictions in the submission's form (what ``cxrdet score`` reports), and
+the validation evaluator that collects a model's outputs batch by batch and scores them so."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from cxrdet.data.labels import NO_FINDING, NUM_FINDINGS
+from cxrdet.evaluation.coco import coco_ap
+from cxrdet.evaluation.competition import competition_map
+from cxrdet.evaluation.nofinding import with_no_finding
+from cxrdet.evaluation.submission import as_read_back, to_original_prediction
+
+
+def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False) -> dict:
+    """Both metrics of predictions in the submission's form, as ``cxrdet score``
+    reports them.
+
+    Args:
+        gt: image id → (boxes, class ids 0..14), a normal image with its ``0 0 1 1`` class-14
+            box (:func:`cxrdet.data.labels.ground_truth`); every scored image is a key, and ties
+            between images rank in this order.
+        dets: image id → (boxes, scores, class ids 0..14), "No finding" lines included.
+        iou: the IoU threshold of both metrics.
+        curves: also return the competition metric's precision-recall curves.
+
+    Returns:
+        ``{"mAP40", "mAP40_per_class", "AP40", "AP40_per_class", "images"}`` (+
+        ``"mAP40_curves"``): the competition mAP over the classes with ground truth, and the
+        COCO-style AP over the findings 0-13 (class-14 boxes and lines left out).
+    """
+    competition = competition_map(gt, dets, iou, curves=curves)
+    findings = lambda *arrays: tuple(a[arrays[-1] != NO_FINDING] for a in arrays)  # noqa: E731
+    coco = coco_ap(
+        {i: findings(*g) for i, g in gt.items()},
+        {i: findings(*d) for i, d in dets.items()},
+        NUM_FINDINGS,
+        iou,
+    )
+    result = {
+        "mAP40": competition["mAP"],
+        "mAP40_per_class": competition["per_class"],
+        "AP40": coco["AP"],
+        "AP40_per_class": coco["per_class"],
+        "images": len(gt),
+    }
+    if curves:
+        result["mAP40_curves"] = competition["curves"]
+    return result
+
+
+class DetectionEvaluator:
+    """Validation scored as the submission of the same images would be (reset / process /
+    evaluate): ``val/mAP40`` and ``val/AP40`` are what ``cxrdet score`` reports for
+    the submission ``predict.py`` writes of those images with the model's own score threshold.
+
+    Each detection set goes the submission's way: boxes mapped to original pixels and clipped
+    (:func:`cxrdet.evaluation.submission.to_original_prediction`), the "No finding" line appended
+    (:func:`cxrdet.evaluation.nofinding.with_no_finding`), then written and read back as a
+    PredictionString (4-decimal scores, 0.1-px boxes). The ground truth is the targets'
+    ``truth``: the validation labels in original pixels (:func:`cxrdet.data.labels.ground_truth`).
+    """
+
+    def __init__(self, iou: float = 0.4):
+        self.iou = iou
+        self.reset()
+
+    def reset(self) -> None:
+        self.gt: dict = {}
+        self.dets: dict = {}
+
+    def process(self, targets: list[dict], outputs: list[dict]) -> None:
+        """Add one batch: targets as :class:`cxrdet.data.dataset.DetectionDataset` makes them
+        (``image_id``, ``truth``, ``orig_hw``, ``image_hw``, ``content``) and the model's
+        outputs on those images (torchvision's labels = class id + 1)."""
+        for t, o in zip(targets, outputs):
+            pred = (
+                o["boxes"].detach().float().cpu().numpy(),
+                o["scores"].detach().float().cpu().numpy(),
+                o["labels"].cpu().numpy() - 1,
+            )
+            pred = to_original_prediction(pred, t["orig_hw"], t["image_hw"], t["content"])
+            self.dets[t["image_id"]] = as_read_back(*with_no_finding(*pred))
+            self.gt[t["image_id"]] = t["truth"]
+
+    def gather(self) -> None:
+        """Under DDP, give every rank all ranks' images (each validated only its shard).
+
+        Images a sampler repeated to even out the shards are counted once (keyed by image id).
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        shards = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, (self.gt, self.dets))
+        for gt, dets in shards:
+            self.gt.update(gt)
+            self.dets.update(dets)
+
+    def evaluate(self, curves: bool = False) -> dict:
+        """:func:`score_predictions` of everything processed, images in id order (as the
+        scorer orders them)."""
+        gt = dict(sorted(self.gt.items()))
+        return score_predictions(gt, self.dets, self.iou, curves)

@@ -1,0 +1,62 @@
+"""How a prediction carries "No finding" (class 14), which the competition scores as an
+image-level ``0 0 1 1`` box: the detector's own class-14 detections, the line scored from the
+detector's confidence, and the winners' filter from an image-level classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxrdet.data.labels import NO_FINDING, NO_FINDING_BOX
+
+Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4], scores [N], classes [N]
+
+
+def no_finding_as_image_label(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
+    """A detector's class-14 detections as the competition reads "No finding": one line at the
+    highest of their scores, box ``0 0 1 1`` (wherever the detector put it)."""
+    is14 = np.asarray(classes) == 14
+    if not is14.any():
+        return boxes, scores, classes
+    first = np.flatnonzero(is14)[np.argmax(np.asarray(scores)[is14])]
+    keep = ~is14
+    keep[first] = True
+    boxes = np.array(boxes, np.float64).reshape(-1, 4)
+    boxes[first] = NO_FINDING_BOX
+    return boxes[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]
+
+
+def with_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
+    """Append a "No finding" detection scored from the detector's own confidence, unless the
+    detector (trained with class 14) gave one itself.
+
+    Its score is 1 - the highest finding score (1 when nothing was found); its box ``0 0 1 1``.
+    An extra low-score line never lowers the other classes' AP, and it lets class 14 score.
+    """
+    if (np.asarray(classes) == 14).any():
+        return boxes, scores, classes
+    finding = np.asarray(classes) != 14
+    top = float(np.max(np.asarray(scores)[finding])) if finding.any() else 0.0
+    return add_no_finding(boxes, scores, classes, 1.0 - top)
+
+
+def add_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, score: float):
+    """The prediction with one more line: "No finding" at ``score``, box ``0 0 1 1``."""
+    return (
+        np.vstack([np.asarray(boxes, np.float64).reshape(-1, 4), NO_FINDING_BOX]),
+        np.append(np.asarray(scores, np.float64), score),
+        np.append(np.asarray(classes, np.int64), 14),
+    )
+
+
+def nofinding_filter(pred: Prediction, p_abnormal: float, low: float, high: float) -> Prediction:
+    """The winners' "No finding" rule from an image-level classifier's P(abnormal).
+
+    Below ``low``: only ``14 1 0 0 1 1``. From ``low`` to ``high``: the boxes plus
+    ``14 <1 - p> 0 0 1 1``. From ``high`` up: the boxes unchanged.
+    """
+    boxes, scores, classes = pred
+    if p_abnormal < low:
+        return NO_FINDING_BOX[None].copy(), np.array([1.0]), np.array([NO_FINDING])
+    if p_abnormal < high:
+        return add_no_finding(boxes, scores, classes, 1.0 - p_abnormal)
+    return pred

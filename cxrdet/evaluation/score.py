@@ -1,0 +1,137 @@
+"""Score a submission against labels locally.
+
+    cxrdet score --labels LABELS.csv --submission submission.csv
+        [--iou 0.4] [--fusion none|wbf|nms --fusion-iou 0.4] [--json]
+        [--split valid20|kfold --fold K --seed S --val-fraction 0.2 --n-folds 5]
+
+LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
+``--fusion`` merges them first (see cxrdet.data.fusion). Prints
+
+- **mAP40**, the competition metric (cxrdet.evaluation.competition): VOC all-point AP per class at
+  IoU >= 0.4 over the 15 classes with ground truth, "No finding" scored as a ``0 0 1 1`` box
+  (one per image whose readers found nothing);
+- **AP40**, the seed's metric: COCO-style 101-point AP at IoU 0.4, 100 detections per image,
+  over the findings 0..13 — the same code as ``val/AP40`` in training;
+
+and a per-class table. ``--json`` prints one object:
+``{"mAP40", "AP40", "per_class": {"<class id>": competition AP}, "images"}``.
+A malformed submission is rejected with the line and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cxrdet.data.fusion import FUSIONS, fuse_readers
+from cxrdet.data.labels import CLASS_NAMES, ground_truth, read_labels
+from cxrdet.data.splits import SPLIT_MODES, split_ids
+from cxrdet.evaluation.evaluator import score_predictions
+from cxrdet.evaluation.submission import SubmissionError, read_submission
+
+
+def score(
+    labels_csv: str,
+    submission_csv: str,
+    iou: float = 0.4,
+    fusion: str = "none",
+    split: str | None = None,
+    fold: int = 0,
+    seed: int = 111,
+    fusion_iou: float = 0.4,
+    val_fraction: float = 0.2,
+    n_folds: int = 5,
+) -> dict:
+    """Both metrics of a submission; see the module docstring.
+
+    ``iou`` is the metric's threshold and ``fusion_iou`` the one at which ``fusion`` merges the
+    readers' boxes (training's ``data.fusion_iou``). With ``split`` (``valid20`` or ``kfold``),
+    only the validation images of that split of ``labels_csv`` are scored — the same images
+    training validated on for that seed, fraction, fold and fold count.
+    """
+    labels, _ = read_labels(labels_csv)
+    if split:
+        _, val_ids = split_ids(labels, split, val_fraction, seed, fold, n_folds)
+        labels = labels[labels["image_id"].isin(set(val_ids))]
+    labels = fuse_readers(labels, fusion, fusion_iou)
+    image_ids = sorted(labels["image_id"].unique())
+    sub = read_submission(submission_csv, image_ids=image_ids)
+    result = score_predictions(ground_truth(labels, image_ids), sub, iou=iou)
+    return {
+        "mAP40": result["mAP40"],
+        "AP40": result["AP40"],
+        "per_class": result["mAP40_per_class"],
+        "AP40_per_class": result["AP40_per_class"],
+        "images": result["images"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="cxrdet score",
+        description="Score a Kaggle-format submission against train.csv-format labels.",
+    )
+    p.add_argument("--labels", required=True, help="ground truth in train.csv format")
+    p.add_argument("--submission", required=True, help="image_id,PredictionString CSV")
+    p.add_argument("--iou", type=float, default=0.4, help="IoU threshold (default 0.4)")
+    p.add_argument("--fusion", choices=FUSIONS, default="none", help="merge readers first")
+    p.add_argument(
+        "--fusion-iou", type=float, default=0.4, help="IoU at which --fusion merges (default 0.4)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--split",
+        choices=[m for m in SPLIT_MODES if m != "all_train"],
+        help="score only this split's validation images (as training split them)",
+    )
+    p.add_argument("--fold", type=int, default=0, help="kfold: the validation fold (default 0)")
+    p.add_argument("--seed", type=int, default=111, help="split seed (default 111, as training)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="valid20: held-out share (default 0.2)"
+    )
+    p.add_argument("--n-folds", type=int, default=5, help="kfold: number of folds (default 5)")
+    a = p.parse_args(argv)
+    try:
+        r = score(
+            a.labels,
+            a.submission,
+            iou=a.iou,
+            fusion=a.fusion,
+            fusion_iou=a.fusion_iou,
+            split=a.split,
+            fold=a.fold,
+            seed=a.seed,
+            val_fraction=a.val_fraction,
+            n_folds=a.n_folds,
+        )
+    except (FileNotFoundError, SubmissionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        per_class = {str(k): v for k, v in r["per_class"].items()}
+        print(
+            json.dumps(
+                {
+                    "mAP40": r["mAP40"],
+                    "AP40": r["AP40"],
+                    "per_class": per_class,
+                    "images": r["images"],
+                }
+            )
+        )
+        return 0
+    print(
+        f"mAP40 {r['mAP40']:.4f} (competition)   AP40 {r['AP40']:.4f} (COCO-style, 0-13)   "
+        f"{r['images']} images"
+    )
+    print(f"  {'class':<24s} {'mAP40':>7s} {'AP40':>7s}")
+    for c, v in sorted(r["per_class"].items()):
+        coco = r["AP40_per_class"].get(c)
+        coco_text = f"{coco:7.4f}" if coco is not None else f"{'-':>7s}"
+        print(f"  {c:2d} {CLASS_NAMES[c]:<21s} {v:7.4f} {coco_text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The Kaggle submission format: ``image_id,PredictionString`` with
+``class score x_min y_min x_max y_max ...`` in original pixels; nothing found → ``14 1 0 0 1 1``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdet.data.boxes import Content, clip, to_original, valid
+from cxrdet.data.labels import NO_FINDING
+from cxrdet.evaluation.nofinding import Prediction, no_finding_as_image_label
+
+EMPTY_PREDICTION = f"{NO_FINDING} 1 0 0 1 1"
+
+
+class SubmissionError(ValueError):
+    """A malformed submission; the message names the file, row and reason."""
+
+
+def format_prediction(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> str:
+    """One PredictionString, highest score first; an empty set becomes ``14 1 0 0 1 1``."""
+    if len(scores) == 0:
+        return EMPTY_PREDICTION
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    parts = []
+    for i in order:
+        x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        parts.append(
+            f"{int(classes[i])} {float(scores[i]):.4f} {x0:.1f} {y0:.1f} {x1:.1f} {y1:.1f}"
+        )
+    return " ".join(parts)
+
+
+def as_read_back(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
+    """A prediction exactly as the scorer reads it from a submission: 4-decimal scores, 0.1-px
+    boxes, highest score first (formatted, then parsed)."""
+    return parse_prediction(format_prediction(boxes, scores, classes))
+
+
+def parse_prediction(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PredictionString → (boxes [N, 4], scores [N], classes [N]); raises ValueError with why."""
+    tokens = str(text).split() if isinstance(text, str) else []
+    if not tokens or len(tokens) % 6:
+        raise ValueError(f"{len(tokens)} tokens, expected a positive multiple of 6")
+    try:
+        values = np.array(tokens, dtype=np.float64).reshape(-1, 6)
+    except ValueError as e:
+        raise ValueError(f"non-numeric token ({e})") from None
+    classes, scores, boxes = values[:, 0], values[:, 1], values[:, 2:]
+    for k, (c, s, b) in enumerate(zip(classes, scores, boxes)):
+        if c != int(c) or not 0 <= c <= NO_FINDING:
+            raise ValueError(f"prediction {k + 1}: class {c:g} outside 0..14")
+        if not 0.0 <= s <= 1.0:
+            raise ValueError(f"prediction {k + 1}: score {s:g} outside [0, 1]")
+        if b[0] >= b[2] or b[1] >= b[3]:
+            raise ValueError(
+                f"prediction {k + 1}: box {b.tolist()} has x_min >= x_max or y_min >= y_max"
+            )
+    return boxes, scores, classes.astype(np.int64)
+
+
+def read_submission(path: str | Path, image_ids=None) -> dict:
+    """Read and validate a submission; returns image id → (boxes, scores, classes).
+
+    Args:
+        path: the CSV.
+        image_ids: when given, the ids that must appear exactly once (no more, no fewer).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"submission not found: {path}")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(df.columns) != ["image_id", "PredictionString"]:
+        raise SubmissionError(
+            f"{path}: columns {list(df.columns)}, expected image_id,PredictionString"
+        )
+    out = {}
+    for row, (image_id, text) in enumerate(zip(df["image_id"], df["PredictionString"]), start=2):
+        if image_id in out:
+            raise SubmissionError(f"{path}, line {row}: image_id {image_id} appears twice")
+        try:
+            out[image_id] = parse_prediction(text)
+        except ValueError as e:
+            raise SubmissionError(f"{path}, line {row} ({image_id}): {e}") from None
+    if image_ids is not None:
+        expected = set(image_ids)
+        unknown = sorted(set(out) - expected)
+        if unknown:
+            raise SubmissionError(f"{path}: {len(unknown)} unknown image_id(s), e.g. {unknown[0]}")
+        missing = sorted(expected - set(out))
+        if missing:
+            raise SubmissionError(f"{path}: {len(missing)} image_id(s) missing, e.g. {missing[0]}")
+    return out
+
+
+def write_submission(rows: dict[str, str], path: str | Path) -> Path:
+    """Write ``image_id → PredictionString`` rows through a temporary file (never half a CSV)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame({"image_id": list(rows), "PredictionString": list(rows.values())}).to_csv(
+        tmp, index=False
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def to_original_prediction(
+    pred: Prediction, orig_hw, image_hw, content: Content | None = None
+) -> Prediction:
+    """A prediction on a prepared image as the submission writes it: boxes mapped back to
+    original pixels and clipped to the image; a box that ends up under a pixel (one lying in
+    the letterbox padding) is dropped; class-14 detections become one image-level line
+    (:func:`cxrdet.evaluation.nofinding.no_finding_as_image_label`).
+
+    The content rectangle maps onto the original image, so clipping to the image clips to it.
+    """
+    boxes, scores, classes = pred
+    boxes = clip(to_original(boxes, orig_hw, image_hw, content), orig_hw)
+    boxes, scores, classes = no_finding_as_image_label(boxes, scores, classes)
+    keep = valid(boxes)
+    return boxes[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]

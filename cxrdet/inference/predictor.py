@@ -1,0 +1,258 @@
+"""Batched inference → Kaggle ``submission.csv`` in original pixels.
+
+Inputs are prepared PNGs with their meta CSV, or DICOMs converted on the fly exactly as
+``prepare`` does. One checkpoint or several (a WBF ensemble), optionally with horizontal-flip
+TTA fused the same way; then the "No finding" line or an image-level classifier's filter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrdet.data.boxes import to_prepared
+from cxrdet.data.dataset import DicomDataset, ImageDataset, collate
+from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
+from cxrdet.evaluation.submission import (
+    EMPTY_PREDICTION,
+    format_prediction,
+    read_submission,
+    to_original_prediction,
+    write_submission,
+)
+from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
+from cxrdet.models.module import load_detector
+from cxrdet.models.precision import autocast, autocast_dtype, resolve_precision
+from cxrdet.reports.draw import draw_boxes
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; or an explicit torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_models(
+    ckpt_paths: list[str], device, score_thresh: float | None, max_detections: int | None
+):
+    """Detectors in eval mode and the prepared image size the first was trained on.
+
+    A None ``score_thresh`` or ``max_detections`` keeps each checkpoint's own (the one its
+    validation scored with); a value replaces it.
+    """
+    models, image_size = [], None
+    for path in ckpt_paths:
+        module = load_detector(path)
+        model = module.model.to(device).eval()
+        if score_thresh is not None:
+            model.roi_heads.score_thresh = score_thresh
+        if max_detections is not None:
+            model.roi_heads.detections_per_img = max_detections
+        models.append(model)
+        image_size = image_size or int(module.hparams.model.get("image_size", 512))
+    return models, image_size
+
+
+def _numpy(output: dict):
+    return (
+        output["boxes"].float().cpu().numpy(),
+        output["scores"].float().cpu().numpy(),
+        output["labels"].cpu().numpy() - 1,
+    )
+
+
+@torch.inference_mode()
+def predict_dataset(
+    models,
+    dataset,
+    device,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    tta: str = "none",
+    weights: list[float] | None = None,
+    fusion_iou: float = 0.55,
+    fusion_skip: float = 0.0,
+    max_detections: int = 100,
+    progress: bool = True,
+    precision: str = "32",
+) -> tuple[dict, dict]:
+    """Run every model (and its flipped view with ``tta="hflip"``) over ``dataset``.
+
+    Returns:
+        image id → (boxes in original pixels, scores, class ids), fused with WBF when there is
+        more than one view; and image id → error for images that could not be read.
+    """
+    if tta not in ("none", "hflip"):
+        raise ValueError(f"unknown tta {tta!r}; expected none or hflip")
+    weights = list(weights) if weights else [1.0] * len(models)
+    if len(weights) != len(models):
+        raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    device = torch.device(device)
+    results, errors = {}, {}
+    for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+        batch = [im.to(device) for im in images]
+        views = []  # (outputs per image, flipped?, weight)
+        with autocast(device, precision):
+            for model, weight in zip(models, weights):
+                views.append((model(batch), False, weight))
+                if tta == "hflip":
+                    views.append((model([im.flip(-1) for im in batch]), True, weight))
+        for k, (image, info) in enumerate(zip(images, infos)):
+            if info.get("error"):
+                errors[info["image_id"]] = info["error"]
+                continue
+            hw = tuple(image.shape[-2:])
+            sets = []
+            for outputs, flipped, _ in views:
+                boxes, scores, classes = _numpy(outputs[k])
+                sets.append((hflip_boxes(boxes, hw[1]) if flipped else boxes, scores, classes))
+            boxes, scores, classes = fuse_predictions(
+                sets, hw, [w for *_, w in views], fusion_iou, fusion_skip
+            )
+            top = np.argsort(-scores, kind="stable")[:max_detections]
+            results[info["image_id"]] = to_original_prediction(
+                (boxes[top], scores[top], classes[top]), info["orig_hw"], hw, info["content"]
+            )
+    return results, errors
+
+
+def read_probs(path: str, image_ids: list[str]) -> dict[str, float]:
+    """``image_id,p_abnormal`` CSV → dict, checked to cover every image with p in [0, 1]."""
+    df = pd.read_csv(path, dtype={"image_id": str})
+    if not {"image_id", "p_abnormal"} <= set(df.columns):
+        raise ValueError(f"{path}: expected columns image_id,p_abnormal")
+    probs = dict(zip(df["image_id"], df["p_abnormal"].astype(float)))
+    missing = [i for i in image_ids if i not in probs]
+    if missing:
+        raise ValueError(f"{path}: no p_abnormal for {len(missing)} image(s), e.g. {missing[0]}")
+    bad = [i for i in image_ids if not 0.0 <= probs[i] <= 1.0]
+    if bad:
+        raise ValueError(f"{path}: p_abnormal outside [0, 1] for {bad[0]}")
+    return probs
+
+
+def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 0.3) -> None:
+    """The first ``n`` images with their predicted boxes (original-pixel boxes drawn to scale)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(min(n, len(dataset))):
+        image, info = dataset[i]
+        if info["image_id"] not in results:
+            continue
+        boxes, scores, classes = results[info["image_id"]]
+        hw = tuple(image.shape[-2:])
+        small = (image[0].numpy() * 255).astype(np.uint8)
+        drawn = draw_boxes(
+            small,
+            to_prepared(boxes, info["orig_hw"], hw, info["content"]),
+            classes,
+            scores,
+            min_score,
+        )
+        cv2.imwrite(str(out_dir / f"{info['image_id']}.png"), drawn)
+
+
+def predict(
+    ckpt_path,
+    output: str,
+    image_dir: str | None = None,
+    meta_csv: str | None = None,
+    dicom_dir: str | None = None,
+    keep_ratio: bool = False,
+    score_thresh: float | None = None,
+    max_detections: int | None = None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    tta: str = "none",
+    weights: list[float] | None = None,
+    fusion_iou: float = 0.55,
+    fusion_skip: float = 0.0,
+    nofinding_line: bool = True,
+    nofinding_probs: str | None = None,
+    nofinding_low: float = 0.08,
+    nofinding_high: float = 0.95,
+    viz: int = 0,
+    progress: bool = True,
+    image_ids: list[str] | None = None,
+) -> dict:
+    """Write ``output`` (submission.csv) with one row per image; returns a summary.
+
+    ``ckpt_path`` is one checkpoint or a list (a WBF ensemble, ``weights`` optional). Images
+    come from ``dicom_dir`` when given, else ``image_dir`` + ``meta_csv``. Each row gets
+    ``14 <1 - top score> 0 0 1 1`` with ``nofinding_line``, or, with ``nofinding_probs``
+    (``image_id,p_abnormal``), the classifier filter of :func:`nofinding_filter`.
+    ``image_ids`` restricts prepared PNGs to those images (a split's validation images).
+    """
+    ckpts = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv, image_ids)  # before models
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev.type)
+    autocast_dtype(precision)  # an unknown precision fails here, before the models load
+    log.info("precision: %s on %s", precision, dev)
+    models, image_size = load_models(ckpts, dev, score_thresh, max_detections)
+    if max_detections is None:  # the fused boxes are capped as each model caps its own
+        max_detections = max(m.roi_heads.detections_per_img for m in models)
+    if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
+        dataset = DicomDataset(dicom_dir, image_size, keep_ratio)
+    probs = read_probs(nofinding_probs, dataset.ids) if nofinding_probs else None
+    start = time.perf_counter()
+    results, errors = predict_dataset(
+        models,
+        dataset,
+        dev,
+        batch_size,
+        num_workers,
+        tta,
+        weights,
+        fusion_iou,
+        fusion_skip,
+        max_detections,
+        progress,
+        precision,
+    )
+    seconds = time.perf_counter() - start
+    for image_id, error in errors.items():
+        log.warning("%s: written as '%s': %s", image_id, EMPTY_PREDICTION, error)
+    rows = {}
+    for image_id in dataset.ids:
+        if image_id in errors:
+            rows[image_id] = EMPTY_PREDICTION
+            continue
+        pred = results[image_id]
+        if probs is not None:
+            pred = nofinding_filter(pred, probs[image_id], nofinding_low, nofinding_high)
+        elif nofinding_line:
+            pred = with_no_finding(*pred)
+        rows[image_id] = format_prediction(*pred)
+    path = write_submission(rows, output)
+    read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"
+    if viz:
+        write_viz(dataset, results, Path(path).parent / "viz", viz)
+    summary = {
+        "submission": str(path),
+        "images": len(rows),
+        "unreadable": len(errors),
+        "checkpoints": len(ckpts),
+        "tta": tta,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
+        "device": str(dev),
+        "precision": precision,
+    }
+    Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))
+    log.info("wrote %s: %d images, %.2f images/s", path, len(rows), summary["images_per_s"] or 0)
+    return summary

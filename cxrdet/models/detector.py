@@ -1,0 +1,152 @@
+"""torchvision Faster R-CNN R50-FPN built from plain config values.
+
+Pretrained weights come by torchvision name (from torchvision's cache; see
+:mod:`cxrdet.models.weights`) or from a local file, so offline machines can use a copy made
+elsewhere::
+
+    model.weights=DEFAULT                      # COCO detector, torchvision name (the default)
+    model.weights=/models/frcnn_coco.pth       # same, from a local file
+    model.weights=null                         # random init (the demo and tests)
+    model.weights_backbone=IMAGENET1K_V1       # ImageNet ResNet-50 only
+
+Layers whose shapes differ (the class head for 14 classes vs COCO's 91) stay at random init.
+With any pretrained source the backbone uses frozen BatchNorm like torchvision and Detectron2;
+from random init it uses trainable BatchNorm, which needs care at validation (see module.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from cxrdet.models.weights import frozen_bn_eps as weights_bn_eps
+from cxrdet.models.weights import load_weights, no_source
+
+
+class ResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform with a test size of its own.
+
+    Training resizes each image's shortest edge to one of ``min_size`` drawn per image
+    (Detectron2's ResizeShortestEdge "choice"); evaluation resizes it to ``test_size``; the
+    longest edge never exceeds ``max_size``. Detections come back in the input image's pixels.
+    """
+
+    def __init__(self, min_size, max_size, test_size, image_mean, image_std):
+        super().__init__(min_size, max_size, image_mean, image_std)
+        self.test_size = test_size
+
+    def resize(self, image, target=None):
+        if self.training:
+            return super().resize(image, target)
+        train_sizes, self.min_size = self.min_size, (self.test_size,)
+        try:
+            return super().resize(image, target)
+        finally:
+            self.min_size = train_sizes
+
+
+def build_fasterrcnn(
+    num_classes: int = 14,
+    image_size: int = 512,
+    weights: str | None = None,
+    weights_backbone: str | None = None,
+    trainable_backbone_layers: int = 3,
+    min_size: int | Sequence[int] | None = None,
+    max_size: int | None = None,
+    test_size: int | None = None,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_train: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    roi_batch_size_per_image: int = 512,
+    rpn_batch_size_per_image: int = 256,
+    box_score_thresh: float = 0.0,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 100,
+    frozen_bn: bool | None = None,
+    frozen_bn_eps: float | None = None,
+) -> FasterRCNN:
+    """Faster R-CNN R50-FPN for ``num_classes`` foreground classes (+ background).
+
+    Args:
+        num_classes: foreground classes (14 findings, 15 with "No finding").
+        image_size: the prepared image side the model is trained on (prediction converts
+            DICOMs to it); also the input size when ``min_size``/``max_size`` are not given.
+        weights: torchvision detector weights name (``DEFAULT``, ``COCO_V1``) or local file.
+        weights_backbone: torchvision ResNet-50 weights name (``IMAGENET1K_V1``) or local file.
+        trainable_backbone_layers: 0..5 ResNet stages trained when pretrained (else all 5).
+        min_size: training shortest edge, or a list sampled per image (default ``image_size``).
+        max_size: longest edge cap (default ``image_size``: no resizing at all).
+        test_size: shortest edge at validation and prediction (default the largest ``min_size``).
+        rpn_pre_nms_top_n_train: proposals per FPN level kept before the RPN's NMS, training.
+        rpn_pre_nms_top_n_test: the same at inference.
+        rpn_post_nms_top_n_train: proposals per image kept after the RPN's NMS, training
+            (Detectron2: 1000; torchvision's own default: 2000).
+        rpn_post_nms_top_n_test: the same at inference.
+        roi_batch_size_per_image: sampled ROIs per image in the box head (seed: 512).
+        rpn_batch_size_per_image: sampled anchors per image in the RPN.
+        box_score_thresh: minimum score of returned detections.
+        box_nms_thresh: per-class NMS IoU at inference.
+        box_detections_per_img: maximum detections per image.
+        frozen_bn: frozen BatchNorm in the backbone; default: when any weights are pretrained.
+        frozen_bn_eps: frozen BatchNorm eps; default: 0 for torchvision's COCO weights (what they
+            were trained with), else 1e-5.
+    """
+    weights = None if no_source(weights) else weights
+    weights_backbone = None if no_source(weights_backbone) else weights_backbone
+    pretrained = weights is not None or weights_backbone is not None
+    frozen_bn = pretrained if frozen_bn is None else frozen_bn
+    body = resnet50(norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+    if weights_backbone is not None and weights is None:  # the detector's weights cover it
+        load_weights(body, weights_backbone, ResNet50_Weights, "model.weights_backbone")
+    backbone = _resnet_fpn_extractor(body, trainable_backbone_layers if frozen_bn else 5)
+    sizes = [image_size] if min_size is None else min_size
+    sizes = tuple(int(s) for s in (sizes if isinstance(sizes, Sequence) else [sizes]))
+    max_size = int(max_size or (image_size if min_size is None else 1333))
+    model = FasterRCNN(
+        backbone,
+        num_classes=num_classes + 1,
+        min_size=sizes,
+        max_size=max_size,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        box_batch_size_per_image=roi_batch_size_per_image,
+        box_score_thresh=box_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+        box_detections_per_img=box_detections_per_img,
+    )
+    t = model.transform
+    model.transform = ResizeTransform(
+        sizes, max_size, int(test_size or sizes[-1]), t.image_mean, t.image_std
+    )
+    if weights is not None:
+        load_weights(model, weights, FasterRCNN_ResNet50_FPN_Weights, "model.weights")
+    eps = weights_bn_eps(weights) if frozen_bn_eps is None else frozen_bn_eps
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.eps = eps
+    return model
+
+
+def trainable_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters in two groups: normalisation layers without weight decay
+    (Detectron2's WEIGHT_DECAY_NORM 0, which matters when BatchNorm trains), the rest with it."""
+    norm, other = [], []
+    for module in model.modules():
+        is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                (norm if is_norm else other).append(p)
+    groups = [{"params": other, "weight_decay": weight_decay}]
+    if norm:
+        groups.append({"params": norm, "weight_decay": 0.0})
+    return groups

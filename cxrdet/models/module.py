@@ -1,0 +1,181 @@
+"""LightningModule: Faster R-CNN training, validation loss without BatchNorm drift, AP40, mAP40."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.evaluation.evaluator import DetectionEvaluator
+from cxrdet.models.detector import build_fasterrcnn, trainable_parameter_groups
+from cxrdet.models.weights import frozen_bn_eps, no_source
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def loss_mode(model: nn.Module):
+    """Train mode (so torchvision returns losses) with every BatchNorm in eval mode.
+
+    This is how the seed's LossEvalHook measured validation loss, minus its trap: in train mode
+    BatchNorm would normalise with batch statistics and update its running buffers from
+    validation images. Restores each module's previous mode on exit.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+class DetectorModule(pl.LightningModule):
+    """Faster R-CNN R50-FPN with SGD + warmup-cosine, validation loss, AP40 and mAP40.
+
+    Args:
+        model: keyword arguments of :func:`cxrdet.models.detector.build_fasterrcnn` (plain values).
+        optim: optimiser config with ``_target_`` and ``_partial_: true``.
+        scheduler: LR scheduler config with ``_target_`` and ``_partial_: true``, called with the
+            optimiser and ``total_steps``; or None for a constant LR.
+        class_names: names of the trained classes, for per-class logging.
+        on_nonfinite: a NaN/inf training loss ``stop``s the run (naming the step and the
+            losses; the checkpoints written so far stay) or is ``skip``ped (no update).
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        scheduler: dict | None = None,
+        class_names=None,
+        on_nonfinite: str = "stop",
+    ):
+        super().__init__()
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be stop or skip, got {on_nonfinite!r}")
+        self.save_hyperparameters()
+        self.model = build_fasterrcnn(**model)
+        self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
+        self.evaluator = DetectionEvaluator()
+        self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
+        self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
+
+    def forward(self, images, targets=None):
+        return self.model(images, targets)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        losses = self.model(list(images), list(targets))
+        loss = sum(losses.values())
+        n = len(images)
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            ids = ", ".join(t["image_id"] for t in targets)
+            message = f"non-finite loss at step {self.global_step} ({detail}; images {ids})"
+            if self.hparams.on_nonfinite == "skip":
+                log.warning("%s: batch skipped", message)
+                return None  # Lightning skips backward and the optimiser step
+            raise FloatingPointError(
+                f"{message}. Lower optim.lr, set trainer.gradient_clip_val, or "
+                "on_nonfinite=skip; the checkpoints written so far are intact."
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = list(batch[0]), list(batch[1])
+        # Validation loss draws random ROI samples: keep the training RNG streams untouched.
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), loss_mode(self.model):
+            losses = self.model(images, targets)
+        n = len(images)
+        self.log("val/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=n, sync_dist=True)
+        self.evaluator.process(targets, self.model(images))
+
+    def on_validation_epoch_end(self) -> None:
+        self.evaluator.gather()  # DDP: every rank scores the whole validation set
+        if not self.evaluator.gt:
+            return
+        result = self.evaluator.evaluate()
+        names = [*self.class_names, *CLASS_NAMES[len(self.class_names) :]]
+        # The values are already global and equal on every rank (no sync_dist needed).
+        self.log("val/images", float(result["images"]))
+        for metric in ("AP40", "mAP40"):
+            value = result[metric]
+            self.log(f"val/{metric}", value if value == value else 0.0, prog_bar=True)
+            for c, v in result[f"{metric}_per_class"].items():
+                self.log(f"val/{metric}/{names[c]}", v)
+
+    def configure_optimizers(self):
+        optim = instantiate(self.hparams.optim)
+        groups = trainable_parameter_groups(self.model, optim.keywords.get("weight_decay", 0.0))
+        optimizer = optim(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
+        if self.resumed_from and self.resumed_from[0] != total:
+            made_for, step = self.resumed_from
+            log.warning(
+                "resuming at step %d a LR schedule made for %d steps with trainer.max_steps=%d: "
+                "the schedule is stretched to %d steps from here, so the LR jumps (keep "
+                "trainer.max_steps=%d to continue it unchanged)",
+                step,
+                made_for,
+                total,
+                total,
+                made_for,
+            )
+        self.schedule_steps = total
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["schedule_steps"] = self.schedule_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before configure_optimizers on a resume, which compares the two lengths.
+        if checkpoint.get("schedule_steps"):
+            self.resumed_from = (int(checkpoint["schedule_steps"]), int(checkpoint["global_step"]))
+
+
+def load_detector(ckpt_path: str) -> DetectorModule:
+    """Load a trained DetectorModule (on the CPU) for inference, never fetching weights again.
+
+    The checkpoint holds every trained tensor; the weight sources training started from are
+    dropped (keeping the BatchNorm kind and eps they implied) so that loading works offline.
+    """
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+        model_cfg = dict(hparams["model"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{ckpt_path}: not a cxrdet training checkpoint (no model config)") from e
+    pretrained = not all(no_source(model_cfg.get(k)) for k in ("weights", "weights_backbone"))
+    model_cfg.setdefault("frozen_bn", pretrained)
+    model_cfg.setdefault("frozen_bn_eps", frozen_bn_eps(model_cfg.get("weights")))
+    model_cfg.update(weights=None, weights_backbone=None)
+    module = DetectorModule(
+        model=model_cfg,
+        optim=hparams["optim"],
+        scheduler=hparams.get("scheduler"),
+        class_names=hparams.get("class_names"),
+    )
+    module.load_state_dict(state)
+    return module

@@ -1,0 +1,52 @@
+"""Boxes drawn on images, one colour per class (the report's detection figures)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from cxrdet.data.labels import CLASS_NAMES
+
+# 15 distinguishable BGR colours (tab20-like).
+COLOURS = [
+    (180, 119, 31),
+    (14, 127, 255),
+    (44, 160, 44),
+    (40, 39, 214),
+    (189, 103, 148),
+    (75, 86, 140),
+    (194, 119, 227),
+    (127, 127, 127),
+    (34, 189, 188),
+    (207, 190, 23),
+    (232, 199, 174),
+    (120, 187, 255),
+    (138, 223, 152),
+    (150, 152, 255),
+    (213, 176, 197),
+]
+
+
+def draw_boxes(image: np.ndarray, boxes, classes, scores=None, min_score: float = 0.0):
+    """A BGR copy of a grey or BGR image with labelled boxes scoring at least ``min_score``."""
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    scores = np.ones(len(classes)) if scores is None else np.asarray(scores)
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    for b, c, s in zip(np.asarray(boxes).reshape(-1, 4), classes, scores):
+        if s < min_score or int(c) >= len(CLASS_NAMES) - 1:  # "No finding" has no place
+            continue
+        colour = COLOURS[int(c)]
+        x0, y0, x1, y1 = (int(round(v)) for v in b)
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, thick)
+        label = CLASS_NAMES[int(c)] + (f" {s:.2f}" if s < 1 else "")
+        cv2.putText(
+            out,
+            label,
+            (x0, max(10, y0 - 3)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.3 * thick,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
+    return out

@@ -1,0 +1,262 @@
+"""The report's dataset figures and tables from a train.csv-format file.
+
+    cxrdet eda --labels train.csv [--meta train_meta.csv] --out DIR
+        [--split valid20 --seed 111] [--augment-preview N --images PNG_DIR]
+
+Writes PNG figures (findings per class: report figs 1/2; annotations per radiologist: fig 3;
+box area per class: fig 8, needs --meta; spatial heatmaps: fig 9, needs --meta; class
+co-occurrence; boxes per image; reader agreement), ``summary.json`` and ``summary.md``.
+``--augment-preview N`` draws one image with its boxes and N augmented variants (fig 13).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels  # noqa: E402
+from cxrdet.data.splits import SPLIT_MODES, split_ids  # noqa: E402
+from cxrdet.reports.stats import heatmaps, reader_agreement, relative_boxes, summarise  # noqa: E402
+
+
+def _bar(ax, names, values, title, xlabel):
+    ax.barh(names[::-1], values[::-1], color="#3b75af")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    for y, v in enumerate(values[::-1]):
+        ax.text(v, y, f" {v:g}", va="center", fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) -> dict:
+    """Every figure; returns the extra summary entries they computed."""
+    findings = labels[labels["class_id"] != NO_FINDING]
+    s = summarise(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    names = list(s["images_per_class"])
+    _bar(
+        axes[0], names, list(s["images_per_class"].values()), "Images per class (fig. 1)", "images"
+    )
+    names = list(s["class_counts"])
+    _bar(axes[1], names, list(s["class_counts"].values()), "Annotations per class (fig. 2)", "rows")
+    _save(fig, out / "fig1_2_findings_per_class.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(list(s["rad_counts"]), list(s["rad_counts"].values()), color="#c4553a")
+    ax.set_title("Annotations per radiologist (fig. 3)")
+    ax.set_ylabel("rows")
+    _save(fig, out / "fig3_annotations_per_radiologist.png")
+
+    images = sorted(labels["image_id"].unique())
+    present = pd.crosstab(labels["image_id"], labels["class_id"]).clip(upper=1)
+    present = present.reindex(index=images, columns=range(len(CLASS_NAMES)), fill_value=0)
+    co = present.T.to_numpy() @ present.to_numpy()
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(np.log1p(co), cmap="viridis")
+    ax.set_xticks(range(15), CLASS_NAMES, rotation=90, fontsize=7)
+    ax.set_yticks(range(15), CLASS_NAMES, fontsize=7)
+    ax.set_title("Class co-occurrence (images, log scale)")
+    fig.colorbar(im, ax=ax)
+    _save(fig, out / "class_cooccurrence.png")
+
+    per_image = findings.groupby("image_id").size().reindex(images, fill_value=0)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(per_image, bins=np.arange(per_image.max() + 2) - 0.5, color="#3b75af")
+    ax.set_title("Finding boxes per image (all readers)")
+    ax.set_xlabel("boxes")
+    ax.set_ylabel("images")
+    _save(fig, out / "boxes_per_image.png")
+
+    agreement = reader_agreement(findings)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    _bar(
+        ax,
+        list(agreement),
+        [round(v, 3) for v in agreement.values()],
+        "Reader agreement: mean best IoU with another reader",
+        "IoU",
+    )
+    _save(fig, out / "reader_agreement.png")
+    extra = {"reader_agreement": agreement, "cooccurrence": co.astype(int).tolist()}
+
+    if meta is not None:
+        rel = relative_boxes(findings, meta)
+        area = (rel.x_max - rel.x_min) * (rel.y_max - rel.y_min) * 100
+        groups = [area[rel.class_id == c].to_numpy() for c in range(NUM_FINDINGS)]
+        fig, ax = plt.subplots(figsize=(10, 5))
+        ax.boxplot(groups, tick_labels=CLASS_NAMES[:NUM_FINDINGS], showfliers=False)
+        ax.tick_params(axis="x", rotation=90, labelsize=7)
+        ax.set_ylabel("box area, % of the image")
+        ax.set_title("Box size per class (fig. 8)")
+        _save(fig, out / "fig8_box_area_per_class.png")
+        maps = heatmaps(rel)
+        fig, axes = plt.subplots(3, 5, figsize=(14, 9))
+        for k, ax in enumerate(axes.flat):
+            data, title = (maps[k], CLASS_NAMES[k]) if k < NUM_FINDINGS else (maps.mean(0), "Mean")
+            ax.imshow(data, cmap="hot")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        fig.suptitle("Where boxes lie (fig. 9)")
+        _save(fig, out / "fig9_heatmaps.png")
+        extra["box_area_percent_median"] = {
+            CLASS_NAMES[c]: float(np.median(g)) for c, g in enumerate(groups) if len(g)
+        }
+    return extra
+
+
+def augment_preview(
+    images_dir: Path,
+    meta: pd.DataFrame,
+    labels: pd.DataFrame,
+    n: int,
+    augment: str,
+    out: Path,
+    seed: int = 0,
+) -> Path:
+    """One image with its boxes and ``n`` augmented variants (report fig. 13)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from cxrdet.config import CONF_DIR
+    from cxrdet.data.boxes import to_prepared
+    from cxrdet.data.dataset import load_png
+    from cxrdet.data.meta import content_of
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"augment={augment}"])
+    transform = instantiate(cfg.augment) if cfg.augment else None
+    findings = labels[(labels["class_id"] != NO_FINDING) & labels["image_id"].isin(meta.index)]
+    candidates = [i for i in findings["image_id"].unique() if (images_dir / f"{i}.png").is_file()]
+    if not candidates:
+        raise FileNotFoundError(f"no image with findings has a PNG in {images_dir}")
+    image_id = candidates[0]
+    image = load_png(images_dir / f"{image_id}.png")
+    rows = findings[findings["image_id"] == image_id]
+    hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
+    boxes = to_prepared(rows[BOX_COLUMNS].to_numpy(), hw, image.shape, content_of(meta, image_id))
+    classes = rows["class_id"].to_numpy()
+    np.random.seed(seed)
+    views = [(image, boxes, classes, "original")]
+    for k in range(n):
+        o = transform(image=image, bboxes=boxes, labels=classes) if transform else None
+        views.append(
+            (o["image"], o["bboxes"], o["labels"], f"augmented {k + 1}") if o else views[0]
+        )
+    cols = min(4, len(views))
+    fig, axes = plt.subplots(
+        (len(views) + cols - 1) // cols,
+        cols,
+        figsize=(4 * cols, 4 * ((len(views) + cols - 1) // cols)),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (im, bx, cl, title) in zip(axes.flat, views):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=255)
+        for b, c in zip(np.asarray(bx).reshape(-1, 4), cl):
+            ax.add_patch(
+                plt.Rectangle(
+                    b[:2], b[2] - b[0], b[3] - b[1], fill=False, color=plt.cm.tab20(int(c)), lw=1.2
+                )
+            )
+            ax.text(b[0], b[1], CLASS_NAMES[int(c)], color="yellow", fontsize=6)
+        ax.set_title(title, fontsize=9)
+    path = out / "fig13_augment_preview.png"
+    _save(fig, path)
+    return path
+
+
+def write_markdown(summary: dict, path: Path) -> None:
+    lines = [
+        "# Dataset summary",
+        "",
+        f"- rows: {summary['rows']}",
+        f"- images: {summary['images']}",
+        f"- normal images (every reader: No finding): {summary['normal_images']}",
+        "",
+        "| class | rows | images | reader agreement (IoU) |",
+        "|---|---:|---:|---:|",
+    ]
+    agree = summary.get("reader_agreement", {})
+    for name, n in summary["class_counts"].items():
+        a = f"{agree[name]:.3f}" if name in agree else "-"
+        lines.append(f"| {name} | {n} | {summary['images_per_class'].get(name, 0)} | {a} |")
+    lines += ["", "| radiologist | rows |", "|---|---:|"]
+    lines += [f"| {r} | {n} |" for r, n in summary["rad_counts"].items()]
+    if "split" in summary:
+        sp = summary["split"]
+        lines += [
+            "",
+            f"Split `{sp['mode']}` (seed {sp['seed']}): {sp['train_images']} train / "
+            f"{sp['val_images']} validation images.",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cxrdet eda", description=__doc__.split("\n")[0])
+    p.add_argument("--labels", required=True, help="train.csv-format labels")
+    p.add_argument("--meta", help="image_id,dim0,dim1 CSV (enables figs 8 and 9)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", choices=SPLIT_MODES, help="also report this split's sizes")
+    p.add_argument("--seed", type=int, default=111, help="split seed (default 111, as training)")
+    p.add_argument("--fold", type=int, default=0, help="kfold: the validation fold")
+    p.add_argument(
+        "--augment-preview",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw one image and N augmented variants (needs --meta and --images)",
+    )
+    p.add_argument("--images", help="prepared PNG folder for --augment-preview")
+    p.add_argument("--augment", default="seed", help="augment config name (default seed)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        labels, report = read_labels(a.labels)
+        meta = None
+        if a.meta:
+            from cxrdet.data.meta import read_meta
+
+            meta = read_meta(a.meta)
+        summary = summarise(labels)
+        summary["skipped_rows"] = report.n_skipped
+        summary.update(write_figures(labels, meta, out))
+        if a.split:
+            train, val = split_ids(labels, a.split, seed=a.seed, fold=a.fold)
+            summary["split"] = {
+                "mode": a.split,
+                "seed": a.seed,
+                "train_images": len(train),
+                "val_images": len(val),
+            }
+        if a.augment_preview:
+            if meta is None or not a.images:
+                p.error("--augment-preview needs --meta and --images")
+            augment_preview(Path(a.images), meta, labels, a.augment_preview, a.augment, out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_markdown(summary, out / "summary.md")
+    print(f"wrote {len(list(out.glob('*.png')))} figures, summary.json and summary.md to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Result figures of a finished training run (the report's figs 10-12 and more).
+
+    cxrdet report RUN_DIR [--images 8] [--ckpt best|last|PATH]
+
+From ``RUN_DIR/csv/metrics.csv``: training vs validation loss (fig 10), AP40 and mAP40 over
+iterations (fig 11), per-class AP bars. Running the checkpoint on the run's own validation split
+(rebuilt from ``RUN_DIR/.hydra/config.yaml``): precision-recall curves at IoU 0.4 per class and
+a grid of validation images, ground truth beside predictions (fig 12). PNGs in
+``RUN_DIR/report/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxrdet.data.labels import CLASS_NAMES  # noqa: E402
+from cxrdet.training.callbacks import best_checkpoint  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
+    """Loss (fig 10), AP40/mAP40 (fig 11) and the last per-class values from metrics.csv."""
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for column, label in (("train/loss", "training loss"), ("val/loss", "validation loss")):
+        if column in metrics:
+            rows = metrics[["step", column]].dropna()
+            ax.plot(rows["step"], rows[column], "-o" if column == "val/loss" else "-", label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("Training and validation loss (fig. 10)")
+    ax.legend()
+    written.append(_save(fig, out / "fig10_loss.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for column in ("val/AP40", "val/mAP40"):
+        if column in metrics:
+            rows = metrics[["step", column]].dropna()
+            ax.plot(rows["step"], rows[column], "-o", label=column.removeprefix("val/"))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("AP at IoU 0.4")
+    ax.set_title("Validation AP40 and mAP40 (fig. 11)")
+    ax.legend()
+    written.append(_save(fig, out / "fig11_ap.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, metric in zip(axes, ("AP40", "mAP40")):
+        columns = [c for c in metrics.columns if c.startswith(f"val/{metric}/")]
+        last = metrics[columns].ffill().iloc[-1] if columns else pd.Series(dtype=float)
+        names = [c.split("/", 2)[2] for c in columns]
+        ax.barh(names[::-1], last.to_numpy()[::-1], color="#3b75af")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{metric} per class (last validation)")
+    written.append(_save(fig, out / "per_class_ap.png"))
+    return written
+
+
+def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> list[Path]:
+    """PR curves per class and the GT-vs-prediction grid, on the run's validation split."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from cxrdet.evaluation.evaluator import DetectionEvaluator
+    from cxrdet.models.module import load_detector
+    from cxrdet.reports.draw import draw_boxes
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.data.num_workers = 0
+    datamodule = instantiate(cfg.data, augment=None, _recursive_=False)
+    datamodule.setup("fit")
+    if datamodule.val_set is None:
+        return []
+    model = load_detector(str(ckpt)).model.eval()
+    evaluator, shown = DetectionEvaluator(), []
+    with torch.inference_mode():
+        for i in range(len(datamodule.val_set)):
+            image, target = datamodule.val_set[i]
+            output = model([image])[0]
+            evaluator.process([target], [output])
+            classes = target["labels"].numpy() - 1
+            if len(shown) < n_images and len(classes):
+                pred = (
+                    output["boxes"].numpy(),
+                    output["scores"].numpy(),
+                    output["labels"].numpy() - 1,
+                )
+                image8 = (image[0].numpy() * 255).astype(np.uint8)
+                shown.append((image8, target["boxes"].numpy(), classes, pred))
+    evaluation = evaluator.evaluate(curves=True)
+    result = {"per_class": evaluation["mAP40_per_class"], "curves": evaluation["mAP40_curves"]}
+    written = []
+    classes = sorted(result["curves"])
+    cols = 4
+    fig, axes = plt.subplots(
+        (len(classes) + cols - 1) // cols,
+        cols,
+        figsize=(14, 3.2 * ((len(classes) + cols - 1) // cols)),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, c in zip(axes.flat, classes):
+        recall, precision = result["curves"][c]
+        ax.axis("on")
+        ax.step(recall, precision, where="post")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{CLASS_NAMES[c]} (AP {result['per_class'][c]:.2f})", fontsize=8)
+        ax.set_xlabel("recall", fontsize=7)
+        ax.set_ylabel("precision", fontsize=7)
+    fig.suptitle("Precision-recall at IoU 0.4, validation split")
+    written.append(_save(fig, out / "pr_curves.png"))
+    if shown:
+        fig, axes = plt.subplots(len(shown), 2, figsize=(7, 3.5 * len(shown)), squeeze=False)
+        for row, (image, boxes, classes_, (pb, ps, pc)) in zip(axes, shown):
+            row[0].imshow(draw_boxes(image, boxes, classes_)[..., ::-1])
+            row[0].set_title("ground truth", fontsize=8)
+            row[1].imshow(draw_boxes(image, pb, pc, ps, min_score=0.3)[..., ::-1])
+            row[1].set_title("predictions (score >= 0.3)", fontsize=8)
+            for ax in row:
+                ax.axis("off")
+        fig.suptitle("Validation images (fig. 12)")
+        written.append(_save(fig, out / "fig12_validation_images.png"))
+    return written
+
+
+def upload_figures(loggers, paths: list[Path]) -> int:
+    """Send the figures to every logger that takes images (W&B); returns how many were sent.
+
+    train.py calls this only with ``logger.wandb.log_images=true``: fig 12 shows X-rays, which
+    are patient data.
+    """
+    sent = 0
+    for logger in loggers:
+        if not hasattr(logger, "log_image"):
+            continue
+        for path in paths:
+            logger.log_image(key=f"report/{path.stem}", images=[str(path)])
+            sent += 1
+    return sent
+
+
+def write_report(run_dir: str | Path, ckpt: str = "best", n_images: int = 8) -> list[Path]:
+    """Every figure for ``run_dir``; returns the files written."""
+    run_dir = Path(run_dir)
+    metrics_csv = run_dir / "csv" / "metrics.csv"
+    if not metrics_csv.is_file():
+        raise FileNotFoundError(f"{metrics_csv} not found: is {run_dir} a train.py run directory?")
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    written = curve_figures(pd.read_csv(metrics_csv), out)
+    if ckpt == "best":
+        path = best_checkpoint(run_dir / "checkpoints") or run_dir / "checkpoints" / "last.ckpt"
+    elif ckpt == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(ckpt)
+    if path.is_file() and (run_dir / ".hydra" / "config.yaml").is_file():
+        written += validation_figures(run_dir, path, out, n_images)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cxrdet report", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", help="a train.py run directory")
+    p.add_argument("--images", type=int, default=8, help="validation images in fig 12")
+    p.add_argument("--ckpt", default="best", help="best | last | a checkpoint path")
+    a = p.parse_args(argv)
+    try:
+        written = write_report(a.run_dir, a.ckpt, a.images)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

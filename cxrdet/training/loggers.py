@@ -1,0 +1,82 @@
+"""Experiment tracking: loggers from config, what every run records, and W&B safety (it never
+prompts, hangs or uploads without a configured key)."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import subprocess
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def wandb_key_configured() -> bool:
+    """True when W&B has an API key: ``WANDB_API_KEY`` or a ``~/.netrc`` entry (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return bool(path.is_file() and netrc.netrc(path).authenticators("api.wandb.ai"))
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_offline_without_key() -> str:
+    """Run W&B offline (``wandb sync`` later) unless a mode is set or a key is configured.
+
+    Returns:
+        The W&B mode in force.
+    """
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if not wandb_key_configured():
+        os.environ["WANDB_MODE"] = "offline"
+        log.warning("no W&B API key found: logging offline; upload later with `wandb sync`")
+    return os.environ.get("WANDB_MODE", "online")
+
+
+def build_loggers(logger_cfg: DictConfig | None) -> tuple[list, bool]:
+    """Instantiate each configured logger (``logger=csv``, ``logger=[csv,wandb]`` ...).
+
+    Returns:
+        The loggers, and whether W&B may receive images (``logger.wandb.log_images``, a cxrdet
+        option that WandbLogger itself does not take).
+    """
+    loggers, log_images = [], False
+    for name, cfg in (logger_cfg or {}).items():
+        kwargs = OmegaConf.to_container(cfg, resolve=True)
+        if name == "wandb":
+            wandb_offline_without_key()
+            log_images = bool(kwargs.pop("log_images", False))
+        loggers.append(instantiate(kwargs))
+    return loggers, log_images
+
+
+def git_commit(repo: Path) -> str:
+    """The checked-out commit of ``repo`` (``+dirty`` with uncommitted changes), or ``unknown``."""
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", *a], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        return run("rev-parse", "HEAD") + ("+dirty" if run("status", "--porcelain", "-uno") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(cfg: DictConfig) -> dict:
+    """What each logger records about the run: the resolved config, the code's git commit and
+    the Hydra job number (its index within a ``-m`` sweep; 0 for a single run)."""
+    job_num = 0
+    if HydraConfig.initialized():
+        job_num = HydraConfig.get().job.get("num", 0) or 0
+    return {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "git_commit": git_commit(Path(__file__).resolve().parents[2]),
+        "hydra_job_num": int(job_num),
+    }
