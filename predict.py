@@ -1,4 +1,4 @@
-"""Write a Kaggle submission: python predict.py ckpt_path=PATH [image_size=512] [key=value ...].
+"""Write a Kaggle submission: python predict.py ckpt_path=PATH [prepared_size=512] [key=value ...].
 
 Boxes come back in original DICOM pixels; every image gets exactly one row. Prepared PNGs or
 DICOMs (``dicom_dir=``), one checkpoint or a WBF ensemble (``ckpt_path=[a,b]``), ``tta=hflip``,
@@ -13,8 +13,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
+import cxrdet.config  # noqa: F401  (registers the typed PredictConfig that predict.yaml extends)
 from cxrdet.data.labels import read_labels
 from cxrdet.data.splits import split_ids
+from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.predictor import predict
 
 
@@ -36,39 +38,16 @@ def main(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Predict with the settings in ``cfg`` (conf/predict.yaml)."""
-    ckpt = cfg.ckpt_path
+    """Predict with the settings in ``cfg`` (conf/predict.yaml, typed by PredictConfig)."""
+    settings: PredictConfig = OmegaConf.to_object(cfg)
     image_ids = None
-    if cfg.split.mode:  # the validation images of a training split, as train.py made it
-        if cfg.dicom_dir:
+    if settings.split.mode:  # the validation images of a training split, as train.py made it
+        if settings.dicom_dir:
             raise ValueError("split.mode works on prepared PNGs, not with dicom_dir")
-        s = cfg.split
+        s = settings.split
         labels, _ = read_labels(s.labels_csv)
         _, image_ids = split_ids(labels, s.mode, s.val_fraction, s.seed, s.fold, s.n_folds)
-    return predict(
-        ckpt_path=ckpt if isinstance(ckpt, str) else list(ckpt),
-        output=cfg.output,
-        image_dir=cfg.image_dir,
-        meta_csv=cfg.meta_csv,
-        dicom_dir=cfg.dicom_dir,
-        keep_ratio=cfg.keep_ratio,
-        score_thresh=cfg.score_thresh,
-        max_detections=cfg.max_detections,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        device=cfg.device,
-        precision=str(cfg.precision),
-        tta=cfg.tta,
-        weights=list(cfg.weights) if cfg.weights else None,
-        fusion_iou=cfg.fusion_iou,
-        fusion_skip=cfg.fusion_skip,
-        nofinding_line=cfg.nofinding_line,
-        nofinding_probs=cfg.nofinding.probs,
-        nofinding_low=cfg.nofinding.low,
-        nofinding_high=cfg.nofinding.high,
-        viz=cfg.viz,
-        image_ids=image_ids,
-    )
+    return predict(settings, image_ids)
 
 
 if __name__ == "__main__":

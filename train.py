@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import hydra
 import pytorch_lightning as pl
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
-from cxrdet.config import quote_numeric_choices
+from cxrdet.config import quote_numeric_choices  # also registers the typed configs
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.models.module import DetectorModule
 from cxrdet.models.precision import resolve_precision
@@ -28,6 +29,8 @@ from cxrdet.reports.report import upload_figures, write_report
 from cxrdet.training.loggers import build_loggers, run_info
 
 log = logging.getLogger("cxrdet.train")
+# torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 # Lightning advertises its cloud services on every run ("💡 Tip: ... litlogger"): noise here.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "💡 Tip" not in record.getMessage()

@@ -58,7 +58,7 @@ def main() -> None:
                 sys.executable,
                 "predict.py",
                 f"ckpt_path={best_checkpoint(run_dir)}",
-                f"image_size={SIZE}",
+                f"prepared_size={SIZE}",
                 f"paths.prepared_dir={PREPARED}",
                 f"output={submission}",
                 "num_workers=0",

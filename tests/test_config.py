@@ -62,7 +62,7 @@ def test_demo_experiment_overlays_only_what_it_changes():
 
 
 def test_predict_config_composes():
-    cfg = _compose("predict", ["ckpt_path=x.ckpt", "image_size=256"])
+    cfg = _compose("predict", ["ckpt_path=x.ckpt", "prepared_size=256"])
     assert cfg.image_dir.endswith("/256/test")
     # The checkpoint's own threshold and cap: the operating point its val/mAP40 scored.
     assert cfg.score_thresh is None and cfg.max_detections is None

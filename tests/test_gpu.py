@@ -54,6 +54,7 @@ def test_training_and_validation_on_cuda(tiny_data, tmp_path, precision):
 
 def test_fp16_prediction_on_cuda_matches_fp32_on_cpu(tiny_data, tmp_path):
     from cxrdet.evaluation.submission import read_submission
+    from cxrdet.inference.config import PredictConfig
     from cxrdet.inference.predictor import predict
 
     torch.manual_seed(0)
@@ -66,8 +67,12 @@ def test_fp16_prediction_on_cuda_matches_fp32_on_cpu(tiny_data, tmp_path):
         "meta_csv": str(tiny_data["prepared"] / "64" / "test_meta.csv"),
         "progress": False,
     }
-    cpu = predict(output=str(tmp_path / "cpu.csv"), device="cpu", **common)
-    gpu = predict(output=str(tmp_path / "gpu.csv"), device="cuda", precision="16-mixed", **common)
+    cpu = predict(PredictConfig(output=str(tmp_path / "cpu.csv"), device="cpu", **common))
+    gpu = predict(
+        PredictConfig(
+            output=str(tmp_path / "gpu.csv"), device="cuda", precision="16-mixed", **common
+        )
+    )
     assert gpu["device"].startswith("cuda")
     a, b = read_submission(tmp_path / "cpu.csv"), read_submission(tmp_path / "gpu.csv")
     assert a.keys() == b.keys() and cpu["images"] == gpu["images"]

@@ -19,6 +19,7 @@ from cxrdet.evaluation.submission import (
     parse_prediction,
     read_submission,
 )
+from cxrdet.inference.config import NofindingConfig, PredictConfig
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +98,7 @@ def test_predict_writes_a_valid_submission(tiny_data, trained, tmp_path):
         [
             "predict.py",
             f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
-            f"image_size={tiny_data['size']}",
+            f"prepared_size={tiny_data['size']}",
             f"paths.prepared_dir={tiny_data['prepared']}",
             f"output={out}",
             "num_workers=0",
@@ -143,7 +144,7 @@ def test_predict_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path):
             "predict.py",
             f"ckpt_path={tmp_path / 'nope.ckpt'}",
             f"paths.prepared_dir={tiny_data['prepared']}",
-            "image_size=64",
+            "prepared_size=64",
             f"hydra.run.dir={tmp_path}",
         ],
         cwd=REPO,
@@ -192,7 +193,7 @@ def _predict(trained, tiny_data, out, **kw):
         "device": "cpu",
         "progress": False,
     }
-    predict(**{**args, **kw})
+    predict(PredictConfig(**{**args, **kw}))
     return read_submission(out)
 
 
@@ -300,7 +301,9 @@ def test_nofinding_classifier_filter_regimes(tiny_data, trained, tmp_path):
     p = [0.01, 0.5, 0.99, 0.5][: len(ids)]
     pd.DataFrame({"image_id": ids, "p_abnormal": p}).to_csv(probs, index=False)
     plain = _predict(trained, tiny_data, tmp_path / "plain.csv", nofinding_line=False)
-    sub = _predict(trained, tiny_data, tmp_path / "f.csv", nofinding_probs=str(probs))
+    sub = _predict(
+        trained, tiny_data, tmp_path / "f.csv", nofinding=NofindingConfig(probs=str(probs))
+    )
     low, mid, high = ids[0], ids[1], ids[2]
     assert list(sub[low][2]) == [14] and list(sub[low][1]) == [1.0]
     assert sub[mid][2][-1] == 14 or 14 in sub[mid][2]
@@ -308,7 +311,9 @@ def test_nofinding_classifier_filter_regimes(tiny_data, trained, tmp_path):
     _same({high: sub[high]}, {high: plain[high]}, atol=0)
     pd.DataFrame({"image_id": ids[:1], "p_abnormal": [0.5]}).to_csv(probs, index=False)
     with pytest.raises(ValueError, match="no p_abnormal"):
-        _predict(trained, tiny_data, tmp_path / "x.csv", nofinding_probs=str(probs))
+        _predict(
+            trained, tiny_data, tmp_path / "x.csv", nofinding=NofindingConfig(probs=str(probs))
+        )
 
 
 def test_viz_and_unreadable_dicom_in_a_dicom_folder(tiny_data, trained, tmp_path):
@@ -514,14 +519,16 @@ def test_letterbox_predictions_in_the_padding_are_dropped_not_fatal(
     stand_in = PaddingDetector(list(contents))
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([stand_in], 64))
     summary = predictor.predict(
-        "unused.ckpt",
-        str(tmp_path / "submission.csv"),
-        image_dir=str(tmp_path / "64" / "train"),
-        meta_csv=str(tmp_path / "64" / "train_meta.csv"),
-        batch_size=1,
-        max_detections=100,  # the stand-in has no cap of its own
-        nofinding_line=False,
-        progress=False,
+        PredictConfig(
+            ckpt_path="unused.ckpt",
+            output=str(tmp_path / "submission.csv"),
+            image_dir=str(tmp_path / "64" / "train"),
+            meta_csv=str(tmp_path / "64" / "train_meta.csv"),
+            batch_size=1,
+            max_detections=100,  # the stand-in has no cap of its own
+            nofinding_line=False,
+            progress=False,
+        )
     )
     sub = read_submission(summary["submission"], image_ids=list(meta.index))
     for image_id, (boxes, _, classes) in sub.items():
@@ -626,12 +633,14 @@ def test_class_14_predictions_are_written_as_the_competition_reads_them(
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([NoFindingDetector()], 64))
     prepared = tiny_data["prepared"] / "64"
     summary = predictor.predict(
-        "unused.ckpt",
-        str(tmp_path / "submission.csv"),
-        image_dir=str(prepared / "test"),
-        meta_csv=str(prepared / "test_meta.csv"),
-        max_detections=100,  # the stand-in has no cap of its own
-        progress=False,
+        PredictConfig(
+            ckpt_path="unused.ckpt",
+            output=str(tmp_path / "submission.csv"),
+            image_dir=str(prepared / "test"),
+            meta_csv=str(prepared / "test_meta.csv"),
+            max_detections=100,  # the stand-in has no cap of its own
+            progress=False,
+        )
     )
     for boxes, scores, classes in read_submission(summary["submission"]).values():
         assert classes.tolist() == [14, 3] and scores.tolist() == [0.9, 0.5]  # one 14 line only

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import split_ids
 
 log = logging.getLogger(__name__)
-# torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
-warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def normal_share(empty_images) -> float:

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                 py,
                 "predict.py",
                 f"ckpt_path={ckpt}",
-                f"image_size={SIZE}",
+                f"prepared_size={SIZE}",
                 f"paths.prepared_dir={PREPARED}",
                 f"output={submission}",
                 "num_workers=0",

@@ -29,6 +29,7 @@ from cxrdet.evaluation.submission import (
     to_original_prediction,
     write_submission,
 )
+from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
 from cxrdet.models.module import load_detector
 from cxrdet.models.precision import autocast, autocast_dtype, resolve_precision
@@ -164,65 +165,46 @@ def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 
         cv2.imwrite(str(out_dir / f"{info['image_id']}.png"), drawn)
 
 
-def predict(
-    ckpt_path,
-    output: str,
-    image_dir: str | None = None,
-    meta_csv: str | None = None,
-    dicom_dir: str | None = None,
-    keep_ratio: bool = False,
-    score_thresh: float | None = None,
-    max_detections: int | None = None,
-    batch_size: int = 4,
-    num_workers: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
-    tta: str = "none",
-    weights: list[float] | None = None,
-    fusion_iou: float = 0.55,
-    fusion_skip: float = 0.0,
-    nofinding_line: bool = True,
-    nofinding_probs: str | None = None,
-    nofinding_low: float = 0.08,
-    nofinding_high: float = 0.95,
-    viz: int = 0,
-    progress: bool = True,
-    image_ids: list[str] | None = None,
-) -> dict:
-    """Write ``output`` (submission.csv) with one row per image; returns a summary.
+def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
+    """Write ``cfg.output`` (submission.csv) with one row per image; returns a summary.
 
-    ``ckpt_path`` is one checkpoint or a list (a WBF ensemble, ``weights`` optional). Images
-    come from ``dicom_dir`` when given, else ``image_dir`` + ``meta_csv``. Each row gets
-    ``14 <1 - top score> 0 0 1 1`` with ``nofinding_line``, or, with ``nofinding_probs``
-    (``image_id,p_abnormal``), the classifier filter of :func:`nofinding_filter`.
-    ``image_ids`` restricts prepared PNGs to those images (a split's validation images).
+    ``cfg.ckpt_path`` is one checkpoint or a list (a WBF ensemble, ``cfg.ensemble_weights``
+    optional). Images come from ``cfg.dicom_dir`` when given, else ``cfg.image_dir`` +
+    ``cfg.meta_csv``. Each row gets ``14 <1 - top score> 0 0 1 1`` with ``cfg.nofinding_line``,
+    or, with ``cfg.nofinding.probs`` (``image_id,p_abnormal``), the classifier filter of
+    :func:`nofinding_filter`. ``image_ids`` restricts prepared PNGs to those images (a split's
+    validation images). See :class:`cxrdet.inference.config.PredictConfig`.
     """
-    ckpts = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
-    dataset = None if dicom_dir else ImageDataset(image_dir, meta_csv, image_ids)  # before models
-    dev = pick_device(device)
-    precision = resolve_precision(precision, dev.type)
+    ckpts = [cfg.ckpt_path] if isinstance(cfg.ckpt_path, str | Path) else list(cfg.ckpt_path)
+    dataset = None
+    if not cfg.dicom_dir:  # read before the models load: a bad path fails fast
+        dataset = ImageDataset(cfg.image_dir, cfg.meta_csv, image_ids)
+    dev = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, dev.type)
     autocast_dtype(precision)  # an unknown precision fails here, before the models load
     log.info("precision: %s on %s", precision, dev)
-    models, image_size = load_models(ckpts, dev, score_thresh, max_detections)
+    models, image_size = load_models(ckpts, dev, cfg.score_thresh, cfg.max_detections)
+    max_detections = cfg.max_detections
     if max_detections is None:  # the fused boxes are capped as each model caps its own
         max_detections = max(m.roi_heads.detections_per_img for m in models)
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
-        dataset = DicomDataset(dicom_dir, image_size, keep_ratio)
-    probs = read_probs(nofinding_probs, dataset.ids) if nofinding_probs else None
+        dataset = DicomDataset(cfg.dicom_dir, image_size, cfg.keep_ratio)
+    nofinding = cfg.nofinding
+    probs = read_probs(nofinding.probs, dataset.ids) if nofinding.probs else None
     start = time.perf_counter()
     results, errors = predict_dataset(
         models,
         dataset,
         dev,
-        batch_size,
-        num_workers,
-        tta,
-        weights,
-        fusion_iou,
-        fusion_skip,
-        max_detections,
-        progress,
-        precision,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        tta=cfg.tta,
+        weights=cfg.ensemble_weights,
+        fusion_iou=cfg.fusion_iou,
+        fusion_skip=cfg.fusion_skip,
+        max_detections=max_detections,
+        progress=cfg.progress,
+        precision=precision,
     )
     seconds = time.perf_counter() - start
     for image_id, error in errors.items():
@@ -234,20 +216,20 @@ def predict(
             continue
         pred = results[image_id]
         if probs is not None:
-            pred = nofinding_filter(pred, probs[image_id], nofinding_low, nofinding_high)
-        elif nofinding_line:
+            pred = nofinding_filter(pred, probs[image_id], nofinding.low, nofinding.high)
+        elif cfg.nofinding_line:
             pred = with_no_finding(*pred)
         rows[image_id] = format_prediction(*pred)
-    path = write_submission(rows, output)
+    path = write_submission(rows, cfg.output)
     read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"
-    if viz:
-        write_viz(dataset, results, Path(path).parent / "viz", viz)
+    if cfg.viz:
+        write_viz(dataset, results, Path(path).parent / "viz", cfg.viz)
     summary = {
         "submission": str(path),
         "images": len(rows),
         "unreadable": len(errors),
         "checkpoints": len(ckpts),
-        "tta": tta,
+        "tta": cfg.tta,
         "seconds": round(seconds, 2),
         "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
         "device": str(dev),

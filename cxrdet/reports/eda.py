@@ -16,16 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels  # noqa: E402
-from cxrdet.data.splits import SPLIT_MODES, split_ids  # noqa: E402
-from cxrdet.reports.stats import heatmaps, reader_agreement, relative_boxes, summarise  # noqa: E402
+from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels
+from cxrdet.data.splits import SPLIT_MODES, split_ids
+from cxrdet.reports.figures import plt, save_figure
+from cxrdet.reports.stats import heatmaps, reader_agreement, relative_boxes, summarise
 
 
 def _bar(ax, names, values, title, xlabel):
@@ -34,12 +31,6 @@ def _bar(ax, names, values, title, xlabel):
     ax.set_xlabel(xlabel)
     for y, v in enumerate(values[::-1]):
         ax.text(v, y, f" {v:g}", va="center", fontsize=7)
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) -> dict:
@@ -53,13 +44,13 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
     )
     names = list(s["class_counts"])
     _bar(axes[1], names, list(s["class_counts"].values()), "Annotations per class (fig. 2)", "rows")
-    _save(fig, out / "fig1_2_findings_per_class.png")
+    save_figure(fig, out / "fig1_2_findings_per_class.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(list(s["rad_counts"]), list(s["rad_counts"].values()), color="#c4553a")
     ax.set_title("Annotations per radiologist (fig. 3)")
     ax.set_ylabel("rows")
-    _save(fig, out / "fig3_annotations_per_radiologist.png")
+    save_figure(fig, out / "fig3_annotations_per_radiologist.png")
 
     images = sorted(labels["image_id"].unique())
     present = pd.crosstab(labels["image_id"], labels["class_id"]).clip(upper=1)
@@ -71,7 +62,7 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
     ax.set_yticks(range(15), CLASS_NAMES, fontsize=7)
     ax.set_title("Class co-occurrence (images, log scale)")
     fig.colorbar(im, ax=ax)
-    _save(fig, out / "class_cooccurrence.png")
+    save_figure(fig, out / "class_cooccurrence.png")
 
     per_image = findings.groupby("image_id").size().reindex(images, fill_value=0)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -79,7 +70,7 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
     ax.set_title("Finding boxes per image (all readers)")
     ax.set_xlabel("boxes")
     ax.set_ylabel("images")
-    _save(fig, out / "boxes_per_image.png")
+    save_figure(fig, out / "boxes_per_image.png")
 
     agreement = reader_agreement(findings)
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -90,7 +81,7 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
         "Reader agreement: mean best IoU with another reader",
         "IoU",
     )
-    _save(fig, out / "reader_agreement.png")
+    save_figure(fig, out / "reader_agreement.png")
     extra = {"reader_agreement": agreement, "cooccurrence": co.astype(int).tolist()}
 
     if meta is not None:
@@ -102,7 +93,7 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
         ax.tick_params(axis="x", rotation=90, labelsize=7)
         ax.set_ylabel("box area, % of the image")
         ax.set_title("Box size per class (fig. 8)")
-        _save(fig, out / "fig8_box_area_per_class.png")
+        save_figure(fig, out / "fig8_box_area_per_class.png")
         maps = heatmaps(rel)
         fig, axes = plt.subplots(3, 5, figsize=(14, 9))
         for k, ax in enumerate(axes.flat):
@@ -111,7 +102,7 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
             ax.set_title(title, fontsize=8)
             ax.axis("off")
         fig.suptitle("Where boxes lie (fig. 9)")
-        _save(fig, out / "fig9_heatmaps.png")
+        save_figure(fig, out / "fig9_heatmaps.png")
         extra["box_area_percent_median"] = {
             CLASS_NAMES[c]: float(np.median(g)) for c, g in enumerate(groups) if len(g)
         }
@@ -176,7 +167,7 @@ def augment_preview(
             ax.text(b[0], b[1], CLASS_NAMES[int(c)], color="yellow", fontsize=6)
         ax.set_title(title, fontsize=9)
     path = out / "fig13_augment_preview.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 

@@ -15,22 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cxrdet.data.labels import CLASS_NAMES  # noqa: E402
-from cxrdet.training.callbacks import best_checkpoint  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.reports.figures import plt, save_figure
+from cxrdet.training.callbacks import best_checkpoint
 
 
 def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
@@ -45,7 +35,7 @@ def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_ylabel("loss")
     ax.set_title("Training and validation loss (fig. 10)")
     ax.legend()
-    written.append(_save(fig, out / "fig10_loss.png"))
+    written.append(save_figure(fig, out / "fig10_loss.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for column in ("val/AP40", "val/mAP40"):
@@ -56,7 +46,7 @@ def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_ylabel("AP at IoU 0.4")
     ax.set_title("Validation AP40 and mAP40 (fig. 11)")
     ax.legend()
-    written.append(_save(fig, out / "fig11_ap.png"))
+    written.append(save_figure(fig, out / "fig11_ap.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, metric in zip(axes, ("AP40", "mAP40")):
@@ -66,7 +56,7 @@ def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
         ax.barh(names[::-1], last.to_numpy()[::-1], color="#3b75af")
         ax.set_xlim(0, 1)
         ax.set_title(f"{metric} per class (last validation)")
-    written.append(_save(fig, out / "per_class_ap.png"))
+    written.append(save_figure(fig, out / "per_class_ap.png"))
     return written
 
 
@@ -125,7 +115,7 @@ def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> l
         ax.set_xlabel("recall", fontsize=7)
         ax.set_ylabel("precision", fontsize=7)
     fig.suptitle("Precision-recall at IoU 0.4, validation split")
-    written.append(_save(fig, out / "pr_curves.png"))
+    written.append(save_figure(fig, out / "pr_curves.png"))
     if shown:
         fig, axes = plt.subplots(len(shown), 2, figsize=(7, 3.5 * len(shown)), squeeze=False)
         for row, (image, boxes, classes_, (pb, ps, pc)) in zip(axes, shown):
@@ -136,7 +126,7 @@ def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> l
             for ax in row:
                 ax.axis("off")
         fig.suptitle("Validation images (fig. 12)")
-        written.append(_save(fig, out / "fig12_validation_images.png"))
+        written.append(save_figure(fig, out / "fig12_validation_images.png"))
     return written
 
 

@@ -37,7 +37,7 @@ def test_ddp_training_on_two_cpu_processes_checkpoints_and_validates_all_images(
 def _validate(ckpt, tiny_data, devices):
     done = run_ok(
         [
-            "tests/ddp_validate.py",
+            "tests/training/ddp_validate.py",
             str(ckpt),
             str(tiny_data["prepared"]),
             str(tiny_data["raw"]),

@@ -1,6 +1,6 @@
 """Validate a checkpoint on the tiny data with N CPU processes (DDP, gloo); rank 0 prints JSON.
 
-    python tests/ddp_validate.py CKPT PREPARED_DIR RAW_DIR DEVICES
+    python tests/training/ddp_validate.py CKPT PREPARED_DIR RAW_DIR DEVICES
 
 Run as a script (not imported by pytest): Lightning's DDP launcher starts the other ranks by
 running this same command again.

@@ -1,0 +1,61 @@
+"""The typed settings of ``predict.py`` (its YAML, ``conf/predict.yaml``, extends this schema).
+
+A mistyped key or a value of the wrong type in an override is refused when Hydra composes the
+config, naming the key, before any model loads; :func:`cxrdet.inference.predictor.predict`
+takes the composed settings as one object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class SplitConfig:
+    """Predict only the validation images of a training split (for local scoring)."""
+
+    mode: str | None = None  # null (every image) | valid20 | kfold
+    labels_csv: str = ""  # the labels the split is made from, as in training
+    val_fraction: float = 0.2
+    seed: int = 111
+    fold: int = 0
+    n_folds: int = 5
+
+
+@dataclass
+class NofindingConfig:
+    """The winners' "No finding" filter from an image-level classifier's probabilities."""
+
+    probs: str | None = None  # image_id,p_abnormal CSV
+    low: float = 0.08
+    high: float = 0.95
+
+
+@dataclass
+class PredictConfig:
+    ckpt_path: Any = MISSING  # one checkpoint or a list (a WBF ensemble)
+    output: str = "submission.csv"
+    ensemble_weights: list[float] | None = None
+    prepared_size: int = 512
+    image_dir: str | None = None
+    meta_csv: str | None = None
+    dicom_dir: str | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    keep_ratio: bool = False
+    score_thresh: float | None = None
+    max_detections: int | None = None
+    tta: str = "none"
+    fusion_iou: float = 0.55
+    fusion_skip: float = 0.0
+    nofinding_line: bool = True
+    nofinding: NofindingConfig = field(default_factory=NofindingConfig)
+    viz: int = 0
+    batch_size: int = 4
+    num_workers: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+    paths: Any = None  # conf/paths, for the interpolations
