@@ -3,19 +3,21 @@
     cxrdet score --labels LABELS.csv --submission submission.csv
         [--iou 0.4] [--fusion none|wbf|nms --fusion-iou 0.4] [--json]
         [--split valid20|kfold --fold K --seed S --val-fraction 0.2 --n-folds 5]
+        [--coco-out DIR --meta META.csv]
 
 LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
 ``--fusion`` merges them first (see cxrdet.data.fusion). Prints
 
-- **mAP40**, the competition metric (cxrdet.evaluation.competition): VOC all-point AP per class at
-  IoU >= 0.4 over the 15 classes with ground truth, "No finding" scored as a ``0 0 1 1`` box
-  (one per image whose readers found nothing);
+- **mAP40**, the competition metric (cxrdet.evaluation.competition): VOC all-point AP per
+  class at IoU >= 0.4 over the 15 classes with ground truth, "No finding" scored as a
+  ``0 0 1 1`` box (one per image whose readers found nothing);
 - **AP40**, the seed's metric: COCO-style 101-point AP at IoU 0.4, 100 detections per image,
   over the findings 0..13 — the same code as ``val/AP40`` in training;
 
 and a per-class table. ``--json`` prints one object:
 ``{"mAP40", "AP40", "per_class": {"<class id>": competition AP}, "images"}``.
-A malformed submission is rejected with the line and the reason.
+A malformed submission is rejected with the line and the reason. ``--coco-out DIR`` also
+writes the ground truth and the submission as COCO JSON for review tools.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import sys
 
 from cxrdet.data.fusion import FUSIONS, fuse_readers
 from cxrdet.data.labels import CLASS_NAMES, ground_truth, read_labels
+from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import SPLIT_MODES, split_ids
+from cxrdet.evaluation.coco_json import write_coco
 from cxrdet.evaluation.evaluator import score_predictions
 from cxrdet.evaluation.submission import SubmissionError, read_submission
 
@@ -42,14 +46,20 @@ def score(
     fusion_iou: float = 0.4,
     val_fraction: float = 0.2,
     n_folds: int = 5,
+    coco_out: str | None = None,
+    meta_csv: str | None = None,
 ) -> dict:
     """Both metrics of a submission; see the module docstring.
 
     ``iou`` is the metric's threshold and ``fusion_iou`` the one at which ``fusion`` merges the
     readers' boxes (training's ``data.fusion_iou``). With ``split`` (``valid20`` or ``kfold``),
     only the validation images of that split of ``labels_csv`` are scored — the same images
-    training validated on for that seed, fraction, fold and fold count.
+    training validated on for that seed, fraction, fold and fold count. With ``coco_out``,
+    the ground truth and the submission are also written there as COCO JSON
+    (:mod:`cxrdet.evaluation.coco_json`), image sizes from ``meta_csv`` (prepare's meta CSV).
     """
+    if coco_out and not meta_csv:
+        raise ValueError("--coco-out needs --meta (the meta CSV with the original image sizes)")
     labels, _ = read_labels(labels_csv)
     if split:
         _, val_ids = split_ids(labels, split, val_fraction, seed, fold, n_folds)
@@ -57,7 +67,15 @@ def score(
     labels = fuse_readers(labels, fusion, fusion_iou)
     image_ids = sorted(labels["image_id"].unique())
     sub = read_submission(submission_csv, image_ids=image_ids)
-    result = score_predictions(ground_truth(labels, image_ids), sub, iou=iou)
+    gt = ground_truth(labels, image_ids)
+    result = score_predictions(gt, sub, iou=iou)
+    if coco_out:
+        meta = read_meta(meta_csv)
+        missing = [i for i in image_ids if i not in meta.index]
+        if missing:
+            raise ValueError(f"{meta_csv}: no size for {len(missing)} image(s), e.g. {missing[0]}")
+        sizes = {i: (int(meta.at[i, "dim0"]), int(meta.at[i, "dim1"])) for i in image_ids}
+        write_coco(gt, sub, sizes, coco_out)
     return {
         "mAP40": result["mAP40"],
         "AP40": result["AP40"],
@@ -91,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         "--val-fraction", type=float, default=0.2, help="valid20: held-out share (default 0.2)"
     )
     p.add_argument("--n-folds", type=int, default=5, help="kfold: number of folds (default 5)")
+    p.add_argument(
+        "--coco-out",
+        metavar="DIR",
+        help="also write DIR/ground_truth.json and DIR/predictions.json (COCO, for FiftyOne/CVAT)",
+    )
+    p.add_argument("--meta", help="meta CSV with the original image sizes (for --coco-out)")
     a = p.parse_args(argv)
     try:
         r = score(
@@ -104,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             val_fraction=a.val_fraction,
             n_folds=a.n_folds,
+            coco_out=a.coco_out,
+            meta_csv=a.meta,
         )
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -123,3 +123,33 @@ def test_the_metric_iou_leaves_the_reader_fusion_iou_alone(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["per_class"]["0"] == 1.0
     assert main([*args, "--iou", "0.5", "--fusion-iou", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["per_class"]["0"] == 0.5
+
+
+def test_coco_out_writes_ground_truth_and_predictions_for_review_tools(labels, tmp_path, capsys):
+    from faster_coco_eval import COCO
+
+    sub = _submission(
+        tmp_path, [("a", "3 0.9 102 298 402 502 14 0.1 0 0 1 1"), ("b", "14 1 0 0 1 1")]
+    )
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"image_id": ["a", "b"], "dim0": [2000, 2400], "dim1": [1800, 2048]}).to_csv(
+        meta, index=False
+    )
+    args = ["--labels", str(labels), "--submission", str(sub), "--coco-out", str(tmp_path / "c")]
+    assert main(args) == 2 and "--coco-out needs --meta" in capsys.readouterr().err
+    assert main([*args, "--meta", str(meta)]) == 0
+    gt, pred = (
+        COCO(str(tmp_path / "c" / "ground_truth.json")),
+        COCO(str(tmp_path / "c" / "predictions.json")),
+    )
+    images = {i["file_name"]: (i["height"], i["width"]) for i in gt.dataset["images"]}
+    assert images == {"a.png": (2000, 1800), "b.png": (2400, 2048)}  # original pixels
+    names = [c["name"] for c in gt.dataset["categories"]]
+    assert len(names) == 14 and names[3] == "Cardiomegaly" and "No finding" not in names
+    # Both readers' boxes on a, none for "No finding"; x, y, width, height.
+    assert sorted(a["bbox"] for a in gt.dataset["annotations"]) == [
+        [100, 300, 300, 200],
+        [104, 296, 300, 208],
+    ]
+    (det,) = pred.dataset["annotations"]  # the class-14 lines are image-level: left out
+    assert det["category_id"] == 4 and det["score"] == 0.9 and det["bbox"] == [102, 298, 300, 204]
