@@ -27,6 +27,7 @@ from cxrdet.models.module import DetectorModule
 from cxrdet.models.precision import resolve_precision
 from cxrdet.reports.report import upload_figures, write_report
 from cxrdet.training.loggers import build_loggers, run_info
+from cxrdet.training.overlays import WandbBoxOverlays
 
 log = logging.getLogger("cxrdet.train")
 # torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
@@ -94,7 +95,9 @@ def train(cfg: DictConfig) -> float | None:
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    loggers, log_images = build_loggers(cfg.logger)
+    loggers, wandb_images = build_loggers(cfg.logger)
+    if wandb_images:  # logger.wandb.log_images=true: validation images with W&B's box overlays
+        callbacks.append(WandbBoxOverlays(wandb_images))
     info = run_info(cfg)
     for lg in loggers:
         lg.log_hyperparams(info)
@@ -110,14 +113,14 @@ def train(cfg: DictConfig) -> float | None:
     except FloatingPointError as e:
         sys.exit(f"error: {e}")
 
-    if (cfg.get("report") or log_images) and trainer.is_global_zero:
+    if (cfg.get("report") or wandb_images) and trainer.is_global_zero:
         try:  # the checkpoints are written: a report that cannot be made only warns
             figures = write_report(trainer.default_root_dir)
         except (FileNotFoundError, ValueError) as e:
             log.warning("no report: %s (the figures need the csv logger: logger=[csv,wandb])", e)
             figures = []
         log.info("report: %d figures in %s", len(figures), figures[0].parent if figures else "-")
-        if log_images:
+        if wandb_images:
             upload_figures(loggers, figures)
     ckpt = trainer.checkpoint_callback
     if ckpt is not None:

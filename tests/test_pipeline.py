@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import PY, REPO, run_fails, run_ok, tiny_overrides
 
+from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.score import main as score_main
 from cxrdet.evaluation.score import score
 from cxrdet.evaluation.submission import (
@@ -414,6 +415,27 @@ def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):
     sent = [p.name for p in (offline / "files" / "media" / "images" / "report").glob("*.png")]
     assert any(n.startswith("fig12_validation_images") for n in sent)
     assert any(n.startswith("fig10_loss") for n in sent)
+    # Each validation logs val/boxes: a Table of the same images with W&B box overlays. Its
+    # cells (images, box groups) are staged under the W&B data dir for `wandb sync`.
+    assert len(list((offline / "files" / "media" / "table" / "val").glob("boxes_*.json"))) == 1
+    staged = []
+    for path in (tmp_path / ".local" / "share" / "wandb" / "artifacts" / "staging").iterdir():
+        try:
+            table = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue  # the images themselves
+        if table.get("_type") == "table" and table.get("columns") == ["image_id", "image"]:
+            staged.append(table)
+    assert staged and all(t["data"] == staged[0]["data"] for t in staged)  # W&B stages copies
+    images = [image for _, image in staged[0]["data"]]
+    assert len(images) == 3  # every validation image of the tiny split (n_images: 16)
+    groups = {
+        name: box for image in images for name, boxes in image["boxes"].items() for box in boxes
+    }
+    assert set(groups) == {"ground_truth", "predictions"}
+    assert 0 <= groups["predictions"]["scores"]["score"] <= 1
+    class_name = groups["ground_truth"]["box_caption"].split(" [")[0]
+    assert class_name in CLASS_NAMES[:14]  # captions: class name, then original-pixel box
 
 
 def test_wandb_images_without_the_csv_logger_warn_instead_of_failing(tiny_data, tmp_path):

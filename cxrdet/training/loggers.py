@@ -41,21 +41,23 @@ def wandb_offline_without_key() -> str:
     return os.environ.get("WANDB_MODE", "online")
 
 
-def build_loggers(logger_cfg: DictConfig | None) -> tuple[list, bool]:
+def build_loggers(logger_cfg: DictConfig | None) -> tuple[list, int]:
     """Instantiate each configured logger (``logger=csv``, ``logger=[csv,wandb]`` ...).
 
     Returns:
-        The loggers, and whether W&B may receive images (``logger.wandb.log_images``, a cxrdet
-        option that WandbLogger itself does not take).
+        The loggers, and how many validation images W&B may receive with their boxes: 0 unless
+        ``logger.wandb.log_images`` (then ``logger.wandb.n_images``); both are cxrdet options
+        that WandbLogger itself does not take.
     """
-    loggers, log_images = [], False
+    loggers, images = [], 0
     for name, cfg in (logger_cfg or {}).items():
         kwargs = OmegaConf.to_container(cfg, resolve=True)
         if name == "wandb":
             wandb_offline_without_key()
-            log_images = bool(kwargs.pop("log_images", False))
+            n_images = int(kwargs.pop("n_images", 16))
+            images = n_images if kwargs.pop("log_images", False) else 0
         loggers.append(instantiate(kwargs))
-    return loggers, log_images
+    return loggers, images
 
 
 def git_commit(repo: Path) -> str:

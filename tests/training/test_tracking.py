@@ -54,6 +54,7 @@ def test_loggers_combine_and_wandb_takes_project_entity_group_tags(tmp_path, mon
         "logger.wandb.log_images=true",
     ]
     loggers, log_images = build_loggers(_logger_cfg(overrides, tmp_path))
+    assert log_images == 16  # images in the val/boxes Table (logger.wandb.n_images)
     assert [type(x) for x in loggers] == [CSVLogger, WandbLogger, TensorBoardLogger]
     init = loggers[1]._wandb_init
     assert (init["project"], init["entity"], init["group"], init["tags"]) == (
@@ -64,7 +65,7 @@ def test_loggers_combine_and_wandb_takes_project_entity_group_tags(tmp_path, mon
     )
     assert log_images and loggers[1]._log_model is False
     _, log_images = build_loggers(_logger_cfg(["logger=wandb"], tmp_path))
-    assert log_images is False  # X-rays stay local unless asked
+    assert log_images == 0  # X-rays stay local unless asked
 
 
 def test_run_info_has_config_commit_and_job_number():
@@ -75,3 +76,22 @@ def test_run_info_has_config_commit_and_job_number():
     info = run_info(OmegaConf.create({"optim": {"lr": 0.01}, "twice": "${optim.lr}"}))
     assert info["config"] == {"optim": {"lr": 0.01}, "twice": 0.01}
     assert len(info["git_commit"].split("+")[0]) == 40 and info["hydra_job_num"] == 0
+
+
+def test_box_overlays_place_original_pixel_boxes_on_the_letterboxed_png():
+    from cxrdet.training.overlays import box_group
+
+    # A 200 x 100 original letterboxed into 64 x 64: content x 16..48, y 0..64.
+    group = box_group(
+        [[0, 0, 100, 200], [0, 0, 1, 1]],
+        [3, 14],
+        [0.87, 0.5],
+        (200, 100),
+        (64, 64),
+        (16, 0, 32, 64),
+    )
+    (box,) = group["box_data"]  # "No finding" is image-level: no box
+    assert box["position"] == {"minX": 0.25, "minY": 0.0, "maxX": 0.75, "maxY": 1.0}
+    assert box["box_caption"] == "Cardiomegaly 0.87 [0, 0, 100, 200]"
+    assert box["class_id"] == 3 and box["scores"] == {"score": 0.87}
+    assert group["class_labels"][3] == "Cardiomegaly" and 14 not in group["class_labels"]
