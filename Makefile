@@ -37,12 +37,13 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(STAMP) ## Run every benchmark (training, prediction, prepare, EDA, metrics; the demo variants take ~25 min)
+bench: $(STAMP) ## Run every benchmark (training, prediction, export, prepare, EDA, metrics; the demo variants take ~25 min)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/eda.py
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/predict.py
+	$(PY) benchmarks/export.py
 	$(PY) benchmarks/demo_variants.py
 
 clean: ## Remove outputs/, caches and .venv/

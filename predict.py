@@ -23,10 +23,13 @@ from cxrdet.inference.predictor import predict
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        sys.exit(
-            "error: pass the checkpoint to predict with: python predict.py ckpt_path="
-            "outputs/train/<run>/checkpoints/last.ckpt (or a list: ckpt_path=[a.ckpt,b.ckpt])"
-        )
+        if not cfg.model_file:
+            sys.exit(
+                "error: pass the checkpoint to predict with: python predict.py ckpt_path="
+                "outputs/train/<run>/checkpoints/last.ckpt (or a list: ckpt_path=[a.ckpt,b.ckpt]"
+                ", or an exported model: model_file=model.onnx)"
+            )
+        cfg.ckpt_path = None  # an exported model needs no checkpoint
     try:
         summary = run(cfg)
     except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, no traceback

@@ -17,6 +17,10 @@ TOOLS = {
     "weights": ("cxrdet.models.weights", "list or save the pretrained weights for offline use"),
     "report": ("cxrdet.reports.report", "result figures of a finished training run"),
     "score": ("cxrdet.evaluation.score", "score a submission.csv (mAP40, AP40) against labels"),
+    "export": (
+        "cxrdet.inference.export",
+        "export a checkpoint to ONNX or TorchScript, parity-checked",
+    ),
     "demo": ("cxrdet.demo.run", "the whole job on synthetic phantoms, offline, on the CPU"),
 }
 

@@ -135,7 +135,7 @@ MODEL_GETTERS = {
     "model.box_score_thresh": lambda m: m.roi_heads.score_thresh,
     "model.box_nms_thresh": lambda m: m.roi_heads.nms_thresh,
     "model.box_detections_per_img": lambda m: m.roi_heads.detections_per_img,
-    "model.min_size": lambda m: list(m.transform.min_size),
+    "model.min_size": lambda m: list(m.transform.train_sizes),
     "model.max_size": lambda m: m.transform.max_size,
     "model.test_size": lambda m: m.transform.test_size,
 }

@@ -37,6 +37,7 @@ class NofindingConfig:
 @dataclass
 class PredictConfig:
     ckpt_path: Any = MISSING  # one checkpoint or a list (a WBF ensemble)
+    model_file: str | None = None  # or an exported .onnx / TorchScript file (cxrdet export)
     output: str = "submission.csv"
     ensemble_weights: list[float] | None = None
     prepared_size: int = 512

@@ -30,8 +30,8 @@ from cxrdet.evaluation.submission import (
     write_submission,
 )
 from cxrdet.inference.config import PredictConfig
+from cxrdet.inference.exported import ExportedDetector
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
-from cxrdet.models.module import load_detector
 from cxrdet.models.precision import autocast, autocast_dtype, resolve_precision
 from cxrdet.reports.draw import draw_boxes
 
@@ -53,6 +53,8 @@ def load_models(
     A None ``score_thresh`` or ``max_detections`` keeps each checkpoint's own (the one its
     validation scored with); a value replaces it.
     """
+    from cxrdet.models.module import load_detector  # Lightning: only when predicting checkpoints
+
     models, image_size = [], None
     for path in ckpt_paths:
         module = load_detector(path)
@@ -85,7 +87,7 @@ def predict_dataset(
     weights: list[float] | None = None,
     fusion_iou: float = 0.55,
     fusion_skip: float = 0.0,
-    max_detections: int = 100,
+    max_detections: int | None = 100,
     progress: bool = True,
     precision: str = "32",
 ) -> tuple[dict, dict]:
@@ -175,7 +177,12 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
     :func:`nofinding_filter`. ``image_ids`` restricts prepared PNGs to those images (a split's
     validation images). See :class:`cxrdet.inference.config.PredictConfig`.
     """
-    ckpts = [cfg.ckpt_path] if isinstance(cfg.ckpt_path, str | Path) else list(cfg.ckpt_path)
+    if cfg.model_file:  # an exported detector (cxrdet export) instead of checkpoints
+        ckpts = []
+    elif isinstance(cfg.ckpt_path, str | Path):
+        ckpts = [cfg.ckpt_path]
+    else:
+        ckpts = list(cfg.ckpt_path)
     dataset = None
     if not cfg.dicom_dir:  # read before the models load: a bad path fails fast
         dataset = ImageDataset(cfg.image_dir, cfg.meta_csv, image_ids)
@@ -183,10 +190,15 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
     precision = resolve_precision(cfg.precision, dev.type)
     autocast_dtype(precision)  # an unknown precision fails here, before the models load
     log.info("precision: %s on %s", precision, dev)
-    models, image_size = load_models(ckpts, dev, cfg.score_thresh, cfg.max_detections)
+    if cfg.model_file:
+        exported = ExportedDetector(cfg.model_file, cfg.score_thresh)
+        models, image_size = [exported], exported.prepared_size
+    else:
+        models, image_size = load_models(ckpts, dev, cfg.score_thresh, cfg.max_detections)
     max_detections = cfg.max_detections
     if max_detections is None:  # the fused boxes are capped as each model caps its own
-        max_detections = max(m.roi_heads.detections_per_img for m in models)
+        caps = [m.roi_heads.detections_per_img for m in models if hasattr(m, "roi_heads")]
+        max_detections = max(caps) if caps else None  # an exported file's cap is built in
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
         dataset = DicomDataset(cfg.dicom_dir, image_size, cfg.keep_ratio)
     nofinding = cfg.nofinding
@@ -229,6 +241,7 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
         "images": len(rows),
         "unreadable": len(errors),
         "checkpoints": len(ckpts),
+        "model_file": cfg.model_file,
         "tta": cfg.tta,
         "seconds": round(seconds, 2),
         "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,

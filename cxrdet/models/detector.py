@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
@@ -32,23 +33,25 @@ from cxrdet.models.weights import load_weights, no_source
 class ResizeTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform with a test size of its own.
 
-    Training resizes each image's shortest edge to one of ``min_size`` drawn per image
+    Training resizes each image's shortest edge to one of ``train_sizes`` drawn per image
     (Detectron2's ResizeShortestEdge "choice"); evaluation resizes it to ``test_size``; the
     longest edge never exceeds ``max_size``. Detections come back in the input image's pixels.
+
+    torchvision evaluates at the last of ``min_size`` and trains at a draw from all of them, so
+    ``min_size`` is the training sizes followed by the test size, and the draw leaves the last
+    one out. torchvision's own resize does the rest, and the model stays scriptable
+    (TorchScript export).
     """
 
-    def __init__(self, min_size, max_size, test_size, image_mean, image_std):
-        super().__init__(min_size, max_size, image_mean, image_std)
-        self.test_size = test_size
+    def __init__(self, train_sizes, max_size, test_size, image_mean, image_std):
+        super().__init__((*train_sizes, test_size), max_size, image_mean, image_std)
+        self.train_sizes = tuple(int(s) for s in train_sizes)
+        self.test_size = int(test_size)
 
-    def resize(self, image, target=None):
-        if self.training:
-            return super().resize(image, target)
-        train_sizes, self.min_size = self.min_size, (self.test_size,)
-        try:
-            return super().resize(image, target)
-        finally:
-            self.min_size = train_sizes
+    def torch_choice(self, k: list[int]) -> int:
+        """One of ``k`` but the last (the test size), drawn as torchvision draws."""
+        index = int(torch.empty(1).uniform_(0.0, float(len(k) - 1)).item())
+        return k[index]
 
 
 def build_fasterrcnn(

@@ -1,0 +1,71 @@
+"""Running an exported detector (``cxrdet export``): ONNX through ONNX Runtime, or TorchScript.
+
+Needs neither Lightning nor the checkpoint: ``predict.py model_file=FILE.onnx`` runs on a
+deployment machine with ``pip install cxrdet[onnx]``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def load_exported(path: str | Path):
+    """A callable ``grey uint8 [H, W] → (boxes, scores, class ids)`` (numpy) for an exported
+    file, and the prepared image size its checkpoint was trained on."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if path.suffix == ".onnx":
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise ValueError(f"{path}: ONNX needs onnxruntime: pip install 'cxrdet[onnx]'") from e
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        size = int(meta.get("cxrdet.prepared_size", 512))
+        return (lambda image: tuple(session.run(None, {"image": image}))), size
+    extra = {"cxrdet.json": ""}
+    try:
+        with warnings.catch_warnings():  # torch's deprecation notice for TorchScript
+            warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated")
+            scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not an ONNX or TorchScript file from cxrdet export") from e
+    size = int(json.loads(extra["cxrdet.json"] or "{}").get("prepared_size", 512))
+
+    def run(image: np.ndarray):
+        with torch.inference_mode():
+            return tuple(t.numpy() for t in scripted(torch.from_numpy(image)))
+
+    return run, size
+
+
+class ExportedDetector:
+    """An exported file called like a torchvision detector: a batch of ``[3, H, W]`` images in
+    [0, 1] (grey, as the datasets make them) → one ``{"boxes", "scores", "labels"}`` per image
+    (labels = class id + 1). Its score threshold and detection cap are the checkpoint's;
+    ``score_thresh`` drops lower scores on top of that."""
+
+    def __init__(self, path: str | Path, score_thresh: float | None = None):
+        self.run, self.prepared_size = load_exported(path)
+        self.score_thresh = score_thresh
+
+    def __call__(self, images: list[torch.Tensor]) -> list[dict]:
+        outputs = []
+        for image in images:
+            grey = image[0].mul(255).round().to(torch.uint8).cpu().numpy()
+            boxes, scores, classes = self.run(np.ascontiguousarray(grey))
+            keep = scores >= (self.score_thresh or 0.0)
+            outputs.append(
+                {
+                    "boxes": torch.from_numpy(boxes[keep]),
+                    "scores": torch.from_numpy(scores[keep]),
+                    "labels": torch.from_numpy(classes[keep]) + 1,
+                }
+            )
+        return outputs

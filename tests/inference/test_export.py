@@ -1,0 +1,101 @@
+"""cxrdet export: ONNX and TorchScript with a parity check, and predict.py on the exported file."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_ok
+
+from cxrdet.evaluation.submission import read_submission
+from cxrdet.inference import export
+
+OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.005, "momentum": 0.9}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random-init detector saved as train.py saves it (the export does not care how good)."""
+    from cxrdet.models.module import DetectorModule
+
+    torch.manual_seed(0)
+    module = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_export_writes_the_file_and_passes_its_parity_check(
+    fmt, suffix, checkpoint, tiny_data, tmp_path, capsys
+):
+    out = tmp_path / f"model{suffix}"
+    images = tiny_data["prepared"] / "64" / "test"
+    args = [str(checkpoint), "--format", fmt, "--out", str(out), "--images", str(images)]
+    assert export.main([*args, "--n", "2"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "parity ok" in text
+    assert "0 missing" in text and "200 detections above 0.05 on 2 images" in text
+
+
+def test_a_parity_failure_fails_and_says_by_how_much(checkpoint, tmp_path, capsys, monkeypatch):
+    real = export.load_exported
+
+    def shifted(path):  # an exported file whose boxes are 2 px off
+        run, size = real(path)
+        return (lambda image: (run(image)[0] + 2.0, *run(image)[1:])), size
+
+    monkeypatch.setattr(export, "load_exported", shifted)
+    out = tmp_path / "model.onnx"
+    args = [str(checkpoint), "--format", "onnx", "--out", str(out), "--size", "64", "--n", "1"]
+    assert export.main(args) == 1
+    text = capsys.readouterr().out
+    error = re.search(r"largest box error ([\d.]+) px \(allowed 1.0\)", text)
+    assert "parity FAILED" in text and float(error.group(1)) == pytest.approx(2.0, abs=0.01)
+
+
+def test_predict_with_the_onnx_file_matches_the_checkpoint(checkpoint, tiny_data, tmp_path):
+    from cxrdet.inference.config import PredictConfig
+    from cxrdet.inference.predictor import predict
+
+    onnx_file = tmp_path / "model.onnx"
+    assert export.main([str(checkpoint), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    prepared = tiny_data["prepared"] / "64"
+    common = [f"image_dir={prepared / 'test'}", f"meta_csv={prepared / 'test_meta.csv'}"]
+    run_ok(  # no ckpt_path: the exported file is all a deployment machine needs
+        [
+            "predict.py",
+            f"model_file={onnx_file}",
+            *common,
+            f"output={tmp_path / 'onnx.csv'}",
+            "num_workers=0",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ]
+    )
+    predict(
+        PredictConfig(
+            ckpt_path=str(checkpoint),
+            output=str(tmp_path / "torch.csv"),
+            image_dir=str(prepared / "test"),
+            meta_csv=str(prepared / "test_meta.csv"),
+            progress=False,
+        )
+    )
+    exported, eager = (
+        read_submission(tmp_path / "onnx.csv"),
+        read_submission(tmp_path / "torch.csv"),
+    )
+    assert exported.keys() == eager.keys()
+    for image_id, expected in eager.items():
+        assert (expected[1] > 0.05).sum() > 0
+        missing, worst = export.compare(expected, exported[image_id])
+        # Boxes in original pixels (64-96 px originals of a 64-px PNG: up to 1.5 px per px),
+        # written to 0.1 px.
+        assert missing == 0 and worst <= 1.5 + 0.1, (image_id, missing, worst)
+    assert np.isclose(  # the No-finding line too
+        exported[image_id][1][exported[image_id][2] == 14],
+        eager[image_id][1][eager[image_id][2] == 14],
+        atol=1e-3,
+    ).all()
