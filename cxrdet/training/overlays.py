@@ -29,14 +29,11 @@ def box_group(boxes, classes, scores, orig_hw, image_hw, content) -> dict:
     for k in np.flatnonzero(np.asarray(classes) < NUM_FINDINGS):
         x0, y0, x1, y1 = on_png[k].clip(0, 1).tolist()
         c = int(classes[k])
-        caption = f"{CLASS_NAMES[c]} [{', '.join(f'{v:.0f}' for v in boxes[k])}]"
         box = {"position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1}, "class_id": c}
+        score = "" if scores is None else f" {scores[k]:.2f}"
+        box["box_caption"] = f"{CLASS_NAMES[c]}{score} [{', '.join(f'{v:.0f}' for v in boxes[k])}]"
         if scores is not None:
             box["scores"] = {"score": float(scores[k])}
-            caption = (
-                f"{CLASS_NAMES[c]} {scores[k]:.2f} [{', '.join(f'{v:.0f}' for v in boxes[k])}]"
-            )
-        box["box_caption"] = caption
         data.append(box)
     return {"box_data": data, "class_labels": CLASS_LABELS}
 
