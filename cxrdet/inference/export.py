@@ -68,9 +68,12 @@ def export(ckpt: str, fmt: str, out: str | Path, size: int = 512) -> tuple[Path,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
-        # The tracer's notes on torchvision's shape arithmetic, and torch's deprecation notice
-        # for TorchScript: the parity check below is what tells whether the file is right.
+        # The tracer's notes on torchvision's shape arithmetic, the ONNX symbolic functions'
+        # notes and torch's deprecation notice for TorchScript: the parity check below is what
+        # tells whether the file is right.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
         warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated")
         write(model, fmt, out, size, prepared_size)
     return out, model

@@ -39,7 +39,9 @@ def load_exported(path: str | Path):
     size = int(json.loads(extra["cxrdet.json"] or "{}").get("prepared_size", 512))
 
     def run(image: np.ndarray):
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # torchvision's scripted detector notes its (losses, detections) return on each call
+            warnings.filterwarnings("ignore", message="RCNN always returns")
             return tuple(t.numpy() for t in scripted(torch.from_numpy(image)))
 
     return run, size
