@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
 from cxrdet.config import quote_numeric_choices  # also registers the typed configs
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.models.classifier import NoFindingModule
 from cxrdet.models.module import DetectorModule
 from cxrdet.models.precision import resolve_precision
 from cxrdet.reports.report import upload_figures, write_report
@@ -73,6 +74,26 @@ def refuse_with_ddp(cfg: DictConfig) -> None:
         )
 
 
+def build_module(cfg: DictConfig) -> pl.LightningModule:
+    """The detector, or the "No finding" classifier when the model config names an ``arch``."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    scheduler = (
+        OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
+    )
+    if "arch" in model_cfg:
+        low, high = model_cfg.pop("low", 0.08), model_cfg.pop("high", 0.95)
+        return NoFindingModule(model_cfg, optim, scheduler, low=low, high=high)
+    num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
+    return DetectorModule(
+        model={**model_cfg, "num_classes": num_classes},
+        optim=optim,
+        scheduler=scheduler,
+        class_names=CLASS_NAMES[:num_classes],
+        on_nonfinite=cfg.on_nonfinite,
+    )
+
+
 def train(cfg: DictConfig) -> float | None:
     """Build data, model, callbacks and loggers from ``cfg``; fit; return the best metric."""
     refuse_with_ddp(cfg)
@@ -80,18 +101,8 @@ def train(cfg: DictConfig) -> float | None:
     choose_precision(cfg.trainer)
     augment = instantiate(cfg.augment) if cfg.augment else None
     datamodule = instantiate(cfg.data, augment=augment, seed=cfg.seed, _recursive_=False)
-    num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     try:  # pretrained weights that cannot load stop here, before any data loads
-        module = DetectorModule(
-            model={**model_cfg, "num_classes": num_classes},
-            optim=OmegaConf.to_container(cfg.optim, resolve=True),
-            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
-            if cfg.get("scheduler")
-            else None,
-            class_names=CLASS_NAMES[:num_classes],
-            on_nonfinite=cfg.on_nonfinite,
-        )
+        module = build_module(cfg)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]

@@ -172,6 +172,7 @@ class DetectionDataset(Dataset):
             "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(classes, np.int64).reshape(-1)) + 1,
             "image_id": r.image_id,
+            "normal": r.normal,  # no reader marked a finding (the "No finding" classifier's label)
             # For validation scored as the submission (cxrdet.evaluation.coco.DetectionEvaluator):
             "orig_hw": r.orig_hw,
             "image_hw": tuple(image.shape[:2]),

@@ -30,6 +30,8 @@ class NofindingConfig:
     """The winners' "No finding" filter from an image-level classifier's probabilities."""
 
     probs: str | None = None  # image_id,p_abnormal CSV
+    ckpt_path: Any = None  # or classifier checkpoint(s), averaged, run in the prediction
+    tta: str = "none"  # none | hflip for the classifiers
     low: float = 0.08
     high: float = 0.95
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -31,11 +30,18 @@ from cxrdet.evaluation.submission import (
 )
 from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.exported import ExportedDetector
+from cxrdet.inference.nofinding_probs import (
+    load_classifiers,
+    predict_probs,
+    read_probs,
+    write_probs,
+)
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
 from cxrdet.models.precision import autocast, autocast_dtype, resolve_precision
 from cxrdet.reports.draw import draw_boxes
 
 log = logging.getLogger(__name__)
+PROBS_CSV = "nofinding_probs.csv"  # the filter's P(abnormal), written beside the submission
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -132,21 +138,6 @@ def predict_dataset(
     return results, errors
 
 
-def read_probs(path: str, image_ids: list[str]) -> dict[str, float]:
-    """``image_id,p_abnormal`` CSV → dict, checked to cover every image with p in [0, 1]."""
-    df = pd.read_csv(path, dtype={"image_id": str})
-    if not {"image_id", "p_abnormal"} <= set(df.columns):
-        raise ValueError(f"{path}: expected columns image_id,p_abnormal")
-    probs = dict(zip(df["image_id"], df["p_abnormal"].astype(float)))
-    missing = [i for i in image_ids if i not in probs]
-    if missing:
-        raise ValueError(f"{path}: no p_abnormal for {len(missing)} image(s), e.g. {missing[0]}")
-    bad = [i for i in image_ids if not 0.0 <= probs[i] <= 1.0]
-    if bad:
-        raise ValueError(f"{path}: p_abnormal outside [0, 1] for {bad[0]}")
-    return probs
-
-
 def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 0.3) -> None:
     """The first ``n`` images with their predicted boxes (original-pixel boxes drawn to scale)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +193,10 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
         dataset = DicomDataset(cfg.dicom_dir, image_size, cfg.keep_ratio)
     nofinding = cfg.nofinding
+    if nofinding.probs and nofinding.ckpt_path:
+        raise ValueError("nofinding.probs and nofinding.ckpt_path both given: pass one")
     probs = read_probs(nofinding.probs, dataset.ids) if nofinding.probs else None
+    classifiers = load_classifiers(nofinding.ckpt_path, dev) if nofinding.ckpt_path else None
     start = time.perf_counter()
     results, errors = predict_dataset(
         models,
@@ -219,6 +213,19 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
         precision=precision,
     )
     seconds = time.perf_counter() - start
+    if classifiers:  # the classifier's P(abnormal), in this run, batched, at this precision
+        start = time.perf_counter()
+        probs = predict_probs(
+            classifiers,
+            dataset,
+            dev,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            tta=nofinding.tta,
+            precision=precision,
+            progress=cfg.progress,
+        )
+        nofinding_seconds = time.perf_counter() - start
     for image_id, error in errors.items():
         log.warning("%s: written as '%s': %s", image_id, EMPTY_PREDICTION, error)
     rows = {}
@@ -234,6 +241,8 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
         rows[image_id] = format_prediction(*pred)
     path = write_submission(rows, cfg.output)
     read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"
+    if probs is not None:  # what the filter used, beside the submission
+        write_probs({i: probs[i] for i in dataset.ids if i in probs}, path.with_name(PROBS_CSV))
     if cfg.viz:
         write_viz(dataset, results, Path(path).parent / "viz", cfg.viz)
     summary = {
@@ -247,6 +256,8 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
         "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
         "device": str(dev),
         "precision": precision,
+        "nofinding_classifiers": len(classifiers or []),
+        "nofinding_seconds": round(nofinding_seconds, 2) if classifiers else None,
     }
     Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s: %d images, %.2f images/s", path, len(rows), summary["images_per_s"] or 0)

@@ -1,0 +1,74 @@
+"""P(abnormal) for the "No finding" filter: computed in the prediction run from classifier
+checkpoints (``predict.py nofinding.ckpt_path=``), or read from a CSV (``nofinding.probs=``).
+Either way the submission's folder gets them as ``nofinding_probs.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrdet.data.dataset import collate
+from cxrdet.models.precision import autocast
+
+
+def read_probs(path: str, image_ids: list[str]) -> dict[str, float]:
+    """``image_id,p_abnormal`` CSV → dict, checked to cover every image with p in [0, 1]."""
+    df = pd.read_csv(path, dtype={"image_id": str})
+    if not {"image_id", "p_abnormal"} <= set(df.columns):
+        raise ValueError(f"{path}: expected columns image_id,p_abnormal")
+    probs = dict(zip(df["image_id"], df["p_abnormal"].astype(float)))
+    missing = [i for i in image_ids if i not in probs]
+    if missing:
+        raise ValueError(f"{path}: no p_abnormal for {len(missing)} image(s), e.g. {missing[0]}")
+    bad = [i for i in image_ids if not 0.0 <= probs[i] <= 1.0]
+    if bad:
+        raise ValueError(f"{path}: p_abnormal outside [0, 1] for {bad[0]}")
+    return probs
+
+
+def write_probs(probs: dict[str, float], path: str | Path) -> Path:
+    """Write ``image_id,p_abnormal`` (6 decimals)."""
+    path = Path(path)
+    frame = pd.DataFrame({"image_id": list(probs), "p_abnormal": list(probs.values())})
+    frame.to_csv(path, index=False, float_format="%.6f")
+    return path
+
+
+def load_classifiers(ckpt_paths, device) -> list[torch.nn.Module]:
+    """Classifier checkpoints (one or a list) in eval mode on ``device``."""
+    from cxrdet.models.classifier import load_classifier  # Lightning: only when needed
+
+    paths = [ckpt_paths] if isinstance(ckpt_paths, str | Path) else list(ckpt_paths)
+    return [load_classifier(str(p)).to(device) for p in paths]
+
+
+@torch.inference_mode()
+def predict_probs(
+    classifiers,
+    dataset,
+    device,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    tta: str = "none",
+    precision: str = "32-true",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Mean P(abnormal) of the classifiers (and of each one's flipped view with ``hflip``) for
+    every readable image of ``dataset``, batched, at ``precision``."""
+    if tta not in ("none", "hflip"):
+        raise ValueError(f"unknown nofinding.tta {tta!r}; expected none or hflip")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    probs = {}
+    for images, infos in tqdm(loader, desc="nofinding", unit="batch", disable=not progress):
+        batch = torch.stack(list(images)).to(device)
+        views = [batch, batch.flip(-1)] if tta == "hflip" else [batch]
+        with autocast(device, precision):
+            p = torch.stack([torch.sigmoid(c(view)).float() for c in classifiers for view in views])
+        for info, value in zip(infos, p.mean(0).cpu().tolist()):
+            if not info.get("error"):
+                probs[info["image_id"]] = float(value)
+    return probs

@@ -1,0 +1,155 @@
+"""The image-level "No finding" classifier: P(the image has a finding), the winners' largest lever.
+
+``python train.py experiment=nofinding`` trains it on the detector's data module, splits,
+seeds, augmentation, schedule, precision and loggers, with binary cross-entropy on "the image
+has a finding" (cxrdet's one meaning: some reader marked a finding). Validation logs
+``val/loss``, ``val/AUC``, the accuracy of "abnormal" at the filter's two thresholds
+(``nofinding.low`` / ``high`` of predict.py) and the share of images each band of the filter
+would touch; the best checkpoint is chosen by ``val/AUC``.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics.functional.classification import binary_auroc
+from torchvision import models
+
+from cxrdet.models.detector import trainable_parameter_groups
+from cxrdet.models.weights import load_weights, no_source
+
+# arch → (torchvision builder, its weights enum); ImageNet weights by name, e.g. IMAGENET1K_V1
+ARCHS = {
+    "resnet18": (models.resnet18, models.ResNet18_Weights),
+    "resnet50": (models.resnet50, models.ResNet50_Weights),
+    "efficientnet_v2_s": (models.efficientnet_v2_s, models.EfficientNet_V2_S_Weights),
+    "convnext_tiny": (models.convnext_tiny, models.ConvNeXt_Tiny_Weights),
+}
+
+
+def build_classifier(arch: str = "resnet50", weights: str | None = None) -> nn.Module:
+    """A torchvision backbone with one output logit; ``weights`` a torchvision name of that
+    architecture (read from the cache, as for the detector: :mod:`cxrdet.models.weights`), a
+    local file, or None (random init)."""
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch={arch!r}: expected one of {', '.join(ARCHS)}")
+    builder, weights_enum = ARCHS[arch]
+    net = builder(weights=None)
+    if not no_source(weights):
+        load_weights(net, weights, weights_enum, "model.weights")
+    if arch.startswith("resnet"):
+        net.fc = nn.Linear(net.fc.in_features, 1)
+    else:  # EfficientNet and ConvNeXt end in a Sequential whose last layer is the Linear
+        net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, 1)
+    return net
+
+
+def filter_figures(probs: torch.Tensor, abnormal: torch.Tensor, low: float, high: float) -> dict:
+    """What the "No finding" filter would do with these P(abnormal): the accuracy of calling an
+    image abnormal from ``low`` and from ``high`` up, and the share of images in each band
+    (below ``low``: the row becomes "No finding"; ``low``-``high``: a line is appended; from
+    ``high`` up: the row is left alone)."""
+    abnormal = abnormal.bool()
+    below, above = probs < low, probs >= high
+    return {
+        "acc_low": float(((probs >= low) == abnormal).float().mean()),
+        "acc_high": float((above == abnormal).float().mean()),
+        "share_below_low": float(below.float().mean()),
+        "share_between": float((~below & ~above).float().mean()),
+        "share_above_high": float(above.float().mean()),
+    }
+
+
+class NoFindingModule(pl.LightningModule):
+    """The classifier with SGD + warmup-cosine, as :class:`cxrdet.models.module.DetectorModule`.
+
+    Args:
+        model: ``arch`` and ``weights`` (:func:`build_classifier`).
+        optim: optimiser config with ``_target_`` and ``_partial_: true``.
+        scheduler: LR scheduler config (``_partial_``, called with ``total_steps``), or None.
+        low, high: the filter's thresholds, for the logged accuracies and band shares.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        scheduler: dict | None = None,
+        low: float = 0.08,
+        high: float = 0.95,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_classifier(**model)
+        self.loss = nn.BCEWithLogitsLoss()
+        self.val_probs: list[torch.Tensor] = []
+        self.val_labels: list[torch.Tensor] = []
+
+    def forward(self, images) -> torch.Tensor:
+        """Logits of P(abnormal), one per image (a batch of same-sized images)."""
+        return self.net(torch.stack(list(images))).squeeze(1)
+
+    @staticmethod
+    def labels(targets) -> torch.Tensor:
+        """1 for an image some reader marked a finding on, 0 for a normal image."""
+        return torch.tensor([0.0 if t["normal"] else 1.0 for t in targets])
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        loss = self.loss(self(images), self.labels(targets).to(self.device))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_probs, self.val_labels = [], []
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        logits, labels = self(images), self.labels(targets).to(self.device)
+        self.log("val/loss", self.loss(logits, labels), batch_size=len(images), sync_dist=True)
+        self.val_probs.append(torch.sigmoid(logits).float())
+        self.val_labels.append(labels)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.val_probs:
+            return
+        probs = self.all_gather(torch.cat(self.val_probs)).reshape(-1)
+        labels = self.all_gather(torch.cat(self.val_labels)).reshape(-1)
+        both = bool(labels.min() < 1 <= labels.max())  # AUC needs both kinds of image
+        auc = float(binary_auroc(probs, labels.long())) if both else 0.0
+        self.log("val/AUC", auc, prog_bar=True)
+        self.log("val/images", float(len(probs)))
+        figures = filter_figures(probs, labels, self.hparams.low, self.hparams.high)
+        self.log_dict({f"val/{k}": v for k, v in figures.items()})
+
+    def configure_optimizers(self):
+        optim = instantiate(self.hparams.optim)
+        optimizer = optim(trainable_parameter_groups(self, optim.keywords.get("weight_decay", 0)))
+        if not self.hparams.scheduler:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+def load_classifier(ckpt_path: str) -> NoFindingModule:
+    """Load a trained classifier (on the CPU) for inference, never fetching weights again: the
+    checkpoint holds every trained tensor, so the ImageNet source it started from is dropped."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+        model_cfg = {**dict(hparams["model"]), "weights": None}
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{ckpt_path}: not a cxrdet classifier checkpoint") from e
+    if "arch" not in model_cfg:
+        raise ValueError(f"{ckpt_path}: a detector checkpoint, not a classifier (no model.arch)")
+    module = NoFindingModule(
+        model_cfg, hparams["optim"], hparams.get("scheduler"), hparams["low"], hparams["high"]
+    )
+    module.load_state_dict(state)
+    return module.eval()

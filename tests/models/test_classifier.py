@@ -1,0 +1,70 @@
+"""The "No finding" classifier: its heads, the filter's figures, and a tiny training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import run_ok
+
+from cxrdet.models.classifier import build_classifier, filter_figures
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "efficientnet_v2_s", "convnext_tiny"])
+def test_every_arch_gives_one_logit_per_image(arch):
+    net = build_classifier(arch, weights=None).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_an_unknown_arch_is_named():
+    with pytest.raises(ValueError, match="model.arch='vgg'.*resnet50"):
+        build_classifier("vgg")
+
+
+def test_filter_figures_count_the_bands_and_the_accuracy_at_each_threshold():
+    probs = torch.tensor([0.01, 0.05, 0.5, 0.9, 0.96, 0.99])
+    abnormal = torch.tensor([0, 1, 0, 1, 1, 1])
+    f = filter_figures(probs, abnormal, low=0.08, high=0.95)
+    assert f["share_below_low"] == pytest.approx(2 / 6)  # rows that become "No finding"
+    assert f["share_between"] == pytest.approx(2 / 6)  # rows that get a line appended
+    assert f["share_above_high"] == pytest.approx(2 / 6)  # rows left alone
+    assert f["acc_low"] == pytest.approx(4 / 6)  # wrong: 0.05 (abnormal), 0.5 (normal)
+    assert f["acc_high"] == pytest.approx(4 / 6)  # wrong: 0.05 and 0.9 (both abnormal)
+
+
+def test_train_py_experiment_nofinding_trains_and_keeps_the_best_auc(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    run_ok(
+        [
+            "train.py",
+            "experiment=nofinding",
+            "data=256",
+            f"paths.raw_dir={tiny_data['raw']}",
+            f"paths.prepared_dir={tiny_data['prepared']}",
+            f"data.image_size={tiny_data['size']}",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "data.split=kfold",  # 8 validation images, normal ones among them
+            "data.n_folds=2",
+            "data.fold=1",
+            "trainer=cpu",
+            "model.weights=null",  # random init, as for the detector
+            "model.arch=resnet18",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            f"hydra.run.dir={run}",
+        ]
+    )
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    last = metrics.dropna(subset=["val/AUC"]).iloc[-1]
+    assert last["val/images"] == 8 and 0 <= last["val/AUC"] <= 1 and last["val/loss"] > 0
+    shares = last[["val/share_below_low", "val/share_between", "val/share_above_high"]]
+    assert shares.sum() == pytest.approx(1.0)
+    assert 0 <= last["val/acc_low"] <= 1 and 0 <= last["val/acc_high"] <= 1
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (key,) = [k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint")]
+    assert "'monitor': 'val/AUC'" in key  # the best checkpoint is chosen by validation AUC
+    assert Path(ckpt["callbacks"][key]["best_model_path"]).is_file()
