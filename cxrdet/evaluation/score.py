@@ -48,13 +48,15 @@ def score(
     n_folds: int = 5,
     coco_out: str | None = None,
     meta_csv: str | None = None,
+    image_ids: list[str] | None = None,
 ) -> dict:
     """Both metrics of a submission; see the module docstring.
 
     ``iou`` is the metric's threshold and ``fusion_iou`` the one at which ``fusion`` merges the
     readers' boxes (training's ``data.fusion_iou``). With ``split`` (``valid20`` or ``kfold``),
     only the validation images of that split of ``labels_csv`` are scored — the same images
-    training validated on for that seed, fraction, fold and fold count. With ``coco_out``,
+    training validated on for that seed, fraction, fold and fold count; ``image_ids`` keeps only
+    those images (the pooled out-of-fold predictions of ``cxrdet cv``). With ``coco_out``,
     the ground truth and the submission are also written there as COCO JSON
     (:mod:`cxrdet.evaluation.coco_json`), image sizes from ``meta_csv`` (prepare's meta CSV).
     """
@@ -64,6 +66,8 @@ def score(
     if split:
         _, val_ids = split_ids(labels, split, val_fraction, seed, fold, n_folds)
         labels = labels[labels["image_id"].isin(set(val_ids))]
+    if image_ids is not None:
+        labels = labels[labels["image_id"].isin(set(image_ids))]
     labels = fuse_readers(labels, fusion, fusion_iou)
     image_ids = sorted(labels["image_id"].unique())
     sub = read_submission(submission_csv, image_ids=image_ids)
