@@ -12,6 +12,13 @@ out-of-fold AP40 and mAP40 with the per-class table, writes the predictions to
 ``predict.py`` command that ensembles the folds. With ``--json`` the last line is one object:
 ``{"folds": [{"fold", "run", "checkpoint", "images", "AP40", "mAP40"}, ...], "oof": {"AP40",
 "mAP40", "images", "per_class"}}``.
+
+For a sweep of the "No finding" classifier (``experiment=nofinding``) it reports per-fold and
+out-of-fold AUC and writes ``oof/oof_nofinding_probs.csv``. Given ``--detector-oof`` (the
+detector sweep's ``oof_submission.csv``), it also gives that submission's mAP40 without the
+filter, and with it at the ``nofinding.low`` / ``high`` pair of a grid that maximises the
+out-of-fold mAP40 (``"oof": {"AUC", "images", "mAP40_without_filter", "mAP40_with_filter",
+"low", "high"}``).
 """
 
 from __future__ import annotations
@@ -22,14 +29,21 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 from omegaconf import OmegaConf
+from torchmetrics.functional.classification import binary_auroc
 
-from cxrdet.data.labels import CLASS_NAMES, read_labels
+from cxrdet.data.dataset import ImageDataset
+from cxrdet.data.fusion import fuse_readers
+from cxrdet.data.labels import CLASS_NAMES, NO_FINDING, ground_truth, normal_image_ids, read_labels
 from cxrdet.data.splits import split_ids
+from cxrdet.evaluation.evaluator import score_predictions
+from cxrdet.evaluation.nofinding import nofinding_filter
 from cxrdet.evaluation.score import score
-from cxrdet.evaluation.submission import write_submission
+from cxrdet.evaluation.submission import read_submission, write_submission
 from cxrdet.inference.config import PredictConfig
-from cxrdet.inference.predictor import predict
+from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs, write_probs
+from cxrdet.inference.predictor import pick_device, predict
 from cxrdet.training.callbacks import best_checkpoint
 
 
@@ -50,8 +64,24 @@ def fold_runs(sweep_dir: Path) -> list[tuple[Path, OmegaConf]]:
     return runs
 
 
+def checkpoint_of(run: Path) -> Path:
+    """A run's best checkpoint (else its last), or a clear error."""
+    ckpt = best_checkpoint(run / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run}: no checkpoint in checkpoints/")
+    return ckpt
+
+
+def fold_images(cfg) -> list[str]:
+    """The validation images a fold run held out."""
+    d = cfg.data
+    labels, _ = read_labels(d.labels_csv)
+    _, val_ids = split_ids(labels, "kfold", d.val_fraction, d.split_seed, d.fold, d.n_folds)
+    return val_ids
+
+
 def cross_validate(sweep_dir, tta: str = "none", device: str = "auto", batch_size: int = 4):
-    """Per-fold and out-of-fold scores; see the module docstring."""
+    """Per-fold and out-of-fold scores of detector folds; see the module docstring."""
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "oof"
     out.mkdir(exist_ok=True)
@@ -60,11 +90,8 @@ def cross_validate(sweep_dir, tta: str = "none", device: str = "auto", batch_siz
     data = runs[0][1].data
     for run, cfg in runs:
         d = cfg.data
-        ckpt = best_checkpoint(run / "checkpoints")
-        if ckpt is None:
-            raise FileNotFoundError(f"{run}: no checkpoint in checkpoints/")
-        labels, _ = read_labels(d.labels_csv)
-        _, val_ids = split_ids(labels, "kfold", d.val_fraction, d.split_seed, d.fold, d.n_folds)
+        ckpt = checkpoint_of(run)
+        val_ids = fold_images(cfg)
         fold_csv = out / f"fold{d.fold}.csv"
         predict(
             PredictConfig(
@@ -110,6 +137,78 @@ def cross_validate(sweep_dir, tta: str = "none", device: str = "auto", batch_siz
     return {"folds": folds, "oof": oof, "oof_submission": str(oof_csv), "command": command}
 
 
+LOWS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)  # the grid of nofinding.low ...
+HIGHS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.01)  # ... and of nofinding.high (1.01: never "alone")
+
+
+def cross_validate_classifier(
+    sweep_dir, detector_oof: str | None, tta: str = "none", device: str = "auto", batch_size=4
+) -> dict:
+    """Out-of-fold AUC of classifier folds and, given the detector's out-of-fold submission,
+    its mAP40 without and with the "No finding" filter at the best (low, high) of a grid."""
+    sweep_dir = Path(sweep_dir)
+    out = sweep_dir / "oof"
+    out.mkdir(exist_ok=True)
+    runs = fold_runs(sweep_dir)
+    dev = pick_device(device)
+    probs, folds = {}, []
+    for run, cfg in runs:
+        d = cfg.data
+        ckpt = checkpoint_of(run)
+        dataset = ImageDataset(d.image_dir, d.meta_csv, fold_images(cfg))
+        fold = predict_probs(load_classifiers(str(ckpt), dev), dataset, dev, batch_size, tta=tta)
+        folds.append({"fold": int(d.fold), "run": str(run), "checkpoint": str(ckpt)})
+        folds[-1].update(images=len(fold), AUC=_auc(fold, cfg))
+        probs.update(fold)
+    data = runs[0][1].data
+    write_probs(probs, out / "oof_nofinding_probs.csv")
+    result = {"folds": folds, "oof": {"AUC": _auc(probs, runs[0][1]), "images": len(probs)}}
+    if detector_oof:
+        result["oof"].update(filter_search(detector_oof, probs, data))
+    return result
+
+
+def _auc(probs: dict[str, float], cfg) -> float:
+    """AUC of P(abnormal) against "some reader marked a finding" (nan without both kinds)."""
+    labels, _ = read_labels(cfg.data.labels_csv)
+    normal = normal_image_ids(labels)
+    y = torch.tensor([0 if i in normal else 1 for i in probs])
+    if y.min() == y.max():
+        return float("nan")
+    return float(binary_auroc(torch.tensor(list(probs.values())), y))
+
+
+def filter_search(detector_oof: str, probs: dict[str, float], data) -> dict:
+    """mAP40 of the detector's out-of-fold submission as written, and with the filter at every
+    (low, high) of the grid in place of its No-finding line; the best pair."""
+    labels, _ = read_labels(data.labels_csv)
+    ids = sorted(set(probs))
+    labels = fuse_readers(
+        labels[labels["image_id"].isin(set(ids))], data.val_fusion, data.fusion_iou
+    )
+    gt = ground_truth(labels, ids)
+    sub = read_submission(detector_oof)
+    missing = [i for i in ids if i not in sub]
+    if missing:
+        raise ValueError(
+            f"{detector_oof}: no prediction for {len(missing)} image(s), e.g. {missing[0]}"
+        )
+    without = score_predictions(gt, {i: sub[i] for i in ids})["mAP40"]
+    boxes_only = {i: tuple(a[sub[i][2] != NO_FINDING] for a in sub[i]) for i in ids}
+    best = (-1.0, None, None)
+    for low in LOWS:
+        for high in (h for h in HIGHS if h > low):
+            dets = {i: nofinding_filter(boxes_only[i], probs[i], low, high) for i in ids}
+            value = score_predictions(gt, dets)["mAP40"]
+            best = max(best, (value, low, high), key=lambda b: b[0])
+    return {
+        "mAP40_without_filter": without,
+        "mAP40_with_filter": best[0],
+        "low": best[1],
+        "high": best[2],
+    }
+
+
 def _rows(submission_csv: Path) -> dict[str, str]:
     """image id → PredictionString of a submission predict() wrote (and checked)."""
     frame = pd.read_csv(submission_csv, dtype=str, keep_default_na=False)
@@ -122,13 +221,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", choices=["none", "hflip"], default="none", help="prediction TTA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument(
+        "--detector-oof",
+        help="classifier folds: the detector's oof_submission.csv, to measure the filter on",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON object")
     a = p.parse_args(argv)
     try:
-        r = cross_validate(a.sweep_dir, a.tta, a.device, a.batch_size)
+        classifier = "arch" in fold_runs(Path(a.sweep_dir))[0][1].model
+        if classifier:
+            r = cross_validate_classifier(
+                a.sweep_dir, a.detector_oof, a.tta, a.device, a.batch_size
+            )
+        else:
+            r = cross_validate(a.sweep_dir, a.tta, a.device, a.batch_size)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    (print_classifier if classifier else print_detector)(r)
+    if a.json:
+        oof = dict(r["oof"])
+        if "per_class" in oof:
+            oof["per_class"] = {str(k): v for k, v in oof.pop("per_class").items()}
+            oof.pop("AP40_per_class")
+        print(json.dumps({"folds": r["folds"], "oof": oof}))
+    return 0
+
+
+def print_detector(r: dict) -> None:
     print(f"{'fold':>4s} {'images':>7s} {'AP40':>7s} {'mAP40':>7s}  checkpoint")
     for f in r["folds"]:
         print(
@@ -144,11 +264,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"\nout-of-fold predictions: {r['oof_submission']}")
     print(f"ensemble the folds:\n  {r['command']}")
-    if a.json:
-        per_class = {str(k): v for k, v in oof["per_class"].items()}
-        summary = {k: oof[k] for k in ("AP40", "mAP40", "images")}
-        print(json.dumps({"folds": r["folds"], "oof": {**summary, "per_class": per_class}}))
-    return 0
+
+
+def print_classifier(r: dict) -> None:
+    print(f"{'fold':>4s} {'images':>7s} {'AUC':>7s}  checkpoint")
+    for f in r["folds"]:
+        print(f"{f['fold']:4d} {f['images']:7d} {f['AUC']:7.4f}  {f['checkpoint']}")
+    oof = r["oof"]
+    print(f" oof {oof['images']:7d} {oof['AUC']:7.4f}  (pooled out-of-fold)")
+    if "low" in oof:
+        print(
+            f"detector out-of-fold mAP40: {oof['mAP40_without_filter']:.4f} without the filter, "
+            f"{oof['mAP40_with_filter']:.4f} with nofinding.low={oof['low']} "
+            f"nofinding.high={oof['high']}"
+        )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -13,24 +15,38 @@ from cxrdet.inference import cv
 pytestmark = pytest.mark.slow
 
 
-def test_a_two_fold_sweep_gets_its_out_of_fold_score(tiny_data, tmp_path, capsys):
-    sweep = tmp_path / "sweep"
+FOLDS = ["data.split=kfold", "data.n_folds=2", "data.fold=0,1", "trainer.max_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def detector_sweep(tiny_data, tmp_path_factory):
+    """A two-fold detector sweep of 2 steps a fold, and what `cxrdet cv --json` printed."""
+    sweep = tmp_path_factory.mktemp("detector") / "sweep"
     run_ok(
         [
             "train.py",
             "-m",
-            *tiny_overrides(tiny_data, tmp_path / "unused"),
-            "data.split=kfold",
-            "data.n_folds=2",
-            "data.fold=0,1",
-            "trainer.max_steps=2",
+            *tiny_overrides(tiny_data, sweep / "unused"),
+            *FOLDS,
             "trainer.val_check_interval=2",
             f"hydra.sweep.dir={sweep}",
         ],
         timeout=900,
     )
-    assert cv.main([str(sweep), "--json"]) == 0
-    out = capsys.readouterr().out
+    out = run_cv(sweep)
+    return sweep, out
+
+
+def run_cv(sweep, *args) -> str:
+    """``cxrdet cv SWEEP --json ARGS`` in this process; its standard output."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cv.main([str(sweep), "--json", *args]) == 0
+    return buffer.getvalue()
+
+
+def test_a_two_fold_sweep_gets_its_out_of_fold_score(tiny_data, detector_sweep):
+    sweep, out = detector_sweep
     result = json.loads(out.strip().splitlines()[-1])
     assert [f["fold"] for f in result["folds"]] == [0, 1]
     assert sum(f["images"] for f in result["folds"]) == result["oof"]["images"] == 16
@@ -54,3 +70,49 @@ def test_a_two_fold_sweep_gets_its_out_of_fold_score(tiny_data, tmp_path, capsys
 def test_a_folder_without_runs_is_named(tmp_path, capsys):
     assert cv.main([str(tmp_path)]) == 2
     assert f"no runs (*/.hydra/config.yaml) in {tmp_path}" in capsys.readouterr().err
+
+
+def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
+    tiny_data, detector_sweep, tmp_path
+):
+    from cxrdet.data.labels import read_labels
+    from cxrdet.evaluation.nofinding import nofinding_filter
+    from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
+    from cxrdet.inference.nofinding_probs import read_probs
+
+    sweep = tmp_path / "classifier"
+    run_ok(
+        [
+            "train.py",
+            "-m",
+            "experiment=nofinding",
+            *[o for o in tiny_overrides(tiny_data, sweep / "unused") if "roi_batch" not in o],
+            *FOLDS,
+            "model.arch=resnet18",
+            "trainer.val_check_interval=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        timeout=900,
+    )
+    oof_csv = detector_sweep[0] / "oof" / "oof_submission.csv"
+    result = json.loads(run_cv(sweep, "--detector-oof", str(oof_csv)).strip().splitlines()[-1])
+    assert [f["fold"] for f in result["folds"]] == [0, 1]
+    oof = result["oof"]
+    assert oof["images"] == 16 and 0 <= oof["AUC"] <= 1
+    assert oof["mAP40_without_filter"] == pytest.approx(
+        score(str(tiny_data["raw"] / "train.csv"), str(oof_csv))["mAP40"], abs=1e-12
+    )
+    # The best pair, applied as predict.py applies it, scores what cv reported.
+    labels, _ = read_labels(tiny_data["raw"] / "train.csv")
+    ids = sorted(labels["image_id"].unique())
+    probs = read_probs(str(sweep / "oof" / "oof_nofinding_probs.csv"), ids)
+    sub = read_submission(oof_csv)
+    rows = {}
+    for i in ids:
+        boxes_only = tuple(a[sub[i][2] != 14] for a in sub[i])
+        rows[i] = format_prediction(
+            *nofinding_filter(boxes_only, probs[i], oof["low"], oof["high"])
+        )
+    filtered = write_submission(rows, tmp_path / "filtered.csv")
+    rescored = score(str(tiny_data["raw"] / "train.csv"), str(filtered))["mAP40"]
+    assert oof["mAP40_with_filter"] == pytest.approx(rescored, abs=1e-3)
