@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
 from cxrdet.data.dataset import ImageDataset
@@ -47,7 +47,7 @@ from cxrdet.inference.predictor import pick_device, predict
 from cxrdet.training.callbacks import best_checkpoint
 
 
-def fold_runs(sweep_dir: Path) -> list[tuple[Path, OmegaConf]]:
+def fold_runs(sweep_dir: Path) -> list[tuple[Path, DictConfig]]:
     """The sweep's runs (``<n>/.hydra/config.yaml``) in fold order; each must be a kfold run."""
     runs = []
     for config in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
