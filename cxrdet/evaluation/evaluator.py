@@ -9,7 +9,7 @@ from cxrdet.data.labels import NO_FINDING, NUM_FINDINGS
 from cxrdet.evaluation.coco import coco_ap
 from cxrdet.evaluation.competition import competition_map
 from cxrdet.evaluation.nofinding import with_no_finding
-from cxrdet.evaluation.submission import as_read_back, to_original_prediction
+from cxrdet.evaluation.submission import as_read_back, prediction_of, to_original_prediction
 
 
 def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False) -> dict:
@@ -74,12 +74,9 @@ class DetectionEvaluator:
         (``image_id``, ``truth``, ``orig_hw``, ``image_hw``, ``content``) and the model's
         outputs on those images (torchvision's labels = class id + 1)."""
         for t, o in zip(targets, outputs):
-            pred = (
-                o["boxes"].detach().float().cpu().numpy(),
-                o["scores"].detach().float().cpu().numpy(),
-                o["labels"].cpu().numpy() - 1,
+            pred = to_original_prediction(
+                prediction_of(o), t["orig_hw"], t["image_hw"], t["content"]
             )
-            pred = to_original_prediction(pred, t["orig_hw"], t["image_hw"], t["content"])
             self.dets[t["image_id"]] = as_read_back(*with_no_finding(*pred))
             self.gt[t["image_id"]] = t["truth"]
 

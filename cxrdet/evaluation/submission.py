@@ -108,6 +108,16 @@ def write_submission(rows: dict[str, str], path: str | Path) -> Path:
     return path
 
 
+def prediction_of(output: dict) -> Prediction:
+    """A torchvision detector's output for one image as numpy (boxes, scores, class ids);
+    torchvision's labels are class id + 1."""
+    return (
+        output["boxes"].detach().float().cpu().numpy(),
+        output["scores"].detach().float().cpu().numpy(),
+        output["labels"].cpu().numpy() - 1,
+    )
+
+
 def to_original_prediction(
     pred: Prediction, orig_hw, image_hw, content: Content | None = None
 ) -> Prediction:

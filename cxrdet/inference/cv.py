@@ -72,10 +72,9 @@ def checkpoint_of(run: Path) -> Path:
     return ckpt
 
 
-def fold_images(cfg) -> list[str]:
-    """The validation images a fold run held out."""
+def fold_images(cfg, labels) -> list[str]:
+    """The validation images a fold run held out (``labels``: the sweep's, read once)."""
     d = cfg.data
-    labels, _ = read_labels(d.labels_csv)
     _, val_ids = split_ids(labels, "kfold", d.val_fraction, d.split_seed, d.fold, d.n_folds)
     return val_ids
 
@@ -88,10 +87,11 @@ def cross_validate(sweep_dir, tta: str = "none", device: str = "auto", batch_siz
     folds, rows, ckpts = [], {}, []
     runs = fold_runs(sweep_dir)
     data = runs[0][1].data
+    labels, _ = read_labels(data.labels_csv)
     for run, cfg in runs:
         d = cfg.data
         ckpt = checkpoint_of(run)
-        val_ids = fold_images(cfg)
+        val_ids = fold_images(cfg, labels)
         fold_csv = out / f"fold{d.fold}.csv"
         predict(
             PredictConfig(
@@ -150,38 +150,37 @@ def cross_validate_classifier(
     out = sweep_dir / "oof"
     out.mkdir(exist_ok=True)
     runs = fold_runs(sweep_dir)
+    data = runs[0][1].data
+    labels, _ = read_labels(data.labels_csv)
+    normal = normal_image_ids(labels)
     dev = pick_device(device)
     probs, folds = {}, []
     for run, cfg in runs:
         d = cfg.data
         ckpt = checkpoint_of(run)
-        dataset = ImageDataset(d.image_dir, d.meta_csv, fold_images(cfg))
+        dataset = ImageDataset(d.image_dir, d.meta_csv, fold_images(cfg, labels))
         fold = predict_probs(load_classifiers(str(ckpt), dev), dataset, dev, batch_size, tta=tta)
         folds.append({"fold": int(d.fold), "run": str(run), "checkpoint": str(ckpt)})
-        folds[-1].update(images=len(fold), AUC=_auc(fold, cfg))
+        folds[-1].update(images=len(fold), AUC=_auc(fold, normal))
         probs.update(fold)
-    data = runs[0][1].data
     write_probs(probs, out / "oof_nofinding_probs.csv")
-    result = {"folds": folds, "oof": {"AUC": _auc(probs, runs[0][1]), "images": len(probs)}}
+    result = {"folds": folds, "oof": {"AUC": _auc(probs, normal), "images": len(probs)}}
     if detector_oof:
-        result["oof"].update(filter_search(detector_oof, probs, data))
+        result["oof"].update(filter_search(detector_oof, probs, data, labels))
     return result
 
 
-def _auc(probs: dict[str, float], cfg) -> float:
+def _auc(probs: dict[str, float], normal: set[str]) -> float:
     """AUC of P(abnormal) against "some reader marked a finding" (nan without both kinds)."""
-    labels, _ = read_labels(cfg.data.labels_csv)
-    normal = normal_image_ids(labels)
     y = torch.tensor([0 if i in normal else 1 for i in probs])
     if y.min() == y.max():
         return float("nan")
     return float(binary_auroc(torch.tensor(list(probs.values())), y))
 
 
-def filter_search(detector_oof: str, probs: dict[str, float], data) -> dict:
+def filter_search(detector_oof: str, probs: dict[str, float], data, labels) -> dict:
     """mAP40 of the detector's out-of-fold submission as written, and with the filter at every
     (low, high) of the grid in place of its No-finding line; the best pair."""
-    labels, _ = read_labels(data.labels_csv)
     ids = sorted(set(probs))
     labels = fuse_readers(
         labels[labels["image_id"].isin(set(ids))], data.val_fusion, data.fusion_iou

@@ -24,6 +24,7 @@ from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
     EMPTY_PREDICTION,
     format_prediction,
+    prediction_of,
     read_submission,
     to_original_prediction,
     write_submission,
@@ -74,14 +75,6 @@ def load_models(
     return models, image_size
 
 
-def _numpy(output: dict):
-    return (
-        output["boxes"].float().cpu().numpy(),
-        output["scores"].float().cpu().numpy(),
-        output["labels"].cpu().numpy() - 1,
-    )
-
-
 @torch.inference_mode()
 def predict_dataset(
     models,
@@ -126,7 +119,7 @@ def predict_dataset(
             hw = tuple(image.shape[-2:])
             sets = []
             for outputs, flipped, _ in views:
-                boxes, scores, classes = _numpy(outputs[k])
+                boxes, scores, classes = prediction_of(outputs[k])
                 sets.append((hflip_boxes(boxes, hw[1]) if flipped else boxes, scores, classes))
             boxes, scores, classes = fuse_predictions(
                 sets, hw, [w for *_, w in views], fusion_iou, fusion_skip

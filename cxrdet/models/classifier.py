@@ -18,6 +18,7 @@ from torchmetrics.functional.classification import binary_auroc
 from torchvision import models
 
 from cxrdet.models.detector import trainable_parameter_groups
+from cxrdet.models.module import read_checkpoint
 from cxrdet.models.weights import load_weights, no_source
 
 # arch → (torchvision builder, its weights enum); ImageNet weights by name, e.g. IMAGENET1K_V1
@@ -140,14 +141,10 @@ class NoFindingModule(pl.LightningModule):
 def load_classifier(ckpt_path: str) -> NoFindingModule:
     """Load a trained classifier (on the CPU) for inference, never fetching weights again: the
     checkpoint holds every trained tensor, so the ImageNet source it started from is dropped."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    try:
-        hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
-        model_cfg = {**dict(hparams["model"]), "weights": None}
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{ckpt_path}: not a cxrdet classifier checkpoint") from e
+    hparams, state, model_cfg = read_checkpoint(ckpt_path)
     if "arch" not in model_cfg:
         raise ValueError(f"{ckpt_path}: a detector checkpoint, not a classifier (no model.arch)")
+    model_cfg["weights"] = None
     module = NoFindingModule(
         model_cfg, hparams["optim"], hparams.get("scheduler"), hparams["low"], hparams["high"]
     )

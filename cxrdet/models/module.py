@@ -155,18 +155,24 @@ class DetectorModule(pl.LightningModule):
             self.resumed_from = (int(checkpoint["schedule_steps"]), int(checkpoint["global_step"]))
 
 
+def read_checkpoint(ckpt_path: str) -> tuple[dict, dict, dict]:
+    """A train.py checkpoint's hyper-parameters, state dict and (a copy of) its model config,
+    or a ValueError naming the file."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+        return hparams, state, dict(hparams["model"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{ckpt_path}: not a cxrdet training checkpoint (no model config)") from e
+
+
 def load_detector(ckpt_path: str) -> DetectorModule:
     """Load a trained DetectorModule (on the CPU) for inference, never fetching weights again.
 
     The checkpoint holds every trained tensor; the weight sources training started from are
     dropped (keeping the BatchNorm kind and eps they implied) so that loading works offline.
     """
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    try:
-        hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
-        model_cfg = dict(hparams["model"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{ckpt_path}: not a cxrdet training checkpoint (no model config)") from e
+    hparams, state, model_cfg = read_checkpoint(ckpt_path)
     pretrained = not all(no_source(model_cfg.get(k)) for k in ("weights", "weights_backbone"))
     model_cfg.setdefault("frozen_bn", pretrained)
     model_cfg.setdefault("frozen_bn_eps", frozen_bn_eps(model_cfg.get("weights")))
