@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,18 @@ def tiny_data(tmp_path_factory):
     for split in ("train", "test"):
         prepare(raw / split, prepared, [TINY], progress=False)
     return {"root": root, "raw": raw, "prepared": prepared, "size": TINY}
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """A directory for one test module's shared runs, deleted when the module's tests end.
+
+    pytest deletes a passed test's ``tmp_path`` at once but keeps ``tmp_path_factory``'s
+    directories to the end of the session; R50-FPN checkpoints are ~0.3 GB each.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def tiny_overrides(data: dict, run_dir: Path) -> list[str]:

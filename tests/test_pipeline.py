@@ -60,8 +60,8 @@ def test_bad_labels_path_fails_before_training_with_the_file_named(tiny_data, tm
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("train") / "run"
+def trained(tiny_data, module_tmp):
+    run = module_tmp / "run"
     run_ok(
         [
             "train.py",

@@ -16,13 +16,13 @@ OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.005, "momentu
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(module_tmp):
     """A random-init detector saved as train.py saves it (the export does not care how good)."""
     from cxrdet.models.module import DetectorModule
 
     torch.manual_seed(0)
     module = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    path = module_tmp / "model.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     return path
 

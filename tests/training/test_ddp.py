@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("ddp") / "run"
+def ddp_run(tiny_data, module_tmp):
+    run = module_tmp / "run"
     overrides = [
         *tiny_overrides(tiny_data, run),
         "trainer=ddp",

@@ -35,8 +35,8 @@ def _val_metrics(run):
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("straight") / "run"
+def straight(tiny_data, module_tmp):
+    run = module_tmp / "straight"
     _train(tiny_data, run)
     return run
 
