@@ -1,6 +1,6 @@
 """Synthetic VinBigData-layout dataset: real DICOM phantoms, 3 readers per train image.
 
-    cxrdet synth --out DIR --train 200 --test 50 --seed 0
+    cxrdet synth --out DIR --train 200 --test 50 --seed 0 [--workers 2]
 
 writes ``DIR/train/<id>.dicom``, ``DIR/test/<id>.dicom``, ``DIR/train.csv`` (Kaggle columns,
 three radiologists per image who jitter, sometimes miss and sometimes disagree) and
@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -22,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
 
 from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS, NO_FINDING
+from cxrdet.data.prepare import one_core
 from cxrdet.demo.phantom import CLASS_WEIGHTS, render
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -119,6 +123,33 @@ def label_rows(image_id, rad_id, marks):
     return [[image_id, CLASS_NAMES[c], c, rad_id, *b.tolist()] for c, b in marks]
 
 
+def write_case(
+    out: Path, seed: int, split: str, i: int, normal_share: float, min_px: int, max_px: int
+) -> list[list]:
+    """Write image ``i`` of ``split`` as a DICOM under ``out/split/``; its label rows (three
+    readers on a train image, one consensus reader on a test image). Deterministic per image."""
+    image_id, image, findings, boxes = make_case(seed, split, i, normal_share, min_px, max_px)
+    rng = np.random.default_rng([seed, 3 if split == "train" else 4, i])
+    write_dicom(
+        out / split / f"{image_id}.dicom",
+        image,
+        photometric=str(rng.choice(["MONOCHROME1", "MONOCHROME2"], p=[0.3, 0.7])),
+        bits_stored=int(rng.choice([12, 14, 16])),
+        image_id=image_id,
+    )
+    h, w = image.shape
+    if split == "test":
+        return label_rows(
+            image_id, "consensus", [(c, np.round(b, 1)) for c, b in zip(findings, boxes)]
+        )
+    readers = [str(rng.choice(FREQUENT_READERS))]
+    readers += list(rng.choice(OTHER_READERS, size=2, replace=False))
+    rows = []
+    for rad in readers:
+        rows += label_rows(image_id, rad, read_boxes(rng, findings, boxes, h, w))
+    return rows
+
+
 def synthesize(
     out: str | Path,
     n_train: int = 200,
@@ -128,37 +159,39 @@ def synthesize(
     min_px: int = 1500,
     max_px: int = 3000,
     progress: bool = True,
+    workers: int = 1,
 ) -> None:
-    """Write the whole synthetic dataset under ``out`` (see the module docstring)."""
+    """Write the whole synthetic dataset under ``out`` (see the module docstring), with
+    ``workers`` processes; the files do not depend on how many."""
     out = Path(out)
-    for split, n in (("train", n_train), ("test", n_test)):
-        (out / split).mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in tqdm(range(n), desc=f"synth {split}", disable=not progress, unit="img"):
-            image_id, image, findings, boxes = make_case(
-                seed, split, i, normal_share, min_px, max_px
+    one_core()  # one process = one core: workers sets the parallelism
+    with ExitStack() as stack:
+        pool = (
+            stack.enter_context(ProcessPoolExecutor(workers, initializer=one_core))
+            if workers > 1
+            else None
+        )
+        for split, n in (("train", n_train), ("test", n_test)):
+            (out / split).mkdir(parents=True, exist_ok=True)
+            one = partial(
+                write_case,
+                out,
+                seed,
+                split,
+                normal_share=normal_share,
+                min_px=min_px,
+                max_px=max_px,
             )
-            rng = np.random.default_rng([seed, 3 if split == "train" else 4, i])
-            write_dicom(
-                out / split / f"{image_id}.dicom",
-                image,
-                photometric=str(rng.choice(["MONOCHROME1", "MONOCHROME2"], p=[0.3, 0.7])),
-                bits_stored=int(rng.choice([12, 14, 16])),
-                image_id=image_id,
-            )
-            h, w = image.shape
-            if split == "test":
-                marks = [(c, np.round(b, 1)) for c, b in zip(findings, boxes)]
-                rows += label_rows(image_id, "consensus", marks)
-                continue
-            readers = [str(rng.choice(FREQUENT_READERS))]
-            readers += list(rng.choice(OTHER_READERS, size=2, replace=False))
-            for rad in readers:
-                rows += label_rows(image_id, rad, read_boxes(rng, findings, boxes, h, w))
-        name = "train.csv" if split == "train" else "test_labels.csv"
-        df = pd.DataFrame(rows, columns=LABEL_COLUMNS)
-        df.to_csv(out / f"{name}.tmp", index=False)
-        os.replace(out / f"{name}.tmp", out / name)
+            jobs = pool.map(one, range(n)) if pool else map(one, range(n))
+            rows = []
+            for case_rows in tqdm(
+                jobs, total=n, desc=f"synth {split}", disable=not progress, unit="img"
+            ):
+                rows += case_rows
+            name = "train.csv" if split == "train" else "test_labels.csv"
+            df = pd.DataFrame(rows, columns=LABEL_COLUMNS)
+            df.to_csv(out / f"{name}.tmp", index=False)
+            os.replace(out / f"{name}.tmp", out / name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,12 +211,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--min-px", type=int, default=1500, help="smallest image side (default 1500)")
     p.add_argument("--max-px", type=int, default=3000, help="largest image side (default 3000)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     a = p.parse_args(argv)
     if not 0.0 <= a.normal_share <= 1.0:
         p.error("--normal-share must be within [0, 1]")
     if not 16 <= a.min_px <= a.max_px:
         p.error("need 16 <= --min-px <= --max-px")
-    synthesize(a.out, a.train, a.test, a.seed, a.normal_share, a.min_px, a.max_px)
+    if a.workers < 1:
+        p.error("--workers must be at least 1")
+    synthesize(
+        a.out, a.train, a.test, a.seed, a.normal_share, a.min_px, a.max_px, workers=a.workers
+    )
     print(f"wrote {a.train} train + {a.test} test DICOMs and labels under {a.out}")
 
 

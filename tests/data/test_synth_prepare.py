@@ -51,15 +51,21 @@ def test_synth_layout_and_labels(tiny_data):
     assert test.groupby("image_id")["rad_id"].nunique().eq(1).all()
 
 
-def test_synth_is_deterministic(tmp_path):
+def test_synth_is_deterministic_whatever_the_number_of_workers(tmp_path):
     from cxrdet.demo.synth import synthesize
 
-    for name in ("a", "b"):
-        synthesize(tmp_path / name, 3, 1, seed=5, min_px=48, max_px=64, progress=False)
-    a, b = (pd.read_csv(tmp_path / n / "train.csv") for n in ("a", "b"))
-    pd.testing.assert_frame_equal(a, b)
-    for f in (tmp_path / "a" / "train").iterdir():
-        assert f.read_bytes() == (tmp_path / "b" / "train" / f.name).read_bytes()
+    for name, workers in (("a", 1), ("b", 1), ("two", 2)):
+        synthesize(
+            tmp_path / name, 3, 2, seed=5, min_px=48, max_px=64, progress=False, workers=workers
+        )
+    for other in ("b", "two"):
+        for labels in ("train.csv", "test_labels.csv"):
+            a, b = (pd.read_csv(tmp_path / n / labels) for n in ("a", other))
+            pd.testing.assert_frame_equal(a, b)
+        files = sorted((tmp_path / "a").glob("*/*.dicom"))
+        assert len(files) == 5
+        for f in files:
+            assert f.read_bytes() == (tmp_path / other / f.parent.name / f.name).read_bytes()
 
 
 def test_prepare_round_trip_sizes_and_no_identifiers(tiny_data):
