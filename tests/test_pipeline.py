@@ -273,7 +273,7 @@ def test_hflip_tta_of_a_symmetric_image_is_symmetric(trained, tmp_path):
     meta = pd.DataFrame({"image_id": ["s"], "dim0": [640], "dim1": [640]})
     meta.to_csv(tmp_path / "m.csv", index=False)
     dataset = ImageDataset(tmp_path / "img", tmp_path / "m.csv")
-    results, _ = predict_dataset([BlobDetector()], dataset, "cpu", tta="hflip", progress=False)
+    results, _, _ = predict_dataset([BlobDetector()], dataset, "cpu", tta="hflip", progress=False)
     boxes = results["s"][0]
     assert len(boxes) == 3
     mirrored = np.stack([640 - boxes[:, 2], boxes[:, 1], 640 - boxes[:, 0], boxes[:, 3]], axis=1)
@@ -281,7 +281,7 @@ def test_hflip_tta_of_a_symmetric_image_is_symmetric(trained, tmp_path):
         assert (np.abs(boxes - b).max(axis=1) <= 10.01).any()
     # The real detector goes through the same TTA path.
     model = load_detector(str(trained / "checkpoints" / "last.ckpt")).model.eval()
-    results, _ = predict_dataset([model], dataset, "cpu", tta="hflip", progress=False)
+    results, _, _ = predict_dataset([model], dataset, "cpu", tta="hflip", progress=False)
     assert results["s"][0].shape[1] == 4 and len(results["s"][0]) <= 100
 
 

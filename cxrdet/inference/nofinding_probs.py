@@ -46,6 +46,21 @@ def load_classifiers(ckpt_paths, device) -> list[torch.nn.Module]:
     return [load_classifier(str(p)).to(device) for p in paths]
 
 
+def check_tta(tta: str) -> None:
+    if tta not in ("none", "hflip"):
+        raise ValueError(f"unknown nofinding.tta {tta!r}; expected none or hflip")
+
+
+def batch_probs(classifiers, images: list[torch.Tensor], tta: str = "none") -> list[float]:
+    """Mean P(abnormal) of the classifiers (and of each one's flipped view with ``hflip``) for
+    a batch of same-sized images already on the classifiers' device (under the caller's
+    autocast)."""
+    batch = torch.stack(list(images))
+    views = [batch, batch.flip(-1)] if tta == "hflip" else [batch]
+    p = torch.stack([torch.sigmoid(c(view)).float() for c in classifiers for view in views])
+    return p.mean(0).cpu().tolist()
+
+
 @torch.inference_mode()
 def predict_probs(
     classifiers,
@@ -57,18 +72,16 @@ def predict_probs(
     precision: str = "32-true",
     progress: bool = True,
 ) -> dict[str, float]:
-    """Mean P(abnormal) of the classifiers (and of each one's flipped view with ``hflip``) for
-    every readable image of ``dataset``, batched, at ``precision``."""
-    if tta not in ("none", "hflip"):
-        raise ValueError(f"unknown nofinding.tta {tta!r}; expected none or hflip")
+    """:func:`batch_probs` for every readable image of ``dataset``, batched, at ``precision``
+    (the classifiers alone; predict.py runs them in the detector's pass instead)."""
+    check_tta(tta)
+    device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     probs = {}
     for images, infos in tqdm(loader, desc="nofinding", unit="batch", disable=not progress):
-        batch = torch.stack(list(images)).to(device)
-        views = [batch, batch.flip(-1)] if tta == "hflip" else [batch]
         with autocast(device, precision):
-            p = torch.stack([torch.sigmoid(c(view)).float() for c in classifiers for view in views])
-        for info, value in zip(infos, p.mean(0).cpu().tolist()):
+            values = batch_probs(classifiers, [im.to(device) for im in images], tta)
+        for info, value in zip(infos, values):
             if not info.get("error"):
                 probs[info["image_id"]] = float(value)
     return probs

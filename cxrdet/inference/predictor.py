@@ -32,8 +32,9 @@ from cxrdet.evaluation.submission import (
 from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.exported import ExportedDetector
 from cxrdet.inference.nofinding_probs import (
+    batch_probs,
+    check_tta,
     load_classifiers,
-    predict_probs,
     read_probs,
     write_probs,
 )
@@ -89,21 +90,26 @@ def predict_dataset(
     max_detections: int | None = 100,
     progress: bool = True,
     precision: str = "32",
-) -> tuple[dict, dict]:
-    """Run every model (and its flipped view with ``tta="hflip"``) over ``dataset``.
+    classifiers: list | None = None,
+    classifier_tta: str = "none",
+) -> tuple[dict, dict, dict]:
+    """Run every model (and its flipped view with ``tta="hflip"``) over ``dataset``, and the
+    "No finding" classifiers, if any, on the same batches (each image is read once).
 
     Returns:
         image id → (boxes in original pixels, scores, class ids), fused with WBF when there is
-        more than one view; and image id → error for images that could not be read.
+        more than one view; image id → error for images that could not be read; and image id →
+        the classifiers' mean P(abnormal) (:func:`batch_probs`; empty without classifiers).
     """
     if tta not in ("none", "hflip"):
         raise ValueError(f"unknown tta {tta!r}; expected none or hflip")
+    check_tta(classifier_tta)
     weights = list(weights) if weights else [1.0] * len(models)
     if len(weights) != len(models):
         raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     device = torch.device(device)
-    results, errors = {}, {}
+    results, errors, probs = {}, {}, {}
     for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         batch = [im.to(device) for im in images]
         views = []  # (outputs per image, flipped?, weight)
@@ -112,10 +118,13 @@ def predict_dataset(
                 views.append((model(batch), False, weight))
                 if tta == "hflip":
                     views.append((model([im.flip(-1) for im in batch]), True, weight))
+            p_abnormal = batch_probs(classifiers, batch, classifier_tta) if classifiers else None
         for k, (image, info) in enumerate(zip(images, infos)):
             if info.get("error"):
                 errors[info["image_id"]] = info["error"]
                 continue
+            if p_abnormal is not None:
+                probs[info["image_id"]] = float(p_abnormal[k])
             hw = tuple(image.shape[-2:])
             sets = []
             for outputs, flipped, _ in views:
@@ -128,7 +137,7 @@ def predict_dataset(
             results[info["image_id"]] = to_original_prediction(
                 (boxes[top], scores[top], classes[top]), info["orig_hw"], hw, info["content"]
             )
-    return results, errors
+    return results, errors, probs
 
 
 def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 0.3) -> None:
@@ -191,7 +200,7 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
     probs = read_probs(nofinding.probs, dataset.ids) if nofinding.probs else None
     classifiers = load_classifiers(nofinding.ckpt_path, dev) if nofinding.ckpt_path else None
     start = time.perf_counter()
-    results, errors = predict_dataset(
+    results, errors, classifier_probs = predict_dataset(
         models,
         dataset,
         dev,
@@ -204,21 +213,12 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
         max_detections=max_detections,
         progress=cfg.progress,
         precision=precision,
+        classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
+        classifier_tta=nofinding.tta,
     )
     seconds = time.perf_counter() - start
-    if classifiers:  # the classifier's P(abnormal), in this run, batched, at this precision
-        start = time.perf_counter()
-        probs = predict_probs(
-            classifiers,
-            dataset,
-            dev,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            tta=nofinding.tta,
-            precision=precision,
-            progress=cfg.progress,
-        )
-        nofinding_seconds = time.perf_counter() - start
+    if classifiers:
+        probs = classifier_probs
     for image_id, error in errors.items():
         log.warning("%s: written as '%s': %s", image_id, EMPTY_PREDICTION, error)
     rows = {}
@@ -250,7 +250,6 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
         "device": str(dev),
         "precision": precision,
         "nofinding_classifiers": len(classifiers or []),
-        "nofinding_seconds": round(nofinding_seconds, 2) if classifiers else None,
     }
     Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s: %d images, %.2f images/s", path, len(rows), summary["images_per_s"] or 0)

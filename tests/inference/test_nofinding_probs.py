@@ -14,12 +14,12 @@ OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.005, "momentu
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(module_tmp):
     """A random-init detector and classifier, saved as train.py saves them."""
     from cxrdet.models.classifier import NoFindingModule
     from cxrdet.models.module import DetectorModule
 
-    out = tmp_path_factory.mktemp("ckpts")
+    out = module_tmp
     torch.manual_seed(0)
     for name, module in (
         ("det", DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)),
@@ -79,3 +79,30 @@ def test_several_classifiers_are_averaged_and_hflip_tta_adds_the_flipped_view(
 def test_probs_and_a_classifier_together_are_refused(checkpoints, tiny_data, tmp_path):
     with pytest.raises(ValueError, match="pass one"):
         _predict(checkpoints, tiny_data, tmp_path / "s.csv", probs="p.csv", ckpt_path="c.ckpt")
+
+
+def test_the_classifier_shares_the_detector_s_pass_and_gives_what_it_gives_alone(
+    checkpoints, tiny_data
+):
+    from cxrdet.data.dataset import ImageDataset
+    from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs
+    from cxrdet.inference.predictor import load_models, predict_dataset
+
+    prepared = tiny_data["prepared"] / "64"
+
+    class CountingDataset(ImageDataset):
+        reads = 0
+
+        def __getitem__(self, i):
+            CountingDataset.reads += 1
+            return super().__getitem__(i)
+
+    dataset = CountingDataset(prepared / "test", prepared / "test_meta.csv")
+    classifiers = load_classifiers(str(checkpoints[1]), "cpu")
+    models, _ = load_models([str(checkpoints[0])], "cpu", None, None)
+    results, _, probs = predict_dataset(
+        models, dataset, "cpu", progress=False, classifiers=classifiers, classifier_tta="hflip"
+    )
+    assert CountingDataset.reads == len(dataset) == len(results)  # each image read once
+    alone = predict_probs(classifiers, dataset, "cpu", tta="hflip", progress=False)
+    assert probs == pytest.approx(alone, abs=1e-6) and sorted(probs) == sorted(results)

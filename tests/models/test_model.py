@@ -135,7 +135,7 @@ def test_min_size_list_and_test_size_map_boxes_back_to_original_pixels(tiny_data
     model.eval()
     prepared = tiny_data["prepared"] / "64"
     dataset = ImageDataset(prepared / "test", prepared / "test_meta.csv")
-    results, errors = predict_dataset([model], dataset, "cpu", batch_size=2, progress=False)
+    results, errors, _ = predict_dataset([model], dataset, "cpu", batch_size=2, progress=False)
     assert not errors and {tuple(s) for batch in seen for s in batch} == {(160, 160)}
     for image_id, (boxes, _, classes) in results.items():
         h, w = dataset.meta.at[image_id, "dim0"], dataset.meta.at[image_id, "dim1"]
