@@ -18,7 +18,8 @@ out-of-fold AUC and writes ``oof/oof_nofinding_probs.csv``. Given ``--detector-o
 detector sweep's ``oof_submission.csv``), it also gives that submission's mAP40 without the
 filter, and with it at the ``nofinding.low`` / ``high`` pair of a grid that maximises the
 out-of-fold mAP40 (``"oof": {"AUC", "images", "mAP40_without_filter", "mAP40_with_filter",
-"low", "high"}``).
+"low", "high"}``). It prints what to add to the detector folds' ``predict.py`` command for a
+filtered ensemble (``"command"``: the folds' classifiers, averaged, and that pair).
 """
 
 from __future__ import annotations
@@ -165,8 +166,11 @@ def cross_validate_classifier(
         probs.update(fold)
     write_probs(probs, out / "oof_nofinding_probs.csv")
     result = {"folds": folds, "oof": {"AUC": _auc(probs, normal), "images": len(probs)}}
+    command = f"nofinding.ckpt_path=[{','.join(f['checkpoint'] for f in folds)}]"
     if detector_oof:
         result["oof"].update(filter_search(detector_oof, probs, data, labels))
+        command += f" nofinding.low={result['oof']['low']} nofinding.high={result['oof']['high']}"
+    result["command"] = command
     return result
 
 
@@ -277,6 +281,7 @@ def print_classifier(r: dict) -> None:
             f"{oof['mAP40_with_filter']:.4f} with nofinding.low={oof['low']} "
             f"nofinding.high={oof['high']}"
         )
+    print(f"filter the folds' ensemble: add to its predict.py command\n  {r['command']}")
 
 
 if __name__ == "__main__":

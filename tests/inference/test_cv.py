@@ -19,9 +19,9 @@ FOLDS = ["data.split=kfold", "data.n_folds=2", "data.fold=0,1", "trainer.max_ste
 
 
 @pytest.fixture(scope="module")
-def detector_sweep(tiny_data, tmp_path_factory):
+def detector_sweep(tiny_data, module_tmp):
     """A two-fold detector sweep of 2 steps a fold, and what `cxrdet cv --json` printed."""
-    sweep = tmp_path_factory.mktemp("detector") / "sweep"
+    sweep = module_tmp / "sweep"
     run_ok(
         [
             "train.py",
@@ -95,9 +95,15 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
         timeout=900,
     )
     oof_csv = detector_sweep[0] / "oof" / "oof_submission.csv"
-    result = json.loads(run_cv(sweep, "--detector-oof", str(oof_csv)).strip().splitlines()[-1])
+    out = run_cv(sweep, "--detector-oof", str(oof_csv))
+    result = json.loads(out.strip().splitlines()[-1])
     assert [f["fold"] for f in result["folds"]] == [0, 1]
     oof = result["oof"]
+    # What to add to the detector folds' predict.py command: both classifiers and the pair.
+    command = next(line for line in out.splitlines() if "nofinding.ckpt_path=[" in line)
+    ckpts = ",".join(f["checkpoint"] for f in result["folds"])
+    assert f"nofinding.ckpt_path=[{ckpts}]" in command
+    assert f"nofinding.low={oof['low']} nofinding.high={oof['high']}" in command
     assert oof["images"] == 16 and 0 <= oof["AUC"] <= 1
     assert oof["mAP40_without_filter"] == pytest.approx(
         score(str(tiny_data["raw"] / "train.csv"), str(oof_csv))["mAP40"], abs=1e-12
