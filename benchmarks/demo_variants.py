@@ -4,11 +4,11 @@
         [--extra key=value ...]
 
 Each variant is ``python train.py experiment=demo data.empty_images=<variant>
-trainer.precision=<precision>`` (same seed, same 300-step budget) into
-``outputs/demo-variants/<name>/``, then ``predict.py`` on its best checkpoint and the scorer on
-``test_labels.csv``. The phantoms are the demo's (made first when missing). Prints validation and
-test AP40/mAP40 and training time per variant; the last line is one JSON object. About 11 minutes
-per fp32 variant on 2 CPU cores.
+trainer.precision=<precision>`` (the demo's seed and step budget) into
+``outputs/demo-variants/<name>/``, then ``predict.py`` on its best checkpoint (the detector alone,
+no classifier) and the scorer on ``test_labels.csv``. The phantoms are the demo's (made first
+when missing). Prints validation and test AP40/mAP40 and training time per variant; the last line
+is one JSON object. About 7 minutes per fp32 variant on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from cxrdet.demo.run import PREPARED, RAW, SIZE, best_checkpoint, make_data, run, training_figures
+from cxrdet.demo.run import RAW, best_checkpoint, make_data, predict, run, training_figures
 from cxrdet.evaluation.score import score
 
 OUT = Path("outputs/demo-variants")
@@ -52,19 +52,7 @@ def main() -> None:
         )
         train_s = time.perf_counter() - start
         submission = run_dir / "submission.csv"
-        run(
-            f"predict {name}",
-            [
-                sys.executable,
-                "predict.py",
-                f"ckpt_path={best_checkpoint(run_dir)}",
-                f"prepared_size={SIZE}",
-                f"paths.prepared_dir={PREPARED}",
-                f"output={submission}",
-                "num_workers=0",
-                f"hydra.run.dir={run_dir / 'predict'}",
-            ],
-        )
+        predict(f"predict {name}", submission, [best_checkpoint(run_dir)], [])
         test = score(str(RAW / "test_labels.csv"), str(submission))
         figures = training_figures(run_dir)
         results[name] = {

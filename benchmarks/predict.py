@@ -1,7 +1,7 @@
 """Prediction speed: predict.py's pipeline vs a bare ``model(images)`` loop, and the TTA cost.
 
     python benchmarks/predict.py [--images 32] [--size 256] [--batch 4] [--device cpu]
-        [--precision 32] [--arch resnet50]
+        [--precision 32] [--arch resnet50] [--rounds 3]
 
 A random-init R50-FPN checkpoint and synthetic prepared PNGs; the same threads, batch, score
 threshold (0.0) and detection cap (100) for all. The bare loop gets the images already in
@@ -9,7 +9,9 @@ memory; ``cxrdet.inference.predictor.predict`` reads PNGs, maps boxes back, form
 validates the CSV. Prints images/s of both, their ratio (target >= 0.9) and hflip TTA's cost
 relative to plain prediction (target <= 2.1x), and what a "No finding" classifier
 (``nofinding.ckpt_path``, ``--arch``, run in the detector's pass) adds to predict.py's time
-(target <= 15 %); the last line is one JSON object.
+(target <= 15 %). The four take turns, ``--rounds`` times, and each figure is the median of the
+rounds' (a machine that speeds up or slows down weighs on all alike); the last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +88,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda")
     p.add_argument("--precision", default="32", help="32 (default) | 16-mixed | bf16-mixed")
     p.add_argument("--arch", default="resnet50", help="the classifier's (default resnet50)")
+    p.add_argument("--rounds", type=int, default=3, help="turns of each variant (default 3)")
     a = p.parse_args()
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +101,7 @@ def main() -> None:
             tmp / "prepared" / str(a.size) / "test",
             tmp / "prepared" / str(a.size) / "test_meta.csv",
         )
-        bare = bare_loop(ckpt, ImageDataset(image_dir, meta), a.batch, device, a.precision)
+        dataset = ImageDataset(image_dir, meta)
         common = dict(
             ckpt_path=str(ckpt),
             image_dir=str(image_dir),
@@ -108,15 +112,30 @@ def main() -> None:
             progress=False,
         )
         run = lambda out, **kw: predict(PredictConfig(output=str(out), **common, **kw))  # noqa: E731
-        run(tmp / "warm" / "s.csv")  # warm-up, as the bare loop had
-        plain_run = run(tmp / "plain" / "s.csv")
-        plain = plain_run["images_per_s"]
-        tta = run(tmp / "tta" / "s.csv", tta="hflip")["images_per_s"]
         classifier = tmp / "nofinding.ckpt"
         make_classifier(classifier, a.arch)
-        with_cls = run(tmp / "cls" / "s.csv", nofinding=NofindingConfig(ckpt_path=str(classifier)))
-    ratio, tta_cost = plain / bare, plain / tta
-    cls_cost = with_cls["seconds"] / plain_run["seconds"] - 1
+        with_classifier = NofindingConfig(ckpt_path=str(classifier))
+        run(tmp / "warm" / "s.csv")  # warm-up, as the bare loop has
+        rounds = []  # (bare, plain, tta, with the classifier), taking turns
+        for r in range(a.rounds):
+            bare_r = bare_loop(ckpt, dataset, a.batch, device, a.precision)
+            plain_r = run(tmp / f"plain{r}" / "s.csv")
+            tta_r = run(tmp / f"tta{r}" / "s.csv", tta="hflip")
+            cls_r = run(tmp / f"cls{r}" / "s.csv", nofinding=with_classifier)
+            rounds.append((bare_r, plain_r, tta_r, cls_r))
+            print(
+                f"round {r + 1}: bare {bare_r:.3f}, predict {plain_r['images_per_s']:.3f}, "
+                f"hflip {tta_r['images_per_s']:.3f}, with the classifier "
+                f"{cls_r['images_per_s']:.3f} images/s",
+                flush=True,
+            )
+    med = statistics.median
+    bare = med(b for b, *_ in rounds)
+    plain = med(p["images_per_s"] for _, p, _, _ in rounds)
+    tta = med(t["images_per_s"] for *_, t, _ in rounds)
+    ratio = med(p["images_per_s"] / b for b, p, _, _ in rounds)
+    tta_cost = med(t["seconds"] / p["seconds"] for _, p, t, _ in rounds)
+    cls_cost = med(c["seconds"] / p["seconds"] - 1 for _, p, _, c in rounds)
     print(f"bare model loop: {bare:.3f} images/s")
     print(f"predict.py:      {plain:.3f} images/s, {ratio:.3f}x the bare loop (target >= 0.9)")
     print(

@@ -3,9 +3,11 @@ the Lightning loop at other precisions.
 
     python benchmarks/train_throughput.py [--size 256] [--batch 2] [--steps 8] [--rounds 4]
         [--warmup 2] [--precisions 32-true[,bf16-mixed]] [--accelerator cpu|gpu] [--frozen-bn]
-        [--roi 512]
+        [--roi 512] [--model detector|classifier] [--arch resnet50]
 
-Both loops train the same torchvision Faster R-CNN R50-FPN (random init, same seed) on the same
+Both loops train the same model (random init, same seed): the torchvision Faster R-CNN R50-FPN,
+or with ``--model classifier`` the "No finding" classifier (``--arch``; binary cross-entropy on
+"the image has a finding", as ``NoFindingModule``; e.g. ``--batch 16``), on the same
 synthetic phantoms with the same DataLoader, batch, optimiser and torch threads; the first
 ``--warmup`` steps of each run are not timed. The Lightning loop runs with cxrdet's usual
 callbacks (progress bar, LR monitor, throughput monitor) and CSV logger, once per precision
@@ -40,8 +42,18 @@ from cxrdet.data.datamodule import CXRDataModule  # noqa: E402
 from cxrdet.data.dataset import batch_size  # noqa: E402
 from cxrdet.data.prepare import prepare  # noqa: E402
 from cxrdet.demo.synth import synthesize  # noqa: E402
+from cxrdet.models.classifier import NoFindingModule, build_classifier  # noqa: E402
 from cxrdet.models.detector import build_fasterrcnn  # noqa: E402
 from cxrdet.models.module import DetectorModule  # noqa: E402
+
+TARGET = {"detector": 0.97, "classifier": 0.95}  # cxrdet / plain images/s
+OPTIM = {  # the optimiser both loops use
+    "_target_": "torch.optim.SGD",
+    "_partial_": True,
+    "lr": 0.001,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+}
 
 
 class StepClock(pl.Callback):
@@ -76,9 +88,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop(dm: CXRDataModule, model_cfg: dict, steps: int, warmup: int, device) -> float:
+def plain_model(kind: str, model_cfg: dict, device) -> tuple[torch.nn.Module, callable]:
+    """The bare torchvision model and its loss of (images, targets), as cxrdet's module has."""
+    if kind == "classifier":
+        net = build_classifier(**model_cfg).train().to(device)
+        bce = torch.nn.BCEWithLogitsLoss()
+
+        def loss(images, targets):
+            labels = NoFindingModule.labels(targets).to(device)
+            return bce(net(torch.stack(images)).squeeze(1), labels)
+
+        return net, loss
+    net = build_fasterrcnn(**model_cfg).train().to(device)
+    return net, lambda images, targets: sum(net(images, targets).values())
+
+
+def plain_loop(
+    dm: CXRDataModule, kind: str, model_cfg: dict, steps: int, warmup: int, device
+) -> float:
     torch.manual_seed(0)
-    model = build_fasterrcnn(**model_cfg).train().to(device)
+    model, compute_loss = plain_model(kind, model_cfg, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=1e-4)
     times, done = [], 0
     while done < steps + warmup:
@@ -88,8 +117,7 @@ def plain_loop(dm: CXRDataModule, model_cfg: dict, steps: int, warmup: int, devi
                 {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
                 for t in targets
             ]
-            losses = model(images, targets)
-            loss = sum(losses.values())
+            loss = compute_loss(images, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -102,20 +130,18 @@ def plain_loop(dm: CXRDataModule, model_cfg: dict, steps: int, warmup: int, devi
 
 
 def lightning_loop(
-    dm, model_cfg: dict, steps: int, warmup: int, out: Path, accelerator: str, precision: str
+    dm,
+    kind: str,
+    model_cfg: dict,
+    steps: int,
+    warmup: int,
+    out: Path,
+    accelerator: str,
+    precision: str,
 ) -> float:
     torch.manual_seed(0)
-    module = DetectorModule(
-        model=model_cfg,
-        optim={
-            "_target_": "torch.optim.SGD",
-            "_partial_": True,
-            "lr": 0.001,
-            "momentum": 0.9,
-            "weight_decay": 1e-4,
-        },
-        scheduler=None,
-    )
+    module_class = NoFindingModule if kind == "classifier" else DetectorModule
+    module = module_class(model=model_cfg, optim=OPTIM, scheduler=None)
     clock = StepClock()
     trainer = pl.Trainer(
         accelerator=accelerator,
@@ -155,6 +181,8 @@ def main() -> None:
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="default cpu")
     p.add_argument("--frozen-bn", action="store_true", help="train as a pretrained run does")
     p.add_argument("--roi", type=int, default=512, help="ROIs sampled per image (default 512)")
+    p.add_argument("--model", default="detector", choices=list(TARGET), help="default detector")
+    p.add_argument("--arch", default="resnet50", help="the classifier's (default resnet50)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device("cuda" if a.accelerator == "gpu" else "cpu")
@@ -166,22 +194,32 @@ def main() -> None:
         "frozen_bn": a.frozen_bn,
         "roi_batch_size_per_image": a.roi,
     }
+    if a.model == "classifier":
+        model_cfg = {"arch": a.arch, "weights": None}
     plain, ours = [], {k: [] for k in precisions}
     with tempfile.TemporaryDirectory() as tmp:
         dm = make_data(Path(tmp), a.size, images=max(16, a.batch * 4))
         dm.batch_size = a.batch
         dm.setup()
         for r in range(a.rounds):
-            plain.append(plain_loop(dm, model_cfg, a.steps, a.warmup, device))
+            plain.append(plain_loop(dm, a.model, model_cfg, a.steps, a.warmup, device))
             print(f"round {r + 1}: plain PyTorch loop (fp32) {plain[-1]:.3f} images/s", flush=True)
             for precision in precisions:
                 ours[precision].append(
                     lightning_loop(
-                        dm, model_cfg, a.steps, a.warmup, Path(tmp), a.accelerator, precision
+                        dm,
+                        a.model,
+                        model_cfg,
+                        a.steps,
+                        a.warmup,
+                        Path(tmp),
+                        a.accelerator,
+                        precision,
                     )
                 )
                 print(f"round {r + 1}: cxrdet ({precision}) {ours[precision][-1]:.3f} images/s")
     med = statistics.median
+    what = f"{a.arch} classifier" if a.model == "classifier" else "R50-FPN detector"
     reference = precisions[0]
     ratios = [x / y for x, y in zip(ours[reference], plain)]
     ratio = med(ratios)
@@ -189,8 +227,8 @@ def main() -> None:
     for precision in precisions:
         print(f"cxrdet Lightning loop ({precision}): {med(ours[precision]):.3f} images/s")
     print(
-        f"ratio cxrdet ({reference}) / plain: {ratio:.3f} (target >= 0.97; rounds: "
-        f"{', '.join(f'{x:.3f}' for x in ratios)}); {a.size} px, batch {a.batch}, "
+        f"ratio cxrdet ({reference}) / plain: {ratio:.3f} (target >= {TARGET[a.model]}; rounds: "
+        f"{', '.join(f'{x:.3f}' for x in ratios)}); {what}, {a.size} px, batch {a.batch}, "
         f"{a.rounds} x {a.steps} timed steps, {a.threads} threads, {device.type}"
         f"{', frozen BatchNorm' if a.frozen_bn else ''}"
     )
@@ -212,6 +250,7 @@ def main() -> None:
                 "peak_cuda_gb": round(cuda_gb, 2) if cuda_gb else None,
                 "seconds_per_1000_steps": round(1000 * a.batch / med(ours[reference]), 1),
                 "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+                "model": what,
             }
         )
     )

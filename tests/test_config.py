@@ -61,6 +61,18 @@ def test_demo_experiment_overlays_only_what_it_changes():
     assert demo.model.weights is None and demo.optim.momentum == base.optim.momentum
 
 
+def test_demo_classifier_trains_on_the_demo_detector_s_data_and_split():
+    detector = _compose("train", ["experiment=demo"])
+    classifier = _compose("train", ["experiment=demo_nofinding"])
+    assert classifier.model.arch == "resnet18" and classifier.model.weights is None
+    for key in ("labels_csv", "image_dir", "image_size", "split", "val_fraction", "split_seed"):
+        assert classifier.data[key] == detector.data[key], key
+    assert classifier.data.empty_images == "keep"  # the normal images are half of its task
+    assert classifier.callbacks.model_checkpoint.monitor == "val/AUC"
+    assert classifier.trainer.accelerator == "cpu"
+    assert classifier.hydra.run.dir == "outputs/demo/nofinding"
+
+
 def test_predict_config_composes():
     cfg = _compose("predict", ["ckpt_path=x.ckpt", "prepared_size=256"])
     assert cfg.image_dir.endswith("/256/test")

@@ -1,7 +1,9 @@
 """make demo: the whole job on synthetic phantoms, offline, on CPU, under outputs/demo/.
 
-synth → prepare → train (validates, checkpoints) → predict the test set → score → summary.
-Each step is the same command a user runs; a rerun reuses finished steps unless ``--force``.
+synth → prepare → train the detector (validates, checkpoints) → train the "No finding"
+classifier → predict the test set without and with the classifier's filter → score both →
+summary. Each step is the same command a user runs; a rerun reuses finished steps unless
+``--force``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import pandas as pd
 
 ROOT = Path("outputs/demo")
 RAW, PREPARED, TRAIN = ROOT / "raw", ROOT / "prepared", ROOT / "train"
+NOFINDING = ROOT / "nofinding"  # the classifier's run directory (conf/experiment/demo_nofinding)
+SUBMISSION = ROOT / "submission.csv"  # detector + the classifier's filter: what one would submit
+WITHOUT_FILTER = ROOT / "without_filter" / "submission.csv"  # the detector alone
 SIZE = 192  # the prepared size conf/data/demo.yaml trains on
-SYNTH_ARGS = ["--train", "200", "--test", "50", "--seed", "0"]
+SYNTH_ARGS = ["--train", "200", "--test", "50", "--seed", "0", "--workers", "2"]
 
 
 def run(step: str, cmd: list[str]) -> float:
@@ -38,11 +43,11 @@ def make_data() -> dict[str, float]:
         print(f"=== synth: reusing {RAW}")
     else:
         times["synth"] = run(
-            "1/5 synth", [py, "-m", "cxrdet", "synth", "--out", str(RAW), *SYNTH_ARGS]
+            "1/6 synth", [py, "-m", "cxrdet", "synth", "--out", str(RAW), *SYNTH_ARGS]
         )
     for split in ("train", "test"):
         times[f"prepare {split}"] = run(
-            f"2/5 prepare {split}",
+            f"2/6 prepare {split}",
             [
                 py,
                 "-m",
@@ -69,8 +74,45 @@ def best_checkpoint(train_dir: Path = TRAIN) -> Path | None:
     return best_in(train_dir / "checkpoints")
 
 
+def train(step: str, experiment: str, run_dir: Path) -> tuple[Path, float | None]:
+    """``train.py experiment=<experiment>`` unless ``run_dir`` holds a checkpoint already;
+    returns the best checkpoint and the step's time (None when reused)."""
+    seconds = None
+    if best_checkpoint(run_dir) is None:
+        seconds = run(step, [sys.executable, "train.py", f"experiment={experiment}"])
+    else:
+        print(f"\n=== {step}: reusing {best_checkpoint(run_dir)} (make demo FORCE=1 to retrain)")
+    ckpt = best_checkpoint(run_dir)
+    if ckpt is None:
+        sys.exit(f"demo: training wrote no checkpoint under {run_dir / 'checkpoints'}")
+    return ckpt, seconds
+
+
+def predict(step: str, submission: Path, ckpts: list[Path], extra: list[str]) -> float | None:
+    """``predict.py`` on the test PNGs into ``submission`` (and predict.json beside it) unless
+    both are newer than every checkpoint; returns the step's time (None when reused)."""
+    newest = max(c.stat().st_mtime for c in ckpts)
+    done = submission.with_name("predict.json")
+    if submission.is_file() and done.is_file() and submission.stat().st_mtime > newest:
+        print(f"\n=== {step}: reusing {submission}")
+        return None
+    cmd = [
+        sys.executable,
+        "predict.py",
+        f"ckpt_path={ckpts[0]}",
+        *extra,
+        f"prepared_size={SIZE}",
+        f"paths.prepared_dir={PREPARED}",
+        f"output={submission}",
+        "num_workers=0",
+        f"hydra.run.dir={submission.parent / 'hydra'}",
+    ]
+    return run(step, cmd)
+
+
 def training_figures(train_dir: Path = TRAIN) -> dict:
-    """Last validation AP40 / mAP40 and mean training images/s from the run's metrics.csv."""
+    """Last validation AP40 / mAP40, best validation AUC (a classifier's run) and mean training
+    images/s from the run's metrics.csv."""
     path = train_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return {}
@@ -79,6 +121,8 @@ def training_figures(train_dir: Path = TRAIN) -> dict:
     for metric in ("AP40", "mAP40"):
         if f"val/{metric}" in m:
             out[f"val_{metric}"] = float(m[f"val/{metric}"].dropna().iloc[-1])
+    if "val/AUC" in m:  # the classifier's checkpoint is the one with the best AUC
+        out["val_AUC"] = float(m["val/AUC"].max())
     rate = [c for c in m.columns if c.endswith("samples_per_sec") and c.startswith("train")]
     if rate and m[rate[0]].notna().any():
         out["train_images_per_s"] = float(m[rate[0]].dropna().mean())
@@ -91,61 +135,55 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.force and ROOT.exists():
         shutil.rmtree(ROOT)
-    py = sys.executable
     times = make_data()
-    if best_checkpoint() is None:
-        times["train"] = run("3/5 train (about 7 minutes)", [py, "train.py", "experiment=demo"])
-    else:
-        print(f"\n=== train: reusing {best_checkpoint()} (make demo FORCE=1 to retrain)")
-    ckpt = best_checkpoint()
-    if ckpt is None:
-        sys.exit(f"demo: training wrote no checkpoint under {TRAIN / 'checkpoints'}")
-    submission = ROOT / "submission.csv"
-    fresh = submission.is_file() and submission.stat().st_mtime > ckpt.stat().st_mtime
-    if fresh and (ROOT / "predict.json").is_file():
-        print(f"\n=== predict: reusing {submission}")
-    else:
-        times["predict"] = run(
-            "4/5 predict the test set",
-            [
-                py,
-                "predict.py",
-                f"ckpt_path={ckpt}",
-                f"prepared_size={SIZE}",
-                f"paths.prepared_dir={PREPARED}",
-                f"output={submission}",
-                "num_workers=0",
-                f"hydra.run.dir={ROOT / 'predict'}",
-            ],
-        )
-    print("\n=== 5/5 score the submission against test_labels.csv", flush=True)
+    ckpt, times["train detector"] = train("3/6 train the detector (about 6 minutes)", "demo", TRAIN)
+    classifier, times["train classifier"] = train(
+        "4/6 train the No-finding classifier (about 1½ minutes)", "demo_nofinding", NOFINDING
+    )
+    times["predict without filter"] = predict(
+        "5/6 predict the test set with the detector alone", WITHOUT_FILTER, [ckpt], []
+    )
+    times["predict with filter"] = predict(
+        "5/6 predict the test set with the classifier's No-finding filter",
+        SUBMISSION,
+        [ckpt, classifier],
+        [f"nofinding.ckpt_path={classifier}"],
+    )
+    print("\n=== 6/6 score both submissions against test_labels.csv", flush=True)
     from cxrdet.evaluation.score import (
         score,  # after the steps: keeps the demo's own start-up light
     )
 
-    result = score(str(RAW / "test_labels.csv"), str(submission))
-    predict_json = pd.read_json(ROOT / "predict.json", typ="series")
-    figures = training_figures()
+    labels = str(RAW / "test_labels.csv")
+    alone, filtered = score(labels, str(WITHOUT_FILTER)), score(labels, str(SUBMISSION))
+    predict_json = pd.read_json(SUBMISSION.with_name("predict.json"), typ="series")
+    figures, classifier_figures = training_figures(), training_figures(NOFINDING)
     print("\n=== cxrdet demo summary")
     rows = []
     for metric in ("AP40", "mAP40"):
         if f"val_{metric}" in figures:
             rows.append((f"validation {metric} (20 % split)", f"{figures[f'val_{metric}']:.3f}"))
     for metric in ("AP40", "mAP40"):
-        rows.append((f"test {metric} ({result['images']} images)", f"{result[metric]:.3f}"))
+        rows.append((f"test {metric} ({alone['images']} images)", f"{alone[metric]:.3f}"))
+    if "val_AUC" in classifier_figures:
+        rows.append(("classifier validation AUC", f"{classifier_figures['val_AUC']:.3f}"))
+    rows.append(("test mAP40 with the No-finding filter", f"{filtered['mAP40']:.3f}"))
     if "train_images_per_s" in figures:
         rows.append(("training images/s", f"{figures['train_images_per_s']:.2f}"))
-    rows.append(("prediction images/s", f"{predict_json['images_per_s']:.2f}"))
-    rows.append(("step times", ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) or "-"))
-    rows += [("checkpoint", str(ckpt)), ("metrics", str(TRAIN / "csv" / "metrics.csv"))]
-    rows.append(("figures", str(TRAIN / "report")))
-    rows.append(("submission", str(submission)))
+    rows.append(("prediction images/s (with the filter)", f"{predict_json['images_per_s']:.2f}"))
+    ran = {k: v for k, v in times.items() if v is not None}
+    rows.append(("step times", ", ".join(f"{k} {v:.0f} s" for k, v in ran.items()) or "-"))
+    rows += [("detector", str(ckpt)), ("classifier", str(classifier))]
+    rows += [("metrics", str(TRAIN / "csv" / "metrics.csv")), ("figures", str(TRAIN / "report"))]
+    rows += [("submission", str(SUBMISSION)), ("without the filter", str(WITHOUT_FILTER))]
     for name, value in rows:
         print(f"  {name:<40s} {value}")
     print(
         "  AP40: the seed's COCO-style AP at IoU 0.4 over findings 0-13; mAP40: the competition's\n"
         "  VOC AP at IoU 0.4 over the classes present, No finding included. Validation ground\n"
-        "  truth: the three readers fused with WBF; test: one consensus reader."
+        "  truth: the three readers fused with WBF; test: one consensus reader. The filter\n"
+        "  (predict.py nofinding.low/high) makes each image's No-finding line from the\n"
+        "  classifier's P(abnormal) instead of from the detector's top score."
     )
 
 
