@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ def main() -> None:
     for variant in a.variants.split(","):
         name = f"{variant}-{a.precision}"
         run_dir = OUT / name
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: no checkpoint of an earlier one
         start = time.perf_counter()
         run(
             f"train {name}",
