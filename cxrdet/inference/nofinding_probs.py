@@ -46,9 +46,10 @@ def load_classifiers(ckpt_paths, device) -> list[torch.nn.Module]:
     return [load_classifier(str(p)).to(device) for p in paths]
 
 
-def check_tta(tta: str) -> None:
+def check_tta(tta: str, key: str = "nofinding.tta") -> None:
+    """Refuse a TTA other than none and hflip, naming the setting (``key``)."""
     if tta not in ("none", "hflip"):
-        raise ValueError(f"unknown nofinding.tta {tta!r}; expected none or hflip")
+        raise ValueError(f"unknown {key} {tta!r}; expected none or hflip")
 
 
 def batch_probs(classifiers, images: list[torch.Tensor], tta: str = "none") -> list[float]:

@@ -101,8 +101,7 @@ def predict_dataset(
         more than one view; image id → error for images that could not be read; and image id →
         the classifiers' mean P(abnormal) (:func:`batch_probs`; empty without classifiers).
     """
-    if tta not in ("none", "hflip"):
-        raise ValueError(f"unknown tta {tta!r}; expected none or hflip")
+    check_tta(tta, "tta")
     check_tta(classifier_tta)
     weights = list(weights) if weights else [1.0] * len(models)
     if len(weights) != len(models):

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 from torchvision import models
 
-from cxrdet.models.detector import trainable_parameter_groups
 from cxrdet.models.module import read_checkpoint
+from cxrdet.models.schedule import lightning_optimizers
 from cxrdet.models.weights import load_weights, no_source
 
 # arch → (torchvision builder, its weights enum); ImageNet weights by name, e.g. IMAGENET1K_V1
@@ -126,16 +125,12 @@ class NoFindingModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in figures.items()})
 
     def configure_optimizers(self):
-        optim = instantiate(self.hparams.optim)
-        optimizer = optim(trainable_parameter_groups(self, optim.keywords.get("weight_decay", 0)))
-        if not self.hparams.scheduler:
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return lightning_optimizers(
+            self,
+            self.hparams.optim,
+            self.hparams.scheduler,
+            lambda: int(self.trainer.estimated_stepping_batches),
+        )
 
 
 def load_classifier(ckpt_path: str) -> NoFindingModule:

@@ -7,12 +7,12 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.evaluator import DetectionEvaluator
-from cxrdet.models.detector import build_fasterrcnn, trainable_parameter_groups
+from cxrdet.models.detector import build_fasterrcnn
+from cxrdet.models.schedule import lightning_optimizers
 from cxrdet.models.weights import frozen_bn_eps, no_source
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,14 @@ class DetectorModule(pl.LightningModule):
                 self.log(f"val/{metric}/{names[c]}", v)
 
     def configure_optimizers(self):
-        optim = instantiate(self.hparams.optim)
-        groups = trainable_parameter_groups(self.model, optim.keywords.get("weight_decay", 0.0))
-        optimizer = optim(groups)
-        if not self.hparams.scheduler:
-            return optimizer
+        return lightning_optimizers(
+            self.model, self.hparams.optim, self.hparams.scheduler, self.schedule_length
+        )
+
+    def schedule_length(self) -> int:
+        """The LR schedule's steps (trainer.max_steps), kept in checkpoints; warns when a resumed
+        run's differs from the one its checkpoint was made with."""
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total)
         if self.resumed_from and self.resumed_from[0] != total:
             made_for, step = self.resumed_from
             log.warning(
@@ -141,10 +142,7 @@ class DetectorModule(pl.LightningModule):
                 made_for,
             )
         self.schedule_steps = total
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return total
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["schedule_steps"] = self.schedule_steps

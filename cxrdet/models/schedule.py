@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from functools import partial
 
+from hydra.utils import instantiate
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from cxrdet.models.detector import trainable_parameter_groups
 
 
 def warmup_cosine(
@@ -36,3 +40,20 @@ def warmup_cosine_scheduler(
         warmup_factor=warmup_factor,
     )
     return LambdaLR(optimizer, factor)
+
+
+def lightning_optimizers(model: nn.Module, optim: dict, scheduler: dict | None, total_steps):
+    """What ``configure_optimizers`` returns for cxrdet's modules: ``optim`` (a Hydra partial)
+    over ``model``'s trainable parameter groups, and ``scheduler`` (a partial called with
+    ``total_steps``) stepped every iteration, or the optimiser alone without one.
+    ``total_steps`` is called only when there is a scheduler (Lightning's estimate needs the
+    trainer)."""
+    optim = instantiate(optim)
+    optimizer = optim(trainable_parameter_groups(model, optim.keywords.get("weight_decay", 0.0)))
+    if not scheduler:
+        return optimizer
+    lr_scheduler = instantiate(scheduler)(optimizer, total_steps=total_steps())
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step", "frequency": 1},
+    }
