@@ -14,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
 import cxrdet.config  # noqa: F401  (registers the typed PredictConfig that predict.yaml extends)
-from cxrdet.data.labels import read_labels
-from cxrdet.data.splits import split_ids
-from cxrdet.inference.config import PredictConfig
-from cxrdet.inference.predictor import predict
+from cxrdet.inference.config import PredictConfig, missing_model
+
+# torch and the models are imported in run(), after Hydra has composed the config: --help and a
+# refused override answer without them.
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
@@ -30,6 +30,9 @@ def main(cfg: DictConfig) -> None:
                 ", or an exported model: model_file=model.onnx)"
             )
         cfg.ckpt_path = None  # an exported model needs no checkpoint
+    problem = missing_model(cfg.ckpt_path, cfg.model_file)
+    if problem:  # before torch loads: a wrong path fails in a second
+        sys.exit(f"error: {problem}")
     try:
         summary = run(cfg)
     except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, no traceback
@@ -42,6 +45,10 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Predict with the settings in ``cfg`` (conf/predict.yaml, typed by PredictConfig)."""
+    from cxrdet.data.labels import read_labels
+    from cxrdet.data.splits import split_ids
+    from cxrdet.inference.predictor import predict
+
     settings: PredictConfig = OmegaConf.to_object(cfg)
     image_ids = None
     if settings.split.mode:  # the validation images of a training split, as train.py made it

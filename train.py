@@ -10,26 +10,21 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
 from cxrdet.config import quote_numeric_choices  # also registers the typed configs
-from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
-from cxrdet.models.classifier import NoFindingModule
-from cxrdet.models.module import DetectorModule
-from cxrdet.models.precision import resolve_precision
-from cxrdet.reports.report import upload_figures, write_report
-from cxrdet.training.loggers import build_loggers, run_info
-from cxrdet.training.overlays import WandbBoxOverlays
 
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+# torch, Lightning and the models are imported in the functions below, after Hydra has composed
+# the config: --help, --cfg and a refused override answer without them.
 log = logging.getLogger("cxrdet.train")
 # torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -39,43 +34,30 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 )
 
 
-def choose_precision(trainer_cfg: DictConfig) -> str:
-    """Resolve ``trainer.precision: auto`` for the device the trainer will use, in place."""
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    chosen = resolve_precision(trainer_cfg.precision, "cuda" if cuda else "cpu")
-    log.info(
-        "precision: %s (trainer.precision=%s on %s)",
-        chosen,
-        trainer_cfg.precision,
-        "cuda" if cuda else "cpu",
-    )
-    trainer_cfg.precision = chosen
-    return chosen
+def refuse_local_ddp_sweep(cfg: DictConfig) -> None:
+    """Stop, in one line, a sweep launched in this process that would train on several
+    processes: Lightning's DDP re-runs the command line in its child processes, the sweep's
+    included. Decided by the number of processes (``devices=2`` alone builds DDP), not by the
+    strategy's name."""
+    from cxrdet.training.devices import process_count
 
-
-def refuse_with_ddp(cfg: DictConfig) -> None:
-    """Stop, in one line, on what DDP cannot do here: skipping a batch on one rank (the others
-    would wait in the gradient all-reduce for ever), and a sweep launched in this process
-    (Lightning's DDP re-runs the command line in its child processes, the sweep's included)."""
-    if "ddp" not in str(cfg.trainer.get("strategy", "")):
+    if process_count(cfg.trainer) < 2:
         return
-    if cfg.on_nonfinite == "skip":
-        sys.exit(
-            "error: on_nonfinite=skip cannot run under DDP (a rank that skips leaves the others "
-            "waiting); use on_nonfinite=stop, or train on one device"
-        )
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN and "submitit" not in str(hydra_cfg.launcher._target_):
         sys.exit(
-            "error: a sweep (-m or hparams_search) with trainer=ddp needs one job per run: add "
-            "hydra/launcher=slurm (each run then starts its own DDP processes), or sweep on one "
-            "device"
+            f"error: a sweep (-m or hparams_search) on {process_count(cfg.trainer)} processes "
+            "(DDP) needs one job per run: add hydra/launcher=slurm (each run then starts its own "
+            "DDP processes), or sweep on one device"
         )
 
 
 def build_module(cfg: DictConfig) -> pl.LightningModule:
     """The detector, or the "No finding" classifier when the model config names an ``arch``."""
+    from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+    from cxrdet.models.classifier import NoFindingModule
+    from cxrdet.models.module import DetectorModule
+
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     scheduler = (
@@ -96,9 +78,20 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
 
 def train(cfg: DictConfig) -> float | None:
     """Build data, model, callbacks and loggers from ``cfg``; fit; return the best metric."""
-    refuse_with_ddp(cfg)
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    from cxrdet.models.precision import choose_precision
+    from cxrdet.reports.report import upload_figures, write_report
+    from cxrdet.training.devices import trainer_device
+    from cxrdet.training.loggers import build_loggers, run_info
+    from cxrdet.training.overlays import WandbBoxOverlays
+
     pl.seed_everything(cfg.seed, workers=True)
-    choose_precision(cfg.trainer)
+    cfg.trainer.precision = choose_precision(
+        cfg.trainer.precision, trainer_device(cfg.trainer), "trainer.precision"
+    )
     augment = instantiate(cfg.augment) if cfg.augment else None
     datamodule = instantiate(cfg.data, augment=augment, seed=cfg.seed, _recursive_=False)
     try:  # pretrained weights that cannot load stop here, before any data loads
@@ -144,6 +137,12 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from cxrdet.data.config import missing_input
+
+    problem = missing_input(cfg.data)
+    if problem:  # before torch and Lightning load: a wrong path fails in a second
+        sys.exit(f"error: {problem}")
+    refuse_local_ddp_sweep(cfg)
     return train(cfg)
 
 

@@ -196,7 +196,7 @@ def main() -> None:
     }
     if a.model == "classifier":
         model_cfg = {"arch": a.arch, "weights": None}
-    plain, ours = [], {k: [] for k in precisions}
+    plain, ours, peaks = [], {k: [] for k in precisions}, {}
     with tempfile.TemporaryDirectory() as tmp:
         dm = make_data(Path(tmp), a.size, images=max(16, a.batch * 4))
         dm.batch_size = a.batch
@@ -205,6 +205,8 @@ def main() -> None:
             plain.append(plain_loop(dm, a.model, model_cfg, a.steps, a.warmup, device))
             print(f"round {r + 1}: plain PyTorch loop (fp32) {plain[-1]:.3f} images/s", flush=True)
             for precision in precisions:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 ours[precision].append(
                     lightning_loop(
                         dm,
@@ -217,6 +219,9 @@ def main() -> None:
                         precision,
                     )
                 )
+                if device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(device) / 2**30
+                    peaks[precision] = max(peaks.get(precision, 0.0), peak)
                 print(f"round {r + 1}: cxrdet ({precision}) {ours[precision][-1]:.3f} images/s")
     med = statistics.median
     what = f"{a.arch} classifier" if a.model == "classifier" else "R50-FPN detector"
@@ -248,6 +253,7 @@ def main() -> None:
                 "speedup": {k: round(v, 4) for k, v in speedups.items()},
                 "peak_rss_gb": round(rss_gb, 2),
                 "peak_cuda_gb": round(cuda_gb, 2) if cuda_gb else None,
+                "peak_cuda_gb_by_precision": {k: round(v, 2) for k, v in peaks.items()},
                 "seconds_per_1000_steps": round(1000 * a.batch / med(ours[reference]), 1),
                 "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                 "model": what,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -44,6 +46,20 @@ def module_tmp(request, tmp_path_factory):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def tiny_datamodule(data: dict, **kwargs):
+    """A CXRDataModule over the tiny dataset's 64-px PNGs (no workers unless ``kwargs`` say)."""
+    from cxrdet.data.datamodule import CXRDataModule
+
+    prepared = data["prepared"] / str(data["size"])
+    return CXRDataModule(
+        str(kwargs.pop("labels_csv", data["raw"] / "train.csv")),
+        str(prepared / "train"),
+        str(prepared / "train_meta.csv"),
+        image_size=data["size"],
+        **{"num_workers": 0, **kwargs},
+    )
+
+
 def tiny_overrides(data: dict, run_dir: Path) -> list[str]:
     """train.py overrides that point at the tiny dataset and keep a run to seconds."""
     return [
@@ -80,3 +96,60 @@ def run_fails(args: list[str], timeout: int = 120, env: dict | None = None):
     assert done.returncode != 0, done.stdout[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     return done
+
+
+_ENTRY_POINTS: dict = {}  # train.py and predict.py loaded as modules, once each
+
+
+def in_process(script: str, args: list[str], log_dir: Path | None = None) -> str:
+    """Run ``python SCRIPT ARGS`` (train.py or predict.py) in this process; what it logged.
+
+    The same Hydra app as on the command line (its run or sweep directory, ``.hydra/``, its
+    log file, ``-m`` and the sweepers), without starting an interpreter: on 2 cores the
+    imports alone take ~10 s a run. What a run changes process-wide (argv, the environment,
+    the root logger's handlers, torch's deterministic-algorithms flag) is put back afterwards.
+    A clear error (``sys.exit("error: ...")``) propagates as SystemExit. Returns the text of
+    every ``*.log`` file under ``log_dir`` (default: the ``hydra.run.dir``/``hydra.sweep.dir``
+    in ``args``). Command-line behaviour (exit codes, stderr, signals, DDP) stays with
+    :func:`run_ok` / :func:`run_fails`.
+    """
+    import torch
+
+    from cxrdet.config import quote_numeric_choices
+
+    name = Path(script).stem
+    if name not in _ENTRY_POINTS:
+        spec = importlib.util.spec_from_file_location(name, REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _ENTRY_POINTS[name] = module
+    if log_dir is None:
+        dirs = [
+            a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))
+        ]
+        log_dir = Path(dirs[-1])
+    root = logging.getLogger()
+    saved = (sys.argv, dict(os.environ), root.handlers[:], root.level)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    sys.argv = [script, f"--config-path={REPO / 'conf'}", *quote_numeric_choices(args)]
+    try:
+        _ENTRY_POINTS[name].main()
+    finally:
+        sys.argv = saved[0]
+        os.environ.clear()
+        os.environ.update(saved[1])
+        for handler in root.handlers[:]:
+            if handler not in saved[2]:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in saved[2]:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(saved[3])
+        torch.use_deterministic_algorithms(deterministic)
+    return "\n".join(p.read_text() for p in sorted(Path(log_dir).rglob("*.log")))
+
+
+def train_in_process(args: list[str], log_dir: Path | None = None) -> str:
+    """``python train.py ARGS`` in this process (:func:`in_process`)."""
+    return in_process("train.py", args, log_dir)

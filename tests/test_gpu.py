@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_datamodule
 
-from cxrdet.data.datamodule import CXRDataModule
 from cxrdet.models.module import DetectorModule
 
 pytestmark = [
@@ -19,15 +19,7 @@ OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.005, "momentu
 
 
 def _data(tiny_data):
-    prepared = tiny_data["prepared"]
-    return CXRDataModule(
-        str(tiny_data["raw"] / "train.csv"),
-        str(prepared / "64" / "train"),
-        str(prepared / "64" / "train_meta.csv"),
-        image_size=64,
-        num_workers=0,
-        seed=0,
-    )
+    return tiny_datamodule(tiny_data, seed=0)
 
 
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed"])

@@ -9,6 +9,7 @@ naming the key, before anything loads. Values and their comments live in ``conf/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
@@ -33,4 +34,22 @@ class DataConfig:
     empty_images: Any = "drop"  # drop | keep | a fraction: checked by the data module
     batch_size: int = 2
     val_batch_size: int = 4
-    num_workers: int = 4
+    num_workers: Any = "auto"  # auto | a number: checked by the data module
+
+
+INPUTS = (  # (key, what it is, the cure when it is missing)
+    ("labels_csv", "labels file", "set paths.raw_dir or data.labels_csv"),
+    ("image_dir", "image folder", "run cxrdet prepare, or set paths.prepared_dir"),
+    ("meta_csv", "meta CSV", "run cxrdet prepare, or set paths.prepared_dir"),
+)
+
+
+def missing_input(data) -> str | None:
+    """The first of a data config's input paths that does not exist, said in one line with its
+    key and cure; None when all are there. train.py asks before it loads torch, so a wrong path
+    fails in a second, not after the imports."""
+    for key, what, cure in INPUTS:
+        path = data.get(key)
+        if path and not Path(str(path)).exists():
+            return f"{what} not found: {path} (data.{key}; {cure})"
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +21,31 @@ from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import split_ids
 
 log = logging.getLogger(__name__)
+
+
+MAX_AUTO_WORKERS = 16
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a SLURM job's allocation), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def worker_count(num_workers, processes: int = 1) -> int:
+    """``data.num_workers`` as a number: ``auto`` is the CPUs this process may use, shared
+    between the training processes of this machine, capped at 16 (a number passes through)."""
+    if str(num_workers) == "auto":
+        return max(1, min(MAX_AUTO_WORKERS, usable_cpus() // max(processes, 1)))
+    try:
+        workers = int(num_workers)
+    except (TypeError, ValueError):
+        workers = -1
+    if workers < 0 or str(workers) != str(num_workers).strip():
+        raise ValueError(f"data.num_workers={num_workers!r}: expected auto or a number >= 0")
+    return workers
 
 
 def normal_share(empty_images) -> float:
@@ -123,7 +149,9 @@ class CXRDataModule(pl.LightningDataModule):
             drawn anew each epoch beside every image with a finding. Validation scores all.
         batch_size: images per training batch.
         val_batch_size: images per validation batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes per training process, or ``auto``
+            (:func:`worker_count`). Workers persist across epochs; batches go to pinned memory
+            when training on CUDA.
         augment: training transform called as ``augment(image=, bboxes=, labels=)`` (an
             ``albumentations.Compose`` with pascal_voc bbox params), or None.
         seed: seeds the training order and each sample's augmentation (per epoch), so a run
@@ -148,7 +176,7 @@ class CXRDataModule(pl.LightningDataModule):
         empty_images: str | float = "keep",
         batch_size: int = 2,
         val_batch_size: int = 4,
-        num_workers: int = 4,
+        num_workers: int | str = "auto",
         augment=None,
         seed: int = 0,
     ):
@@ -162,6 +190,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.empty_images = empty_images
         self.normal_share = 1.0  # set by setup() from empty_images
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        worker_count(num_workers)  # a bad value is refused here, before any data loads
         self.num_workers = num_workers
         self.augment = augment
         self.seed = seed
@@ -223,6 +252,22 @@ class CXRDataModule(pl.LightningDataModule):
                 self.image_size,
             )
 
+    def loader_options(self, log_it: bool = False) -> dict:
+        """Worker processes (``auto`` resolved for this machine and the trainer's processes on
+        it), kept across epochs, and pinned memory when the trainer runs on CUDA."""
+        trainer = getattr(self, "trainer", None)
+        workers = worker_count(self.num_workers, trainer.num_devices if trainer else 1)
+        cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        if log_it:
+            log.info(
+                "data loader: %d worker process(es) (data.num_workers=%s; %d CPUs usable)%s",
+                workers,
+                self.num_workers,
+                usable_cpus(),
+                ", pinned memory" if cuda else "",
+            )
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": cuda}
+
     def train_dataloader(self) -> StatefulDataLoader:
         """Stateful (torchdata): a checkpoint records how far into the epoch it got, so a resumed
         run goes on with the next batch. The loader's own generator keeps the global RNG (ROI
@@ -247,11 +292,10 @@ class CXRDataModule(pl.LightningDataModule):
             self.train_set,
             batch_size=self.batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
             collate_fn=collate,
             drop_last=True,
-            persistent_workers=self.num_workers > 0,  # the epoch travels with each index
             generator=torch.Generator().manual_seed(self.seed),
+            **self.loader_options(log_it=True),  # persistent: the epoch travels with each index
         )
 
     def val_dataloader(self):
@@ -260,8 +304,7 @@ class CXRDataModule(pl.LightningDataModule):
         return DataLoader(
             self.val_set,
             batch_size=self.val_batch_size,
-            num_workers=self.num_workers,
             collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
             generator=torch.Generator(),  # not the global one: validating leaves it untouched
+            **self.loader_options(),
         )

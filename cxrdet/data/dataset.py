@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from cxrdet.data.boxes import Content, clip, letterbox_content, to_prepared, valid
 from cxrdet.data.dicom import DicomError, read_dicom
@@ -224,6 +224,17 @@ class ImageDataset(Dataset):
 def collate(batch):
     """Detection batches are tuples: (images, targets), images of any size."""
     return tuple(zip(*batch))
+
+
+def prediction_loader(dataset, batch_size: int, num_workers: int, device) -> DataLoader:
+    """Batches of ``dataset`` in its order for prediction, pinned in memory for a CUDA device."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.device(device).type == "cuda",
+    )
 
 
 def batch_size(batch) -> int:

@@ -7,7 +7,9 @@ takes the composed settings as one object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
@@ -62,3 +64,14 @@ class PredictConfig:
     precision: str = "auto"
     progress: bool = True
     paths: Any = None  # conf/paths, for the interpolations
+
+
+def missing_model(ckpt_path, model_file) -> str | None:
+    """The first checkpoint (``ckpt_path``: a path or a list) or exported file that does not
+    exist, said in one line; None when all are there."""
+    paths = [] if ckpt_path is None else ckpt_path
+    paths = [paths] if isinstance(paths, str | Path) or not isinstance(paths, Sequence) else paths
+    for key, path in [*(("ckpt_path", p) for p in paths), ("model_file", model_file)]:
+        if path and not Path(str(path)).is_file():
+            return f"{key}: {path} not found"
+    return None

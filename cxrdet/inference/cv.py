@@ -1,6 +1,7 @@
 """Out-of-fold validation of a k-fold sweep, and the command that ensembles its folds.
 
-    cxrdet cv MULTIRUN_DIR [--tta hflip] [--device auto] [--batch-size 4] [--json]
+    cxrdet cv MULTIRUN_DIR [--tta hflip] [--device auto] [--precision auto] [--batch-size 4]
+        [--json]
 
 After ``python train.py -m experiment=winners_512 data.fold=0,1,2,3,4``, MULTIRUN_DIR holds
 one run per fold. For each, this finds the best checkpoint, predicts that fold's validation
@@ -45,6 +46,7 @@ from cxrdet.evaluation.submission import read_submission, write_submission
 from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs, write_probs
 from cxrdet.inference.predictor import pick_device, predict
+from cxrdet.models.precision import choose_precision
 from cxrdet.training.callbacks import best_checkpoint
 
 
@@ -80,7 +82,9 @@ def fold_images(cfg, labels) -> list[str]:
     return val_ids
 
 
-def cross_validate(sweep_dir, tta: str = "none", device: str = "auto", batch_size: int = 4):
+def cross_validate(
+    sweep_dir, tta: str = "none", device: str = "auto", batch_size: int = 4, precision="auto"
+):
     """Per-fold and out-of-fold scores of detector folds; see the module docstring."""
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "oof"
@@ -102,6 +106,7 @@ def cross_validate(sweep_dir, tta: str = "none", device: str = "auto", batch_siz
                 meta_csv=d.meta_csv,
                 tta=tta,
                 device=device,
+                precision=precision,
                 batch_size=batch_size,
                 progress=False,
             ),
@@ -143,7 +148,12 @@ HIGHS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.01)  # ... and of nofinding.high (1.0
 
 
 def cross_validate_classifier(
-    sweep_dir, detector_oof: str | None, tta: str = "none", device: str = "auto", batch_size=4
+    sweep_dir,
+    detector_oof: str | None,
+    tta: str = "none",
+    device: str = "auto",
+    batch_size=4,
+    precision="auto",
 ) -> dict:
     """Out-of-fold AUC of classifier folds and, given the detector's out-of-fold submission,
     its mAP40 without and with the "No finding" filter at the best (low, high) of a grid."""
@@ -155,12 +165,14 @@ def cross_validate_classifier(
     labels, _ = read_labels(data.labels_csv)
     normal = normal_image_ids(labels)
     dev = pick_device(device)
+    precision = choose_precision(precision, dev.type, "--precision", dev.index)
     probs, folds = {}, []
     for run, cfg in runs:
         d = cfg.data
         ckpt = checkpoint_of(run)
         dataset = ImageDataset(d.image_dir, d.meta_csv, fold_images(cfg, labels))
-        fold = predict_probs(load_classifiers(str(ckpt), dev), dataset, dev, batch_size, tta=tta)
+        classifiers = load_classifiers(str(ckpt), dev)
+        fold = predict_probs(classifiers, dataset, dev, batch_size, tta=tta, precision=precision)
         folds.append({"fold": int(d.fold), "run": str(run), "checkpoint": str(ckpt)})
         folds[-1].update(images=len(fold), AUC=_auc(fold, normal))
         probs.update(fold)
@@ -225,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (predict.py's rule: bf16-mixed on GPUs with native bf16, 16-mixed on older "
+        "ones, 32 on the CPU) | 32 | 16-mixed | bf16-mixed",
+    )
+    p.add_argument(
         "--detector-oof",
         help="classifier folds: the detector's oof_submission.csv, to measure the filter on",
     )
@@ -234,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         classifier = "arch" in fold_runs(Path(a.sweep_dir))[0][1].model
         if classifier:
             r = cross_validate_classifier(
-                a.sweep_dir, a.detector_oof, a.tta, a.device, a.batch_size
+                a.sweep_dir, a.detector_oof, a.tta, a.device, a.batch_size, a.precision
             )
         else:
-            r = cross_validate(a.sweep_dir, a.tta, a.device, a.batch_size)
+            r = cross_validate(a.sweep_dir, a.tta, a.device, a.batch_size, a.precision)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,22 +1,44 @@
 """Running an exported detector (``cxrdet export``): ONNX through ONNX Runtime, or TorchScript.
 
 Needs neither Lightning nor the checkpoint: ``predict.py model_file=FILE.onnx`` runs on a
-deployment machine with ``pip install cxrdet[onnx]``.
+deployment machine with ``pip install cxrdet[onnx]``, or on a GPU with ``cxrdet[onnx-gpu]``
+(onnxruntime-gpu: ONNX Runtime's CUDA provider).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 
-def load_exported(path: str | Path):
+
+def onnx_providers(device: torch.device, available: list[str]) -> list[str]:
+    """ONNX Runtime's execution providers for ``device``: CUDA first on a CUDA device when
+    ``available`` has it; else the CPU, saying so in one line when a GPU was asked for."""
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    log.warning(
+        "ONNX Runtime has no CUDA provider here (it has %s): the exported model runs on the CPU; "
+        "for the GPU install onnxruntime-gpu in place of onnxruntime: pip install "
+        "'cxrdet[onnx-gpu]'",
+        ", ".join(available) or "none",
+    )
+    return ["CPUExecutionProvider"]
+
+
+def load_exported(path: str | Path, device: torch.device | str = "cpu"):
     """A callable ``grey uint8 [H, W] → (boxes, scores, class ids)`` (numpy) for an exported
-    file, and the prepared image size its checkpoint was trained on."""
+    file, run on ``device`` (ONNX Runtime's CUDA provider, or TorchScript on the GPU), and the
+    prepared image size its checkpoint was trained on."""
+    device = torch.device(device)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported model not found: {path}")
@@ -25,7 +47,8 @@ def load_exported(path: str | Path):
             import onnxruntime
         except ImportError as e:
             raise ValueError(f"{path}: ONNX needs onnxruntime: pip install 'cxrdet[onnx]'") from e
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        providers = onnx_providers(device, onnxruntime.get_available_providers())
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
         meta = session.get_modelmeta().custom_metadata_map
         size = int(meta.get("cxrdet.prepared_size", 512))
         return (lambda image: tuple(session.run(None, {"image": image}))), size
@@ -33,7 +56,7 @@ def load_exported(path: str | Path):
     try:
         with warnings.catch_warnings():  # torch's deprecation notice for TorchScript
             warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated")
-            scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            scripted = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except RuntimeError as e:
         raise ValueError(f"{path}: not an ONNX or TorchScript file from cxrdet export") from e
     size = int(json.loads(extra["cxrdet.json"] or "{}").get("prepared_size", 512))
@@ -42,7 +65,7 @@ def load_exported(path: str | Path):
         with torch.inference_mode(), warnings.catch_warnings():
             # torchvision's scripted detector notes its (losses, detections) return on each call
             warnings.filterwarnings("ignore", message="RCNN always returns")
-            return tuple(t.numpy() for t in scripted(torch.from_numpy(image)))
+            return tuple(t.cpu().numpy() for t in scripted(torch.from_numpy(image).to(device)))
 
     return run, size
 
@@ -53,8 +76,13 @@ class ExportedDetector:
     (labels = class id + 1). Its score threshold and detection cap are the checkpoint's;
     ``score_thresh`` drops lower scores on top of that."""
 
-    def __init__(self, path: str | Path, score_thresh: float | None = None):
-        self.run, self.prepared_size = load_exported(path)
+    def __init__(
+        self,
+        path: str | Path,
+        score_thresh: float | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.run, self.prepared_size = load_exported(path, device)
         self.score_thresh = score_thresh
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict]:

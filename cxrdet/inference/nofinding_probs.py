@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cxrdet.data.dataset import collate
+from cxrdet.data.dataset import prediction_loader
 from cxrdet.models.precision import autocast
 
 
@@ -77,7 +76,7 @@ def predict_probs(
     (the classifiers alone; predict.py runs them in the detector's pass instead)."""
     check_tta(tta)
     device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    loader = prediction_loader(dataset, batch_size, num_workers, device)
     probs = {}
     for images, infos in tqdm(loader, desc="nofinding", unit="batch", disable=not progress):
         with autocast(device, precision):

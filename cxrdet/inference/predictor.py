@@ -15,11 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cxrdet.data.boxes import to_prepared
-from cxrdet.data.dataset import DicomDataset, ImageDataset, collate
+from cxrdet.data.dataset import DicomDataset, ImageDataset, prediction_loader
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
     EMPTY_PREDICTION,
@@ -39,7 +38,7 @@ from cxrdet.inference.nofinding_probs import (
     write_probs,
 )
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
-from cxrdet.models.precision import autocast, autocast_dtype, resolve_precision
+from cxrdet.models.precision import autocast, autocast_dtype, choose_precision
 from cxrdet.reports.draw import draw_boxes
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def predict_dataset(
     weights = list(weights) if weights else [1.0] * len(models)
     if len(weights) != len(models):
         raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    loader = prediction_loader(dataset, batch_size, num_workers, device)
     device = torch.device(device)
     results, errors, probs = {}, {}, {}
     for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
@@ -179,11 +178,10 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
     if not cfg.dicom_dir:  # read before the models load: a bad path fails fast
         dataset = ImageDataset(cfg.image_dir, cfg.meta_csv, image_ids)
     dev = pick_device(cfg.device)
-    precision = resolve_precision(cfg.precision, dev.type)
+    precision = choose_precision(cfg.precision, dev.type, "precision", dev.index)
     autocast_dtype(precision)  # an unknown precision fails here, before the models load
-    log.info("precision: %s on %s", precision, dev)
     if cfg.model_file:
-        exported = ExportedDetector(cfg.model_file, cfg.score_thresh)
+        exported = ExportedDetector(cfg.model_file, cfg.score_thresh, dev)
         models, image_size = [exported], exported.prepared_size
     else:
         models, image_size = load_models(ckpts, dev, cfg.score_thresh, cfg.max_detections)

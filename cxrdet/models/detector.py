@@ -23,11 +23,16 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from cxrdet.models.fp32_boxes import Float32AnchorGenerator, Float32Predictor, Float32RPNHead
 from cxrdet.models.weights import frozen_bn_eps as weights_bn_eps
 from cxrdet.models.weights import load_weights, no_source
+
+ROI_SIZE = 7  # the box head's ROIAlign output side (torchvision's MultiScaleRoIAlign default)
+REPRESENTATION = 1024  # the box head's two FC layers (Detectron2: 2x FC 1024)
 
 
 class ResizeTransform(GeneralizedRCNNTransform):
@@ -112,9 +117,18 @@ def build_fasterrcnn(
     sizes = [image_size] if min_size is None else min_size
     sizes = tuple(int(s) for s in (sizes if isinstance(sizes, Sequence) else [sizes]))
     max_size = int(max_size or (image_size if min_size is None else 1333))
+    # torchvision's R50-FPN heads, built in its order (so a seed gives the same init), with box
+    # geometry kept in float32 under autocast (cxrdet.models.fp32_boxes).
+    anchors = Float32AnchorGenerator()
+    rpn_head = Float32RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
+    box_head = TwoMLPHead(backbone.out_channels * ROI_SIZE**2, REPRESENTATION)
+    box_predictor = Float32Predictor(REPRESENTATION, num_classes + 1)
     model = FasterRCNN(
         backbone,
-        num_classes=num_classes + 1,
+        rpn_anchor_generator=anchors,
+        rpn_head=rpn_head,
+        box_head=box_head,
+        box_predictor=box_predictor,
         min_size=sizes,
         max_size=max_size,
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cxrdet.data.labels import CLASS_NAMES
@@ -36,6 +37,57 @@ def loss_mode(model: nn.Module):
     finally:
         for m, mode in modes.items():
             m.train(mode)
+
+
+@contextmanager
+def rpn_head_once(rpn: nn.Module):
+    """The RPN head's outputs computed once per set of features and reused: its two convolution
+    layers have no mode-dependent part, so the train-mode and eval-mode RPN passes over the same
+    features would compute the same thing twice (a 3x3 convolution over every FPN level)."""
+    head, cache = rpn.head, {}
+
+    def forward(x):
+        key = tuple(id(t) for t in x)
+        if key not in cache:
+            cache[key] = type(head).forward(head, x)
+        return cache[key]
+
+    head.forward = forward  # an instance attribute: nn.Module calls it instead
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def losses_and_detections(model: nn.Module, images: list, targets: list) -> tuple[dict, list]:
+    """The validation losses (as :func:`loss_mode` measures them) and the detections of the same
+    images, from one backbone + FPN pass where the two can share it (``model`` in eval mode, as
+    Lightning validates).
+
+    The RPN and the ROI heads run twice on the shared features: in train mode for the losses,
+    in eval mode for the detections (the RPN head's convolutions once: :func:`rpn_head_once`).
+    BatchNorm is in eval mode in both, so the features are the same either way. They are
+    shared when training and testing resize to the same size (one training size equal to the
+    test size: the default); with several training sizes, or a test size of its own, the loss
+    is measured at a drawn training size as in training, and the detections take a second pass
+    at the test size. The random draws (resize, ROI sampling) come in the same order as in two
+    separate calls.
+    """
+    transform = model.transform
+    original_sizes = [tuple(im.shape[-2:]) for im in images]
+    with rpn_head_once(model.rpn):
+        with loss_mode(model):
+            image_list, loss_targets = transform(images, targets)
+            features = model.backbone(image_list.tensors)
+            proposals, rpn_losses = model.rpn(image_list, features, loss_targets)
+            sizes = image_list.image_sizes
+            _, roi_losses = model.roi_heads(features, proposals, sizes, loss_targets)
+        losses = {**rpn_losses, **roi_losses}
+        if set(transform.train_sizes) != {transform.test_size}:
+            return losses, model(images)
+        proposals, _ = model.rpn(image_list, features)
+        detections, _ = model.roi_heads(features, proposals, sizes)
+    return losses, transform.postprocess(detections, sizes, original_sizes)
 
 
 class DetectorModule(pl.LightningModule):
@@ -68,22 +120,26 @@ class DetectorModule(pl.LightningModule):
         self.evaluator = DetectionEvaluator()
         self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
         self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
+        self.skip_update = False  # on_nonfinite=skip: this step's gradients are dropped
 
     def forward(self, images, targets=None):
         return self.model(images, targets)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
+        skip = self.hparams.on_nonfinite == "skip"
+        statistics = [b.clone() for b in self.batchnorm_statistics()] if skip else []
         losses = self.model(list(images), list(targets))
         loss = sum(losses.values())
         n = len(images)
-        if not torch.isfinite(loss):
-            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            ids = ", ".join(t["image_id"] for t in targets)
-            message = f"non-finite loss at step {self.global_step} ({detail}; images {ids})"
-            if self.hparams.on_nonfinite == "skip":
+        finite = bool(torch.isfinite(loss))
+        if not self.everywhere(finite):  # under DDP every rank takes the same decision
+            message = self.nonfinite_message(None if finite else losses, targets)
+            if skip:  # the forward pass updated trainable BatchNorm's statistics: undo it
+                for kept, now in zip(statistics, self.batchnorm_statistics()):
+                    now.copy_(kept)
                 log.warning("%s: batch skipped", message)
-                return None  # Lightning skips backward and the optimiser step
+                return self.skipped_step_loss()
             raise FloatingPointError(
                 f"{message}. Lower optim.lr, set trainer.gradient_clip_val, or "
                 "on_nonfinite=skip; the checkpoints written so far are intact."
@@ -92,6 +148,53 @@ class DetectorModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
         return loss
 
+    def batchnorm_statistics(self) -> list[torch.Tensor]:
+        """The running statistics of trainable BatchNorm (random init), which every training
+        forward pass updates."""
+        return [
+            b
+            for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        ]
+
+    def everywhere(self, finite: bool) -> bool:
+        """Whether the loss is finite on every rank (one process: on this one)."""
+        trainer = self._trainer
+        if trainer is None:
+            return finite
+        return trainer.strategy.reduce_boolean_decision(finite, all=True)
+
+    def nonfinite_message(self, losses: dict | None, targets) -> str:
+        """The step, the losses and the images of every rank whose loss is not finite
+        (``losses`` None: this rank's is)."""
+        detail = None
+        if losses is not None:
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            detail = f"{values}; images {', '.join(t['image_id'] for t in targets)}"
+        details = [detail]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            details = [None] * dist.get_world_size()
+            dist.all_gather_object(details, detail)
+            details = [f"rank {r}: {d}" for r, d in enumerate(details) if d is not None]
+        return f"non-finite loss at step {self.global_step} ({'; '.join(d for d in details if d)})"
+
+    def skipped_step_loss(self) -> torch.Tensor:
+        """A zero loss over every trainable parameter, and no update from it.
+
+        Under DDP every rank must run backward (the gradient all-reduce waits for all) and
+        Lightning refuses a ``None`` loss, so a skipped step backpropagates zeros, and
+        :meth:`on_before_optimizer_step` then drops the gradients, so that the optimiser leaves
+        the weights, momentum and weight decay as they were.
+        """
+        self.skip_update = True
+        return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.skip_update:
+            optimizer.zero_grad(set_to_none=True)
+            self.skip_update = False
+
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
 
@@ -99,12 +202,12 @@ class DetectorModule(pl.LightningModule):
         images, targets = list(batch[0]), list(batch[1])
         # Validation loss draws random ROI samples: keep the training RNG streams untouched.
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), loss_mode(self.model):
-            losses = self.model(images, targets)
+        with torch.random.fork_rng(devices=cuda):
+            losses, detections = losses_and_detections(self.model, images, targets)
         n = len(images)
         self.log("val/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=n, sync_dist=True)
-        self.evaluator.process(targets, self.model(images))
+        self.evaluator.process(targets, detections)
 
     def on_validation_epoch_end(self) -> None:
         self.evaluator.gather()  # DDP: every rank scores the whole validation set

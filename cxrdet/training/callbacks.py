@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from cxrdet.data.datamodule import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +119,60 @@ def best_checkpoint(checkpoints_dir: str | Path) -> Path | None:
 def _step_of(path: Path) -> int:
     digits = "".join(ch if ch.isdigit() else " " for ch in path.stem).split()
     return int(digits[-1]) if digits else -1
+
+
+class DataWaitMonitor(pl.Callback):
+    """How long training waits for data: logs ``time/data_wait_share`` and warns once when the
+    loader cannot keep up.
+
+    A step's wait is the time from the end of the previous batch to the start of this one (the
+    loader's next batch, and Lightning's own bookkeeping); its work is the time from its start
+    to its end (forward, backward, optimiser). The share is wait / (wait + work) over the last
+    ``window`` steps. The first ``warmup`` steps (workers starting) and the step after each
+    validation are not counted. Once a full window waits more than ``warn_share``, one warning
+    names ``data.num_workers``.
+    """
+
+    def __init__(self, warn_share: float = 0.2, window: int = 20, warmup: int = 5, clock=None):
+        self.warn_share, self.warmup = warn_share, warmup
+        self.steps: deque[tuple[float, float]] = deque(maxlen=window)
+        self.clock = clock or time.perf_counter
+        self.start: float | None = None
+        self.end: float | None = None
+        self.wait: float | None = None
+        self.seen = 0
+        self.warned = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.start = self.clock()
+        self.wait = None if self.end is None else self.start - self.end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.end = self.clock()
+        self.seen += 1
+        if self.wait is None or self.seen <= self.warmup:
+            return
+        self.steps.append((self.wait, self.end - self.start))
+        share = self.share()
+        pl_module.log("time/data_wait_share", share)
+        if len(self.steps) == self.steps.maxlen and share > self.warn_share and not self.warned:
+            self.warned = True
+            loader = getattr(trainer, "train_dataloader", None)
+            workers = getattr(loader, "num_workers", "?")
+            log.warning(
+                "training waited for data %.0f%% of the time over the last %d steps: the loader "
+                "cannot keep up; raise data.num_workers (now %s; this process may use %d CPUs)",
+                100 * share,
+                len(self.steps),
+                workers,
+                usable_cpus(),
+            )
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.end = None  # the gap around validation is not waiting for training data
+
+    def share(self) -> float:
+        """The share of the window's time spent waiting for data."""
+        wait = sum(w for w, _ in self.steps)
+        total = wait + sum(b for _, b in self.steps)
+        return wait / total if total > 0 else 0.0

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_datamodule
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -121,14 +122,9 @@ def test_kfold_covers_every_image_once_without_leak_and_stratifies():
 
 def _tiny_datamodule(tiny_data, labels=None, prepared=None, **kwargs) -> CXRDataModule:
     """The tiny 64-px data as one all-train set (set up), with any other CXRDataModule option."""
-    prepared = prepared or tiny_data["prepared"]
-    dm = CXRDataModule(
-        str(labels or tiny_data["raw"] / "train.csv"),
-        str(prepared / "64" / "train"),
-        str(prepared / "64" / "train_meta.csv"),
-        image_size=64,
-        **{"split": "all_train", "num_workers": 0, **kwargs},
-    )
+    data = {**tiny_data, "prepared": prepared or tiny_data["prepared"]}
+    labels = labels or tiny_data["raw"] / "train.csv"
+    dm = tiny_datamodule(data, labels_csv=labels, **{"split": "all_train", **kwargs})
     dm.setup()
     return dm
 
@@ -354,3 +350,23 @@ def test_no_finding_box_is_image_level_and_never_augmented(tiny_data):
         _, target = dm.train_set[i]
         assert target["labels"].tolist() == [15]
         np.testing.assert_allclose(target["boxes"].numpy(), [[0, 0, 1, 1]])
+
+
+def test_num_workers_auto_shares_the_usable_cpus_and_a_bad_value_is_named(monkeypatch, tiny_data):
+    from cxrdet.data import datamodule
+
+    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: set(range(40)))
+    assert datamodule.worker_count("auto") == 16  # capped
+    assert datamodule.worker_count("auto", processes=4) == 10  # 4 GPUs of one node share them
+    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert datamodule.worker_count("auto") == 2 and datamodule.worker_count("auto", 8) == 1
+    assert datamodule.worker_count(3) == 3 and datamodule.worker_count("0") == 0
+    for bad in ("many", -1, 1.5):
+        with pytest.raises(ValueError, match=r"data.num_workers=.*expected auto or a number"):
+            datamodule.worker_count(bad)
+    data = tiny_datamodule(tiny_data, num_workers="auto")
+    assert data.loader_options() == {
+        "num_workers": 2,
+        "persistent_workers": True,
+        "pin_memory": False,
+    }

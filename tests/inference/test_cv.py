@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from conftest import run_ok, tiny_overrides
+from conftest import tiny_overrides, train_in_process
 
 from cxrdet.evaluation.score import score
 from cxrdet.inference import cv
@@ -22,16 +22,14 @@ FOLDS = ["data.split=kfold", "data.n_folds=2", "data.fold=0,1", "trainer.max_ste
 def detector_sweep(tiny_data, module_tmp):
     """A two-fold detector sweep of 2 steps a fold, and what `cxrdet cv --json` printed."""
     sweep = module_tmp / "sweep"
-    run_ok(
+    train_in_process(
         [
-            "train.py",
             "-m",
             *tiny_overrides(tiny_data, sweep / "unused"),
             *FOLDS,
             "trainer.val_check_interval=2",
             f"hydra.sweep.dir={sweep}",
-        ],
-        timeout=900,
+        ]
     )
     out = run_cv(sweep)
     return sweep, out
@@ -81,9 +79,8 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
     from cxrdet.inference.nofinding_probs import read_probs
 
     sweep = tmp_path / "classifier"
-    run_ok(
+    train_in_process(
         [
-            "train.py",
             "-m",
             "experiment=nofinding",
             *[o for o in tiny_overrides(tiny_data, sweep / "unused") if "roi_batch" not in o],
@@ -91,8 +88,7 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
             "model.arch=resnet18",
             "trainer.val_check_interval=1",
             f"hydra.sweep.dir={sweep}",
-        ],
-        timeout=900,
+        ]
     )
     oof_csv = detector_sweep[0] / "oof" / "oof_submission.csv"
     out = run_cv(sweep, "--detector-oof", str(oof_csv))

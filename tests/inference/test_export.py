@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import run_ok
+from conftest import in_process
 
 from cxrdet.evaluation.submission import read_submission
 from cxrdet.inference import export
@@ -64,15 +64,15 @@ def test_predict_with_the_onnx_file_matches_the_checkpoint(checkpoint, tiny_data
     assert export.main([str(checkpoint), "--format", "onnx", "--out", str(onnx_file)]) == 0
     prepared = tiny_data["prepared"] / "64"
     common = [f"image_dir={prepared / 'test'}", f"meta_csv={prepared / 'test_meta.csv'}"]
-    run_ok(  # no ckpt_path: the exported file is all a deployment machine needs
+    in_process(  # no ckpt_path: the exported file is all a deployment machine needs
+        "predict.py",
         [
-            "predict.py",
             f"model_file={onnx_file}",
             *common,
             f"output={tmp_path / 'onnx.csv'}",
             "num_workers=0",
             f"hydra.run.dir={tmp_path / 'run'}",
-        ]
+        ],
     )
     predict(
         PredictConfig(
@@ -99,3 +99,17 @@ def test_predict_with_the_onnx_file_matches_the_checkpoint(checkpoint, tiny_data
         eager[image_id][1][eager[image_id][2] == 14],
         atol=1e-3,
     ).all()
+
+
+def test_onnx_runtime_takes_the_cuda_provider_on_a_gpu_and_says_when_it_cannot(caplog):
+    from cxrdet.inference.exported import onnx_providers
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    with caplog.at_level("WARNING", logger="cxrdet.inference.exported"):
+        assert onnx_providers(cuda, gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert onnx_providers(cpu, gpu_build) == ["CPUExecutionProvider"]
+        assert not caplog.records
+        assert onnx_providers(cuda, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    (line,) = caplog.records
+    assert "runs on the CPU" in line.getMessage() and "cxrdet[onnx-gpu]" in line.getMessage()

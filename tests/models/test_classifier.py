@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_ok
+from conftest import train_in_process
 
 from cxrdet.models.classifier import build_classifier, filter_figures
 
@@ -37,9 +37,8 @@ def test_filter_figures_count_the_bands_and_the_accuracy_at_each_threshold():
 
 def test_train_py_experiment_nofinding_trains_and_keeps_the_best_auc(tiny_data, tmp_path):
     run = tmp_path / "run"
-    run_ok(
+    train_in_process(
         [
-            "train.py",
             "experiment=nofinding",
             "data=256",
             f"paths.raw_dir={tiny_data['raw']}",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cxrdet.models.detector import build_fasterrcnn, trainable_parameter_groups
-from cxrdet.models.module import loss_mode
+from cxrdet.models.module import loss_mode, losses_and_detections
 from cxrdet.models.schedule import warmup_cosine, warmup_cosine_scheduler
 
 
@@ -68,6 +68,37 @@ def test_validation_loss_leaves_batchnorm_buffers_unchanged(model):
     bn = [k for k in before if k.endswith("running_mean")]
     assert any(not torch.equal(before[k], model.state_dict()[k]) for k in bn)
     model.load_state_dict(before)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [{}, {"min_size": [48, 64], "max_size": 1333, "test_size": 64}],
+    ids=["one-size-one-backbone-pass", "multi-scale-two-passes"],
+)
+def test_validation_s_losses_and_detections_equal_two_separate_calls(sizes):
+    torch.manual_seed(0)
+    model = build_fasterrcnn(image_size=64, roi_batch_size_per_image=32, **sizes).eval()
+    images, targets = _batch(True)
+    torch.manual_seed(7)  # the ROI sampling (and a multi-scale resize) draw from here
+    with torch.no_grad(), loss_mode(model):
+        two_losses = model(images, targets)
+    with torch.no_grad():
+        two_dets = model(images)
+    torch.manual_seed(7)
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        losses, dets = losses_and_detections(model, images, targets)
+    hook.remove()
+    assert len(calls) == (1 if not sizes else 2)  # one backbone + FPN pass where sizes agree
+    assert losses.keys() == two_losses.keys()
+    for k in losses:
+        torch.testing.assert_close(losses[k], two_losses[k], atol=1e-5, rtol=0)
+    assert not model.training and len(dets) == len(two_dets) == 2
+    for a, b in zip(dets, two_dets):
+        assert len(a["boxes"]) > 0
+        for k in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
 
 
 def test_rpn_top_k_follows_detectron2_by_default_and_the_keys():

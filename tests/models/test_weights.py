@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 
 import pytest
 import torch
-from conftest import run_fails
+from conftest import train_in_process
 from safetensors.torch import save_file
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
@@ -157,29 +156,31 @@ def test_save_writes_a_torch_home_with_checksums(torch_home, tmp_path, coco_stat
     assert capsys.readouterr().out.count(" cached") == 2
 
 
-def test_train_without_cached_weights_stops_before_the_data_in_one_line(tmp_path):
+def test_train_without_cached_weights_stops_before_the_data_in_one_line(tmp_path, monkeypatch):
     # The headline command, run for real offline: torchvision's download goes to a closed port.
-    env = {
-        **os.environ,
-        "TORCH_HOME": str(tmp_path / "empty_torch_home"),
-        "https_proxy": "http://127.0.0.1:9",
-        "HTTPS_PROXY": "http://127.0.0.1:9",
-        "no_proxy": "",
-        "NO_PROXY": "",
-    }
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    for proxy in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    for no_proxy in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(no_proxy, "")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.csv").write_text("not,a,labels,file\n")  # reading it would fail, loudly
     args = [
-        "train.py",
         "data=512",
         "model=frcnn_r50fpn",
-        "paths.raw_dir=/nowhere",
+        f"paths.raw_dir={raw}",
+        f"paths.prepared_dir={tmp_path}",  # exists: the data's paths pass the first check
+        "data.image_dir=.",
+        "data.meta_csv=README.md",
         "trainer=cpu",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    done = run_fails(args, env=env)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr[-2000:]
-    assert "model.weights=DEFAULT" in errors[0] and cache_file(COCO).name in errors[0]
-    assert "/nowhere" not in done.stderr  # the data was never read
+    with pytest.raises(SystemExit) as stopped:
+        train_in_process(args)
+    error = str(stopped.value.code)
+    assert error.startswith("error: model.weights=DEFAULT") and cache_file(COCO).name in error
+    assert "\n" not in error  # one line, and the labels were never read
 
 
 def test_a_broken_file_in_the_cache_is_named_with_the_cure(torch_home):

@@ -17,8 +17,8 @@ from cxrdet.data.datamodule import CXRDataModule
 from cxrdet.models.module import load_detector
 
 
-def main() -> None:
-    ckpt, prepared, raw, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def validate(ckpt: str, prepared: str, raw: str, devices: int) -> dict | None:
+    """The validation metrics of ``ckpt`` on ``devices`` CPU processes (None off rank 0)."""
     data = CXRDataModule(
         f"{raw}/train.csv",
         f"{prepared}/64/train",
@@ -39,9 +39,15 @@ def main() -> None:
         enable_model_summary=False,
     )
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
-    if trainer.is_global_zero:
-        keys = ("val/images", "val/AP40", "val/mAP40", "val/loss")
-        print("METRICS " + json.dumps({k: metrics[k] for k in keys}))
+    keys = ("val/images", "val/AP40", "val/mAP40", "val/loss")
+    return {k: float(metrics[k]) for k in keys} if trainer.is_global_zero else None
+
+
+def main() -> None:
+    ckpt, prepared, raw, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    metrics = validate(ckpt, prepared, raw, devices)
+    if metrics is not None:
+        print("METRICS " + json.dumps(metrics))
 
 
 if __name__ == "__main__":

@@ -1,40 +1,81 @@
-"""Lightning DDP on CPU (2 processes, gloo): training runs, and validation covers every image."""
+"""Lightning DDP on CPU (2 processes, gloo, from trainer.devices=2 alone): training runs,
+validation covers every image, and a NaN loss on one rank is skipped or stops on every rank."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 
 import pandas as pd
 import pytest
-from conftest import run_fails, run_ok, tiny_overrides
+from conftest import PY, REPO, run_fails, run_ok, tiny_overrides
 
 pytestmark = pytest.mark.slow
+
+NAN_ON_RANK_1 = [  # rank 1's batch at step 1 turns NaN (tests/training/nan_on_rank.py)
+    "+callbacks.nan._target_=nan_on_rank.NanBatchOnRank",
+    "+callbacks.nan.rank=1",
+    "+callbacks.nan.step=1",
+]
+
+
+def _ddp_train(tiny_data, run, *extra) -> subprocess.CompletedProcess:
+    overrides = [
+        *tiny_overrides(tiny_data, run),
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",  # no strategy key: Lightning builds DDP from this alone
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "data.val_fraction=0.5",
+        *NAN_ON_RANK_1,
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "training")}
+    # A rank left waiting in an all-reduce would hang until the process group's 30-minute
+    # timeout: the subprocess's own timeout turns that into a failure.
+    return subprocess.run(
+        [PY, "train.py", *overrides], cwd=REPO, capture_output=True, text=True, timeout=240, env=env
+    )
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tiny_data, module_tmp):
+    """Two processes, where rank 1's loss is NaN at step 1 and on_nonfinite=skip."""
     run = module_tmp / "run"
-    overrides = [
-        *tiny_overrides(tiny_data, run),
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "data.val_fraction=0.5",
-    ]
-    run_ok(["train.py", *overrides])
-    return run
+    done = _ddp_train(tiny_data, run, "on_nonfinite=skip")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return run, done.stdout + done.stderr
 
 
 def test_ddp_training_on_two_cpu_processes_checkpoints_and_validates_all_images(ddp_run):
-    assert (ddp_run / "checkpoints" / "last.ckpt").is_file()
-    metrics = pd.read_csv(ddp_run / "csv" / "metrics.csv")
+    run, _ = ddp_run
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
     # 8 validation images, 4 per rank: both shards are scored.
     assert metrics["val/images"].dropna().tolist() == [8.0]
+    assert metrics["step"].max() == 2  # steps 0-2 all ran: the skipped one included
+
+
+def test_nan_on_one_rank_is_skipped_on_every_rank_and_the_run_finishes(ddp_run):
+    _, out = ddp_run
+    assert "non-finite loss at step 1 (rank 1: loss_" in out and "batch skipped" in out
+
+
+def test_nan_on_one_rank_stops_every_rank_with_the_message(tiny_data, tmp_path):
+    start = time.monotonic()
+    done = _ddp_train(tiny_data, tmp_path / "run", "on_nonfinite=stop")
+    assert done.returncode != 0
+    assert time.monotonic() - start < 150  # start-up (~30 s on 2 cores) + the stop: no hang
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all("non-finite loss at step 1 (rank 1: loss_" in e for e in errors)
+    assert "Lower optim.lr" in errors[0] and "images " in errors[0]
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # no step 3
 
 
 def _validate(ckpt, tiny_data, devices):
+
     done = run_ok(
         [
             "tests/training/ddp_validate.py",
@@ -50,31 +91,26 @@ def _validate(ckpt, tiny_data, devices):
 
 
 def test_two_ranks_give_the_same_ap40_as_one(ddp_run, tiny_data):
-    ckpt = ddp_run / "checkpoints" / "last.ckpt"
-    one, two = _validate(ckpt, tiny_data, 1), _validate(ckpt, tiny_data, 2)
+    from ddp_validate import validate
+
+    ckpt = ddp_run[0] / "checkpoints" / "last.ckpt"
+    one = validate(str(ckpt), str(tiny_data["prepared"]), str(tiny_data["raw"]), 1)  # here
+    two = _validate(ckpt, tiny_data, 2)  # two processes
     assert one["val/images"] == two["val/images"] == 8
     assert two["val/AP40"] == pytest.approx(one["val/AP40"], abs=1e-9)
     assert two["val/mAP40"] == pytest.approx(one["val/mAP40"], abs=1e-9)
     assert 0 < one["val/mAP40"] < 1  # a real score, not an empty case
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["on_nonfinite=skip"], "on_nonfinite=skip cannot run under DDP"),
-        (["-m", "optim.lr=0.001,0.002"], "add hydra/launcher=slurm"),
-    ],
-    ids=["skip-a-batch", "local-sweep"],
-)
-def test_what_ddp_cannot_do_is_refused_at_start_in_one_line(tiny_data, tmp_path, extra, message):
+def test_a_local_sweep_on_two_processes_is_refused_at_start_in_one_line(tiny_data, tmp_path):
+    # trainer.devices=2 alone builds DDP (no trainer=ddp, no strategy key).
     overrides = [
         *[o for o in tiny_overrides(tiny_data, tmp_path / "run") if not o.startswith("hydra.")],
-        "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
-        f"hydra.run.dir={tmp_path / 'run'}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    done = run_fails(["train.py", *extra, *overrides])
+    done = run_fails(["train.py", "-m", "optim.lr=0.001,0.002", *overrides])
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+    assert len(errors) == 1 and "on 2 processes (DDP)" in errors[0], done.stderr[-2000:]
+    assert "add hydra/launcher=slurm" in errors[0]

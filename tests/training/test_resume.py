@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import run_ok, tiny_overrides
+from conftest import tiny_overrides, train_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def _train(tiny_data, run, *extra, max_steps=10):
         "callbacks.model_checkpoint.save_top_k=-1",
         *extra,
     ]
-    return run_ok(["train.py", *args])
+    return train_in_process(args)
 
 
 def _weights(path):
@@ -48,8 +48,8 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
     mid = straight / "checkpoints" / f"best-step{step}.ckpt"
     assert torch.load(mid, weights_only=True)["global_step"] == step
     resumed = tmp_path / "resumed"
-    done = _train(tiny_data, resumed, f"ckpt_path={mid}")
-    assert "schedule is stretched" not in done.stdout + done.stderr  # same max_steps
+    log = _train(tiny_data, resumed, f"ckpt_path={mid}")
+    assert "schedule is stretched" not in log  # same max_steps
     a, b = (
         _weights(straight / "checkpoints" / "last.ckpt"),
         _weights(resumed / "checkpoints" / "last.ckpt"),
@@ -85,7 +85,6 @@ def test_resuming_with_another_max_steps_says_the_schedule_is_stretched(
     tiny_data, straight, tmp_path
 ):
     mid = straight / "checkpoints" / "best-step8.ckpt"
-    done = _train(tiny_data, tmp_path / "longer", f"ckpt_path={mid}", max_steps=12)
-    log = done.stdout + done.stderr
+    log = _train(tiny_data, tmp_path / "longer", f"ckpt_path={mid}", max_steps=12)
     assert "resuming at step 8 a LR schedule made for 10 steps with trainer.max_steps=12" in log
     assert "keep trainer.max_steps=10 to continue it unchanged" in log

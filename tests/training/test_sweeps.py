@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import run_ok, tiny_overrides
+from conftest import tiny_overrides, train_in_process
 from hydra import compose, initialize_config_dir
 
 from cxrdet.config import CONF_DIR
@@ -27,9 +27,7 @@ def _hparams(job_dir):
 @pytest.mark.slow
 def test_multirun_runs_every_combination_in_its_own_directory(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    run_ok(
-        ["train.py", "-m", "optim.lr=0.001,0.002", "data=256,512", *_tiny_sweep(tiny_data, sweep)]
-    )
+    train_in_process(["-m", "optim.lr=0.001,0.002", "data=256,512", *_tiny_sweep(tiny_data, sweep)])
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     seen = set()
@@ -47,14 +45,13 @@ def test_multirun_runs_every_combination_in_its_own_directory(tiny_data, tmp_pat
 def test_optuna_search_runs_trials_and_reports_the_best(tiny_data, tmp_path):
     sweep = tmp_path / "optuna"
     args = [
-        "train.py",
         "hparams_search=optuna",  # multirun without -m
         "hydra.sweeper.n_trials=2",
         "~hydra.sweeper.params.data",  # the tiny data exists at one size only
         "data=256",
         *_tiny_sweep(tiny_data, sweep),
     ]
-    run_ok(args)
+    train_in_process(args)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     # The tiny overrides fix model.roi_batch_size_per_image, so the rest of the space is searched.
     assert set(result["best_params"]) == {
