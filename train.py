@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
@@ -52,6 +53,31 @@ def refuse_local_ddp_sweep(cfg: DictConfig) -> None:
         )
 
 
+def check_resume_checkpoint(cfg: DictConfig) -> None:
+    """Stop, in one line, on a ``ckpt_path`` that is missing or unreadable, or that needs full
+    unpickling without ``trust_checkpoint=true`` (nothing in it runs: it is read as tensors and
+    plain values, memory-mapped, before Lightning reads it the same way)."""
+    if not cfg.ckpt_path:
+        return
+    from cxrdet.models.safe_load import UntrustedFile, safe_load
+
+    if not Path(cfg.ckpt_path).is_file():
+        sys.exit(f"error: ckpt_path: {cfg.ckpt_path} not found")
+    if cfg.trust_checkpoint:
+        log.warning(
+            "ckpt_path=%s is unpickled in full (trust_checkpoint=true): any Python code it "
+            "carries runs with your permissions",
+            cfg.ckpt_path,
+        )
+        return
+    try:
+        safe_load(cfg.ckpt_path, mmap=True)
+    except UntrustedFile as e:
+        sys.exit(f"error: ckpt_path={e}")
+    except (RuntimeError, OSError) as e:
+        sys.exit(f"error: ckpt_path: cannot read {cfg.ckpt_path} as a checkpoint ({e})")
+
+
 def build_module(cfg: DictConfig) -> pl.LightningModule:
     """The detector, or the "No finding" classifier when the model config names an ``arch``."""
     from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
@@ -65,7 +91,9 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
     )
     if "arch" in model_cfg:
         low, high = model_cfg.pop("low", 0.08), model_cfg.pop("high", 0.95)
-        return NoFindingModule(model_cfg, optim, scheduler, low=low, high=high)
+        return NoFindingModule(
+            model_cfg, optim, scheduler, low=low, high=high, trust_weights=cfg.trust_checkpoint
+        )
     num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
     return DetectorModule(
         model={**model_cfg, "num_classes": num_classes},
@@ -73,6 +101,7 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
         scheduler=scheduler,
         class_names=CLASS_NAMES[:num_classes],
         on_nonfinite=cfg.on_nonfinite,
+        trust_weights=cfg.trust_checkpoint,
     )
 
 
@@ -113,7 +142,12 @@ def train(cfg: DictConfig) -> float | None:
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=cfg.ckpt_path,
+            weights_only=not cfg.trust_checkpoint,  # checked at start: no code runs
+        )
     except FloatingPointError as e:
         sys.exit(f"error: {e}")
 
@@ -143,6 +177,7 @@ def main(cfg: DictConfig) -> float | None:
     if problem:  # before torch and Lightning load: a wrong path fails in a second
         sys.exit(f"error: {problem}")
     refuse_local_ddp_sweep(cfg)
+    check_resume_checkpoint(cfg)
     return train(cfg)
 
 

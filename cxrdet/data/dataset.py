@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrdet.data.boxes import Content, clip, letterbox_content, to_prepared, valid
-from cxrdet.data.dicom import DicomError, read_dicom
+from cxrdet.data.dicom import MAX_PIXELS, DicomError, read_dicom
 from cxrdet.data.labels import (
     BOX_COLUMNS,
     NO_FINDING,
@@ -245,11 +245,18 @@ def batch_size(batch) -> int:
 class DicomDataset(Dataset):
     """DICOMs converted on the fly exactly as ``prepare`` does, for prediction.
 
-    Samples are ``(image, {"image_id", "orig_hw", "content", "error"})``; an unreadable file
-    gives a blank image and its error message instead of stopping the run.
+    Samples are ``(image, {"image_id", "orig_hw", "content", "error"})``; an unreadable file,
+    or one whose header declares more than ``max_pixels``, gives a blank image and its error
+    message instead of stopping the run.
     """
 
-    def __init__(self, dicom_dir: str | Path, size: int, keep_ratio: bool = False):
+    def __init__(
+        self,
+        dicom_dir: str | Path,
+        size: int,
+        keep_ratio: bool = False,
+        max_pixels: int = MAX_PIXELS,
+    ):
         self.files = find_dicoms(Path(dicom_dir))
         if not self.files:
             raise FileNotFoundError(f"no .dicom/.dcm files under {dicom_dir}")
@@ -257,7 +264,7 @@ class DicomDataset(Dataset):
         dup = sorted(k for k, n in Counter(self.ids).items() if n > 1)
         if dup:
             raise ValueError(f"{dicom_dir}: image ids occur twice in nested folders: {dup[:3]}")
-        self.size, self.keep_ratio = size, keep_ratio
+        self.size, self.keep_ratio, self.max_pixels = size, keep_ratio, max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -265,7 +272,7 @@ class DicomDataset(Dataset):
     def __getitem__(self, i: int):
         info = {"image_id": self.ids[i], "error": None}
         try:
-            image = read_dicom(self.files[i])
+            image = read_dicom(self.files[i], max_pixels=self.max_pixels, key="dicom_max_pixels")
         except DicomError as e:
             blank = np.zeros((self.size, self.size), np.uint8)
             return to_tensor(blank), {

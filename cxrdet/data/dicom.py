@@ -8,6 +8,7 @@ pydicom's numbers several times faster than running them on every pixel in float
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +20,65 @@ DECODER_HINT = (
     "(JPEG, JPEG 2000, JPEG lossless) or python-gdcm; JPEG-LS needs pyjpegls"
 )
 MAX_LUT = 1 << 17  # integer ranges up to this size go through a lookup table
+# A 43 x 43 cm detector at 0.1 mm is about 18.5 megapixels; VinDr-CXR's largest images are about
+# 3,000 x 3,000 (9 megapixels). Anything declaring more than this is refused before decoding.
+MAX_PIXELS = 50_000_000
 
 
 class DicomError(ValueError):
     """A DICOM file that cannot be turned into pixels; the message names the file and why."""
 
 
-def read_dicom(path: str | Path, voi_lut: bool = True) -> np.ndarray:
+def check_header(ds, path, max_pixels: int = MAX_PIXELS, key: str = "--max-pixels") -> None:
+    """Refuse, before any pixel is decoded, an image whose header declares more than
+    ``max_pixels`` (rows x columns x frames; ``key`` names the setting), or uncompressed pixel
+    data whose length disagrees with the header (a truncated or forged file)."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if "PixelData" not in ds:
+        return  # pydicom's own error names what is missing
+    if rows <= 0 or cols <= 0 or bits <= 0:
+        raise DicomError(
+            f"{path}: the header gives no image size (Rows {rows}, Columns {cols}, "
+            f"BitsAllocated {bits})"
+        )
+    pixels = rows * cols * frames
+    if pixels > max_pixels:
+        raise DicomError(
+            f"{path}: the header declares {rows} x {cols} pixels x {frames} frame(s), "
+            f"{pixels:,} pixels, above the limit of {max_pixels:,} ({key})"
+        )
+    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_compressed:
+        expected = math.ceil(pixels * samples * bits / 8)
+        actual = len(ds.PixelData)
+        if actual not in (expected, expected + 1):  # + 1: the pad byte of an odd length
+            raise DicomError(
+                f"{path}: the pixel data holds {actual} bytes where the header declares "
+                f"{expected} ({rows} x {cols} x {frames} frame(s) x {samples} sample(s) x "
+                f"{bits} bits)"
+            )
+
+
+def read_dicom(
+    path: str | Path, voi_lut: bool = True, max_pixels: int = MAX_PIXELS, key: str = "--max-pixels"
+) -> np.ndarray:
     """Read a DICOM file as the 8-bit image a radiologist would see.
 
     Args:
         path: the ``.dicom`` / ``.dcm`` file.
         voi_lut: apply the file's VOI LUT or window centre/width before normalising.
+        max_pixels: refuse an image whose header declares more pixels (:func:`check_header`;
+            ``key`` names the setting in the message).
 
     Returns:
         A ``uint8`` array of the original rows × columns, bright = dense (bone, heart).
 
     Raises:
-        DicomError: the file is unreadable, has no pixel data, or needs a missing decoder.
+        DicomError: the file is unreadable, too large or inconsistent, has no pixel data, or
+            needs a missing decoder.
     """
     path = Path(path)
     try:
@@ -45,6 +87,7 @@ def read_dicom(path: str | Path, voi_lut: bool = True) -> np.ndarray:
         raise DicomError(
             f"{path}: not a readable DICOM file: {str(e).strip() or type(e).__name__}"
         ) from e
+    check_header(ds, path, max_pixels, key)
     try:
         pixels = ds.pixel_array
     except Exception as e:
@@ -97,3 +140,12 @@ def _scale(data: np.ndarray, lo: float, hi: float, invert: bool) -> np.ndarray:
     if invert and hi > lo:
         data = 255.0 - data
     return np.rint(data).astype(np.uint8)
+
+
+def header_size(path: str | Path) -> tuple[int, int]:
+    """(rows, columns) from the header alone, no pixel decoded; a DicomError naming the file."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    except Exception as e:
+        raise DicomError(f"{path}: no image size in its header: {e}") from e

@@ -20,8 +20,6 @@ import logging
 import os
 import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +29,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrdet.data.boxes import CONTENT_COLUMNS, letterbox_content
-from cxrdet.data.dicom import DicomError, read_dicom
+from cxrdet.data.dicom import MAX_PIXELS, DicomError, header_size, read_dicom
+from cxrdet.data.workers import isolated_map
 
 log = logging.getLogger(__name__)
 DICOM_SUFFIXES = (".dicom", ".dcm")
@@ -62,16 +61,22 @@ def resize(image: np.ndarray, size: int, keep_ratio: bool = False) -> np.ndarray
 
 
 def prepare_one(
-    src: Path, out: Path, split: str, sizes: list[int], keep_ratio: bool = False
+    src: Path,
+    out: Path,
+    split: str,
+    sizes: list[int],
+    keep_ratio: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[str, int, int, str]:
-    """Decode one DICOM once and write every requested size.
+    """Decode one DICOM once and write every requested size (an image declaring more than
+    ``max_pixels`` is refused before decoding).
 
     Returns:
         (image_id, original rows, original columns, error message or "").
     """
     image_id = src.stem
     try:
-        image = read_dicom(src)
+        image = read_dicom(src, max_pixels=max_pixels)
     except DicomError as e:
         return image_id, 0, 0, str(e)
     for size in sizes:
@@ -85,7 +90,7 @@ def meta_frame(dims: dict[str, tuple[int, int]], size: int, keep_ratio: bool) ->
     meta = pd.DataFrame(rows, columns=["image_id", "dim0", "dim1"])
     if keep_ratio:
         rects = [letterbox_content(v, size) for _, *v in rows]
-        meta[CONTENT_COLUMNS] = pd.DataFrame(rects, index=meta.index)
+        meta[CONTENT_COLUMNS] = pd.DataFrame(rects, index=meta.index, columns=CONTENT_COLUMNS)
     return meta
 
 
@@ -132,11 +137,16 @@ def prepare(
     progress: bool = True,
     keep_ratio: bool = False,
     redo: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict:
-    """Prepare every DICOM under ``input_dir`` (``redo``: also those already prepared).
+    """Prepare every DICOM under ``input_dir`` (``redo``: also those already prepared) in
+    ``workers`` processes (:func:`cxrdet.data.workers.isolated_map`: a worker that dies costs
+    the file it was on, listed with the reason). PNGs a stopped run wrote after its last meta
+    save are adopted, their original sizes read from the DICOM header alone.
 
     Returns:
-        Counts ``{done, skipped (already prepared), failed, images (in the meta CSV)}``.
+        Counts ``{done (decoded now), skipped (already in the meta CSV), adopted, failed,
+        images (in the meta CSV)}``.
     """
     input_dir, output = Path(input_dir), Path(output)
     if not input_dir.is_dir():
@@ -160,34 +170,42 @@ def prepare(
     if first.is_file() and not redo:
         prev = pd.read_csv(first, dtype={"image_id": str})
         known = {r.image_id: (int(r.dim0), int(r.dim1)) for r in prev.itertuples()}
-    todo = [
-        f
-        for f in files
-        if f.stem not in known
-        or not all((output / str(s) / split / f"{f.stem}.png").is_file() for s in sizes)
-    ]
+    done_png = lambda f: all(  # noqa: E731
+        (output / str(s) / split / f"{f.stem}.png").is_file() for s in sizes
+    )
+    adopted = 0
+    if not redo:  # PNGs a killed run wrote after its last meta save: sizes from the header
+        for f in files:
+            if f.stem not in known and done_png(f):
+                try:
+                    known[f.stem] = header_size(f)
+                    adopted += 1
+                except DicomError:
+                    pass  # decoded again below, and listed if that fails
+    write_metas(metas, known, keep_ratio)  # from the start: records the mode for a rerun
+    todo = [f for f in files if redo or f.stem not in known or not done_png(f)]
     failures = []
-    by_id = {f.stem: f for f in todo}
-    one = partial(prepare_one, out=output, split=split, sizes=sizes, keep_ratio=keep_ratio)
-    one_core()  # one process = one core: --workers sets the parallelism
-    with ExitStack() as stack:
-        pool = (
-            stack.enter_context(ProcessPoolExecutor(workers, initializer=one_core))
-            if workers > 1
-            else None
-        )
-        jobs = pool.map(one, todo) if pool else map(one, todo)
-        bar = tqdm(jobs, total=len(todo), desc=f"prepare {split}", unit="img", disable=not progress)
-        try:
-            for n, (image_id, rows, cols, error) in enumerate(bar, start=1):
-                if error:
-                    failures.append({"file": str(by_id[image_id]), "reason": error})
-                else:
-                    known[image_id] = (rows, cols)
-                if n % SAVE_EVERY == 0:  # an interrupted run resumes from here
-                    write_metas(metas, known, keep_ratio)
-        finally:  # also on Ctrl-C or an error: keep what is done
-            write_metas(metas, known, keep_ratio)
+    one = partial(
+        prepare_one,
+        out=output,
+        split=split,
+        sizes=sizes,
+        keep_ratio=keep_ratio,
+        max_pixels=max_pixels,
+    )
+    results = isolated_map(one, todo, workers, initializer=one_core)
+    bar = tqdm(results, total=len(todo), desc=f"prepare {split}", unit="img", disable=not progress)
+    try:
+        for n, (src, result, died) in enumerate(bar, start=1):
+            image_id, rows, cols, error = result or (src.stem, 0, 0, f"{src}: {died}")
+            if error:
+                failures.append({"file": str(src), "reason": error})
+            else:
+                known[image_id] = (rows, cols)
+            if n % SAVE_EVERY == 0:  # an interrupted run resumes from here
+                write_metas(metas, known, keep_ratio)
+    finally:  # also on Ctrl-C or an error: keep what is done
+        write_metas(metas, known, keep_ratio)
     fail_path = output / f"failures_{split}.csv"
     if failures:
         _atomic_csv(pd.DataFrame(failures), fail_path)
@@ -196,9 +214,14 @@ def prepare(
         log.warning("%d file(s) skipped; all listed in %s", len(failures), fail_path)
     elif fail_path.exists():
         fail_path.unlink()
+    if adopted:
+        log.info(
+            "adopted %d image(s) a stopped run had written (sizes from their headers)", adopted
+        )
     return {
         "done": len(todo) - len(failures),
-        "skipped": len(files) - len(todo),
+        "skipped": len(files) - len(todo) - adopted,
+        "adopted": adopted,
         "failed": len(failures),
         "images": len(known),
     }
@@ -221,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         "the meta CSV records where the image lies",
     )
     p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"refuse an image whose header declares more pixels, before decoding it (default "
+        f"{MAX_PIXELS:,}: well above any chest radiograph)",
+    )
+    p.add_argument(
         "--redo",
         action="store_true",
         help="prepare every image again, also those already done (e.g. to change --keep-ratio)",
@@ -231,13 +261,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--sizes must be at least 8 px")
     try:
         counts = prepare(
-            a.input, a.output, a.sizes, a.split, a.workers, keep_ratio=a.keep_ratio, redo=a.redo
+            a.input,
+            a.output,
+            a.sizes,
+            a.split,
+            a.workers,
+            keep_ratio=a.keep_ratio,
+            redo=a.redo,
+            max_pixels=a.max_pixels,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    adopted = f", adopted {counts['adopted']}" if counts["adopted"] else ""
     print(
-        f"prepared {counts['done']}, already done {counts['skipped']}, "
+        f"prepared {counts['done']}, already done {counts['skipped']}{adopted}, "
         f"failed {counts['failed']}; {counts['images']} images in {a.output}"
     )
     return 1 if counts["images"] == 0 else 0

@@ -48,6 +48,7 @@ class PredictConfig:
     image_dir: str | None = None
     meta_csv: str | None = None
     dicom_dir: str | None = None
+    dicom_max_pixels: int = 50_000_000  # cxrdet.data.dicom.MAX_PIXELS (this module stays light)
     split: SplitConfig = field(default_factory=SplitConfig)
     keep_ratio: bool = False
     score_thresh: float | None = None
@@ -63,6 +64,7 @@ class PredictConfig:
     device: str = "auto"
     precision: str = "auto"
     progress: bool = True
+    trust_checkpoint: bool = False  # load checkpoints that need full unpickling (running code)
     paths: Any = None  # conf/paths, for the interpolations
 
 

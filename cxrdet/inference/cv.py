@@ -47,6 +47,7 @@ from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs, write_probs
 from cxrdet.inference.predictor import pick_device, predict
 from cxrdet.models.precision import choose_precision
+from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.training.callbacks import best_checkpoint
 
 
@@ -67,9 +68,9 @@ def fold_runs(sweep_dir: Path) -> list[tuple[Path, DictConfig]]:
     return runs
 
 
-def checkpoint_of(run: Path) -> Path:
+def checkpoint_of(run: Path, trust: bool = False) -> Path:
     """A run's best checkpoint (else its last), or a clear error."""
-    ckpt = best_checkpoint(run / "checkpoints")
+    ckpt = best_checkpoint(run / "checkpoints", trust, "--trust")
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no checkpoint in checkpoints/")
     return ckpt
@@ -83,7 +84,12 @@ def fold_images(cfg, labels) -> list[str]:
 
 
 def cross_validate(
-    sweep_dir, tta: str = "none", device: str = "auto", batch_size: int = 4, precision="auto"
+    sweep_dir,
+    tta: str = "none",
+    device: str = "auto",
+    batch_size: int = 4,
+    precision="auto",
+    trust: bool = False,
 ):
     """Per-fold and out-of-fold scores of detector folds; see the module docstring."""
     sweep_dir = Path(sweep_dir)
@@ -95,7 +101,7 @@ def cross_validate(
     labels, _ = read_labels(data.labels_csv)
     for run, cfg in runs:
         d = cfg.data
-        ckpt = checkpoint_of(run)
+        ckpt = checkpoint_of(run, trust)
         val_ids = fold_images(cfg, labels)
         fold_csv = out / f"fold{d.fold}.csv"
         predict(
@@ -109,8 +115,10 @@ def cross_validate(
                 precision=precision,
                 batch_size=batch_size,
                 progress=False,
+                trust_checkpoint=trust,
             ),
             image_ids=val_ids,
+            opt_in="--trust",
         )
         split = {"split": "kfold", "fold": d.fold, "seed": d.split_seed, "n_folds": d.n_folds}
         r = score(
@@ -154,6 +162,7 @@ def cross_validate_classifier(
     device: str = "auto",
     batch_size=4,
     precision="auto",
+    trust: bool = False,
 ) -> dict:
     """Out-of-fold AUC of classifier folds and, given the detector's out-of-fold submission,
     its mAP40 without and with the "No finding" filter at the best (low, high) of a grid."""
@@ -169,9 +178,9 @@ def cross_validate_classifier(
     probs, folds = {}, []
     for run, cfg in runs:
         d = cfg.data
-        ckpt = checkpoint_of(run)
+        ckpt = checkpoint_of(run, trust)
         dataset = ImageDataset(d.image_dir, d.meta_csv, fold_images(cfg, labels))
-        classifiers = load_classifiers(str(ckpt), dev)
+        classifiers = load_classifiers(str(ckpt), dev, trust, "--trust")
         fold = predict_probs(classifiers, dataset, dev, batch_size, tta=tta, precision=precision)
         folds.append({"fold": int(d.fold), "run": str(run), "checkpoint": str(ckpt)})
         folds[-1].update(images=len(fold), AUC=_auc(fold, normal))
@@ -247,15 +256,26 @@ def main(argv: list[str] | None = None) -> int:
         help="classifier folds: the detector's oof_submission.csv, to measure the filter on",
     )
     p.add_argument("--json", action="store_true", help="end with one JSON object")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help=TRUST_HELP,
+    )
     a = p.parse_args(argv)
     try:
         classifier = "arch" in fold_runs(Path(a.sweep_dir))[0][1].model
         if classifier:
             r = cross_validate_classifier(
-                a.sweep_dir, a.detector_oof, a.tta, a.device, a.batch_size, a.precision
+                a.sweep_dir,
+                a.detector_oof,
+                a.tta,
+                a.device,
+                a.batch_size,
+                a.precision,
+                a.trust,
             )
         else:
-            r = cross_validate(a.sweep_dir, a.tta, a.device, a.batch_size, a.precision)
+            r = cross_validate(a.sweep_dir, a.tta, a.device, a.batch_size, a.precision, a.trust)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from torch import nn
 from cxrdet.data.dataset import load_png
 from cxrdet.inference.exported import load_exported
 from cxrdet.models.module import load_detector
+from cxrdet.models.safe_load import TRUST_HELP
 
 FORMATS = ("onnx", "torchscript")
 PARITY_SCORE = 0.05  # detections compared: those scoring above this
@@ -52,8 +53,11 @@ class GreyImageDetector(nn.Module):
         return out["boxes"], out["scores"], out["labels"] - 1
 
 
-def export(ckpt: str, fmt: str, out: str | Path, size: int = 512) -> tuple[Path, nn.Module]:
-    """Write ``ckpt``'s detector as ``fmt`` to ``out``; returns the path and the eager model."""
+def export(
+    ckpt: str, fmt: str, out: str | Path, size: int = 512, trust: bool = False
+) -> tuple[Path, nn.Module]:
+    """Write ``ckpt``'s detector as ``fmt`` to ``out``; returns the path and the eager model.
+    ``trust``: load a checkpoint that needs full unpickling (``--trust``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -62,7 +66,7 @@ def export(ckpt: str, fmt: str, out: str | Path, size: int = 512) -> tuple[Path,
             import onnxruntime  # noqa: F401  (the parity check runs the file in it)
         except ImportError as e:
             raise ValueError(f"ONNX export needs {e.name}: pip install 'cxrdet[onnx]'") from e
-    module = load_detector(ckpt)
+    module = load_detector(ckpt, trust, "--trust")
     model = GreyImageDetector(module.model.eval()).eval()
     prepared_size = int(module.hparams.model.get("image_size", size))
     out = Path(out)
@@ -173,9 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=512, help="parity images' side (default 512)")
     p.add_argument("--images", help="a folder of prepared PNGs to check parity on")
     p.add_argument("--n", type=int, default=4, help="images to check parity on (default 4)")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help=TRUST_HELP,
+    )
     a = p.parse_args(argv)
     try:
-        path, model = export(a.ckpt, a.format, a.out, a.size)
+        path, model = export(a.ckpt, a.format, a.out, a.size, a.trust)
         if a.images:
             files = sorted(Path(a.images).glob("*.png"))[: a.n]
             if not files:

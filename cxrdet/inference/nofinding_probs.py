@@ -37,12 +37,15 @@ def write_probs(probs: dict[str, float], path: str | Path) -> Path:
     return path
 
 
-def load_classifiers(ckpt_paths, device) -> list[torch.nn.Module]:
-    """Classifier checkpoints (one or a list) in eval mode on ``device``."""
+def load_classifiers(
+    ckpt_paths, device, trust: bool = False, opt_in: str = "trust_checkpoint=true"
+) -> list[torch.nn.Module]:
+    """Classifier checkpoints (one or a list) in eval mode on ``device`` (``trust``, ``opt_in``:
+    :func:`cxrdet.models.module.read_checkpoint`)."""
     from cxrdet.models.classifier import load_classifier  # Lightning: only when needed
 
     paths = [ckpt_paths] if isinstance(ckpt_paths, str | Path) else list(ckpt_paths)
-    return [load_classifier(str(p)).to(device) for p in paths]
+    return [load_classifier(str(p), trust, opt_in).to(device) for p in paths]
 
 
 def check_tta(tta: str, key: str = "nofinding.tta") -> None:

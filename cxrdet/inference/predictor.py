@@ -53,18 +53,24 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_models(
-    ckpt_paths: list[str], device, score_thresh: float | None, max_detections: int | None
+    ckpt_paths: list[str],
+    device,
+    score_thresh: float | None,
+    max_detections: int | None,
+    trust: bool = False,
+    opt_in: str = "trust_checkpoint=true",
 ):
     """Detectors in eval mode and the prepared image size the first was trained on.
 
     A None ``score_thresh`` or ``max_detections`` keeps each checkpoint's own (the one its
-    validation scored with); a value replaces it.
+    validation scored with); a value replaces it. ``trust``, ``opt_in``:
+    :func:`cxrdet.models.module.read_checkpoint`.
     """
     from cxrdet.models.module import load_detector  # Lightning: only when predicting checkpoints
 
     models, image_size = [], None
     for path in ckpt_paths:
-        module = load_detector(path)
+        module = load_detector(path, trust, opt_in)
         model = module.model.to(device).eval()
         if score_thresh is not None:
             model.roi_heads.score_thresh = score_thresh
@@ -158,7 +164,9 @@ def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 
         cv2.imwrite(str(out_dir / f"{info['image_id']}.png"), drawn)
 
 
-def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
+def predict(
+    cfg: PredictConfig, image_ids: list[str] | None = None, opt_in: str = "trust_checkpoint=true"
+) -> dict:
     """Write ``cfg.output`` (submission.csv) with one row per image; returns a summary.
 
     ``cfg.ckpt_path`` is one checkpoint or a list (a WBF ensemble, ``cfg.ensemble_weights``
@@ -166,7 +174,9 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
     ``cfg.meta_csv``. Each row gets ``14 <1 - top score> 0 0 1 1`` with ``cfg.nofinding_line``,
     or, with ``cfg.nofinding.probs`` (``image_id,p_abnormal``), the classifier filter of
     :func:`nofinding_filter`. ``image_ids`` restricts prepared PNGs to those images (a split's
-    validation images). See :class:`cxrdet.inference.config.PredictConfig`.
+    validation images). Checkpoints that need full unpickling load only with
+    ``cfg.trust_checkpoint`` (``opt_in`` names that setting in the refusal: ``--trust`` for
+    the tools). See :class:`cxrdet.inference.config.PredictConfig`.
     """
     if cfg.model_file:  # an exported detector (cxrdet export) instead of checkpoints
         ckpts = []
@@ -184,18 +194,22 @@ def predict(cfg: PredictConfig, image_ids: list[str] | None = None) -> dict:
         exported = ExportedDetector(cfg.model_file, cfg.score_thresh, dev)
         models, image_size = [exported], exported.prepared_size
     else:
-        models, image_size = load_models(ckpts, dev, cfg.score_thresh, cfg.max_detections)
+        models, image_size = load_models(
+            ckpts, dev, cfg.score_thresh, cfg.max_detections, cfg.trust_checkpoint, opt_in
+        )
     max_detections = cfg.max_detections
     if max_detections is None:  # the fused boxes are capped as each model caps its own
         caps = [m.roi_heads.detections_per_img for m in models if hasattr(m, "roi_heads")]
         max_detections = max(caps) if caps else None  # an exported file's cap is built in
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
-        dataset = DicomDataset(cfg.dicom_dir, image_size, cfg.keep_ratio)
+        dataset = DicomDataset(cfg.dicom_dir, image_size, cfg.keep_ratio, cfg.dicom_max_pixels)
     nofinding = cfg.nofinding
     if nofinding.probs and nofinding.ckpt_path:
         raise ValueError("nofinding.probs and nofinding.ckpt_path both given: pass one")
     probs = read_probs(nofinding.probs, dataset.ids) if nofinding.probs else None
-    classifiers = load_classifiers(nofinding.ckpt_path, dev) if nofinding.ckpt_path else None
+    classifiers = None
+    if nofinding.ckpt_path:
+        classifiers = load_classifiers(nofinding.ckpt_path, dev, cfg.trust_checkpoint, opt_in)
     start = time.perf_counter()
     results, errors, classifier_probs = predict_dataset(
         models,

@@ -29,16 +29,19 @@ ARCHS = {
 }
 
 
-def build_classifier(arch: str = "resnet50", weights: str | None = None) -> nn.Module:
+def build_classifier(
+    arch: str = "resnet50", weights: str | None = None, trust_weights: bool = False
+) -> nn.Module:
     """A torchvision backbone with one output logit; ``weights`` a torchvision name of that
     architecture (read from the cache, as for the detector: :mod:`cxrdet.models.weights`), a
-    local file, or None (random init)."""
+    local file (one that needs full unpickling only with ``trust_weights``), or None (random
+    init)."""
     if arch not in ARCHS:
         raise ValueError(f"model.arch={arch!r}: expected one of {', '.join(ARCHS)}")
     builder, weights_enum = ARCHS[arch]
     net = builder(weights=None)
     if not no_source(weights):
-        load_weights(net, weights, weights_enum, "model.weights")
+        load_weights(net, weights, weights_enum, "model.weights", trust_weights)
     if arch.startswith("resnet"):
         net.fc = nn.Linear(net.fc.in_features, 1)
     else:  # EfficientNet and ConvNeXt end in a Sequential whose last layer is the Linear
@@ -70,6 +73,7 @@ class NoFindingModule(pl.LightningModule):
         optim: optimiser config with ``_target_`` and ``_partial_: true``.
         scheduler: LR scheduler config (``_partial_``, called with ``total_steps``), or None.
         low, high: the filter's thresholds, for the logged accuracies and band shares.
+        trust_weights: as :class:`cxrdet.models.module.DetectorModule`'s; not a hyper-parameter.
     """
 
     def __init__(
@@ -79,10 +83,11 @@ class NoFindingModule(pl.LightningModule):
         scheduler: dict | None = None,
         low: float = 0.08,
         high: float = 0.95,
+        trust_weights: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.net = build_classifier(**model)
+        self.save_hyperparameters(ignore=["trust_weights"])
+        self.net = build_classifier(**model, trust_weights=trust_weights)
         self.loss = nn.BCEWithLogitsLoss()
         self.val_probs: list[torch.Tensor] = []
         self.val_labels: list[torch.Tensor] = []
@@ -133,10 +138,13 @@ class NoFindingModule(pl.LightningModule):
         )
 
 
-def load_classifier(ckpt_path: str) -> NoFindingModule:
+def load_classifier(
+    ckpt_path: str, trust: bool = False, opt_in: str = "trust_checkpoint=true"
+) -> NoFindingModule:
     """Load a trained classifier (on the CPU) for inference, never fetching weights again: the
-    checkpoint holds every trained tensor, so the ImageNet source it started from is dropped."""
-    hparams, state, model_cfg = read_checkpoint(ckpt_path)
+    checkpoint holds every trained tensor, so the ImageNet source it started from is dropped.
+    ``trust`` and ``opt_in``: :func:`cxrdet.models.module.read_checkpoint`."""
+    hparams, state, model_cfg = read_checkpoint(ckpt_path, trust, opt_in)
     if "arch" not in model_cfg:
         raise ValueError(f"{ckpt_path}: a detector checkpoint, not a classifier (no model.arch)")
     model_cfg["weights"] = None

@@ -79,6 +79,7 @@ def build_fasterrcnn(
     box_detections_per_img: int = 100,
     frozen_bn: bool | None = None,
     frozen_bn_eps: float | None = None,
+    trust_weights: bool = False,
 ) -> FasterRCNN:
     """Faster R-CNN R50-FPN for ``num_classes`` foreground classes (+ background).
 
@@ -105,6 +106,8 @@ def build_fasterrcnn(
         frozen_bn: frozen BatchNorm in the backbone; default: when any weights are pretrained.
         frozen_bn_eps: frozen BatchNorm eps; default: 0 for torchvision's COCO weights (what they
             were trained with), else 1e-5.
+        trust_weights: load a local weights file that needs full unpickling instead of
+            refusing it (:mod:`cxrdet.models.safe_load`).
     """
     weights = None if no_source(weights) else weights
     weights_backbone = None if no_source(weights_backbone) else weights_backbone
@@ -112,7 +115,9 @@ def build_fasterrcnn(
     frozen_bn = pretrained if frozen_bn is None else frozen_bn
     body = resnet50(norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
     if weights_backbone is not None and weights is None:  # the detector's weights cover it
-        load_weights(body, weights_backbone, ResNet50_Weights, "model.weights_backbone")
+        load_weights(
+            body, weights_backbone, ResNet50_Weights, "model.weights_backbone", trust_weights
+        )
     backbone = _resnet_fpn_extractor(body, trainable_backbone_layers if frozen_bn else 5)
     sizes = [image_size] if min_size is None else min_size
     sizes = tuple(int(s) for s in (sizes if isinstance(sizes, Sequence) else [sizes]))
@@ -146,7 +151,9 @@ def build_fasterrcnn(
         sizes, max_size, int(test_size or sizes[-1]), t.image_mean, t.image_std
     )
     if weights is not None:
-        load_weights(model, weights, FasterRCNN_ResNet50_FPN_Weights, "model.weights")
+        load_weights(
+            model, weights, FasterRCNN_ResNet50_FPN_Weights, "model.weights", trust_weights
+        )
     eps = weights_bn_eps(weights) if frozen_bn_eps is None else frozen_bn_eps
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):

@@ -13,6 +13,7 @@ from torch import nn
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.evaluator import DetectionEvaluator
 from cxrdet.models.detector import build_fasterrcnn
+from cxrdet.models.safe_load import safe_load
 from cxrdet.models.schedule import lightning_optimizers
 from cxrdet.models.weights import frozen_bn_eps, no_source
 
@@ -101,6 +102,8 @@ class DetectorModule(pl.LightningModule):
         class_names: names of the trained classes, for per-class logging.
         on_nonfinite: a NaN/inf training loss ``stop``s the run (naming the step and the
             losses; the checkpoints written so far stay) or is ``skip``ped (no update).
+        trust_weights: a local ``model.weights`` file that needs full unpickling is loaded
+            (train.py's ``trust_checkpoint=true``) instead of refused; not a hyper-parameter.
     """
 
     def __init__(
@@ -110,12 +113,13 @@ class DetectorModule(pl.LightningModule):
         scheduler: dict | None = None,
         class_names=None,
         on_nonfinite: str = "stop",
+        trust_weights: bool = False,
     ):
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be stop or skip, got {on_nonfinite!r}")
-        self.save_hyperparameters()
-        self.model = build_fasterrcnn(**model)
+        self.save_hyperparameters(ignore=["trust_weights"])
+        self.model = build_fasterrcnn(**model, trust_weights=trust_weights)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
         self.evaluator = DetectionEvaluator()
         self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
@@ -256,10 +260,13 @@ class DetectorModule(pl.LightningModule):
             self.resumed_from = (int(checkpoint["schedule_steps"]), int(checkpoint["global_step"]))
 
 
-def read_checkpoint(ckpt_path: str) -> tuple[dict, dict, dict]:
+def read_checkpoint(
+    ckpt_path: str, trust: bool = False, opt_in: str = "trust_checkpoint=true"
+) -> tuple[dict, dict, dict]:
     """A train.py checkpoint's hyper-parameters, state dict and (a copy of) its model config,
-    or a ValueError naming the file."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    or a ValueError naming the file; tensors and plain values only unless ``trust``
+    (:func:`cxrdet.models.safe_load.safe_load`)."""
+    ckpt = safe_load(ckpt_path, trust, opt_in)
     try:
         hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
         return hparams, state, dict(hparams["model"])
@@ -267,13 +274,16 @@ def read_checkpoint(ckpt_path: str) -> tuple[dict, dict, dict]:
         raise ValueError(f"{ckpt_path}: not a cxrdet training checkpoint (no model config)") from e
 
 
-def load_detector(ckpt_path: str) -> DetectorModule:
+def load_detector(
+    ckpt_path: str, trust: bool = False, opt_in: str = "trust_checkpoint=true"
+) -> DetectorModule:
     """Load a trained DetectorModule (on the CPU) for inference, never fetching weights again.
 
     The checkpoint holds every trained tensor; the weight sources training started from are
     dropped (keeping the BatchNorm kind and eps they implied) so that loading works offline.
+    ``trust`` and ``opt_in``: :func:`read_checkpoint`.
     """
-    hparams, state, model_cfg = read_checkpoint(ckpt_path)
+    hparams, state, model_cfg = read_checkpoint(ckpt_path, trust, opt_in)
     pretrained = not all(no_source(model_cfg.get(k)) for k in ("weights", "weights_backbone"))
     model_cfg.setdefault("frozen_bn", pretrained)
     model_cfg.setdefault("frozen_bn_eps", frozen_bn_eps(model_cfg.get("weights")))

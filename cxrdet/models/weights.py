@@ -31,6 +31,8 @@ from torch import nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
+from cxrdet.models.safe_load import UntrustedFile, safe_load
+
 log = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
@@ -83,7 +85,7 @@ def named_state_dict(weights: Enum, key: str, given: str | None = None) -> dict:
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
-            return weights.get_state_dict(progress=True, check_hash=True)
+            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
         except OSError as e:  # URLError, DNS failure, timeout, refused connection
             raise WeightsUnavailable(
                 f"{key}={given or weights.name}: {path} is not cached and cannot be downloaded "
@@ -113,8 +115,9 @@ def _check_file(path: Path, key: str) -> None:
         raise WeightsUnavailable(f"{key}={path}: weights file not found")
 
 
-def file_state_dict(path: str | Path, key: str) -> dict:
-    """The tensors of a local weights file (a Lightning checkpoint's ``state_dict``)."""
+def file_state_dict(path: str | Path, key: str, trust: bool = False) -> dict:
+    """The tensors of a local weights file (a Lightning checkpoint's ``state_dict``): tensors
+    and plain values only, unless ``trust`` (:mod:`cxrdet.models.safe_load`)."""
     path = Path(path)
     _check_file(path, key)
     try:
@@ -122,11 +125,9 @@ def file_state_dict(path: str | Path, key: str) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # pickled objects besides tensors: the user's own file
-            log.warning("%s holds more than tensors; loading it with weights_only=False", path)
-            state = torch.load(path, map_location="cpu", weights_only=False)
+        state = safe_load(path, trust, "trust_checkpoint=true")
+    except UntrustedFile as e:
+        raise UntrustedFile(f"{key}={e}") from None
     except Exception as e:
         raise ValueError(f"{key}={path}: cannot read it as weights ({e})") from None
     for wrapper in ("state_dict", "model"):  # Lightning; torchvision's references, Detectron2
@@ -164,10 +165,11 @@ def load_into(module: nn.Module, state: dict, origin: str) -> list[str]:
     return skipped
 
 
-def load_weights(module: nn.Module, source, enum_cls, key: str) -> None:
-    """Load ``source`` (a torchvision name of ``enum_cls`` or a local file) into ``module``."""
+def load_weights(module: nn.Module, source, enum_cls, key: str, trust: bool = False) -> None:
+    """Load ``source`` (a torchvision name of ``enum_cls`` or a local file, read with ``trust``
+    as :func:`file_state_dict` reads it) into ``module``."""
     if is_local(source):
-        load_into(module, file_state_dict(source, key), str(source))
+        load_into(module, file_state_dict(source, key, trust), str(source))
     else:
         weights = resolve_name(enum_cls, str(source), key)
         load_into(

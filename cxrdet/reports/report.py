@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.training.callbacks import best_checkpoint
 
@@ -60,8 +61,11 @@ def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
-def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> list[Path]:
-    """PR curves per class and the GT-vs-prediction grid, on the run's validation split."""
+def validation_figures(
+    run_dir: Path, ckpt: Path, out: Path, n_images: int, trust: bool = False
+) -> list[Path]:
+    """PR curves per class and the GT-vs-prediction grid, on the run's validation split
+    (``trust``: load a checkpoint that needs full unpickling)."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -76,7 +80,7 @@ def validation_figures(run_dir: Path, ckpt: Path, out: Path, n_images: int) -> l
     datamodule.setup("fit")
     if datamodule.val_set is None:
         return []
-    model = load_detector(str(ckpt)).model.eval()
+    model = load_detector(str(ckpt), trust, "--trust").model.eval()
     evaluator, shown = DetectionEvaluator(), []
     with torch.inference_mode():
         for i in range(len(datamodule.val_set)):
@@ -146,8 +150,11 @@ def upload_figures(loggers, paths: list[Path]) -> int:
     return sent
 
 
-def write_report(run_dir: str | Path, ckpt: str = "best", n_images: int = 8) -> list[Path]:
-    """Every figure for ``run_dir``; returns the files written."""
+def write_report(
+    run_dir: str | Path, ckpt: str = "best", n_images: int = 8, trust: bool = False
+) -> list[Path]:
+    """Every figure for ``run_dir``; returns the files written. ``trust``: load a checkpoint
+    that needs full unpickling (``--trust``)."""
     run_dir = Path(run_dir)
     metrics_csv = run_dir / "csv" / "metrics.csv"
     if not metrics_csv.is_file():
@@ -156,13 +163,14 @@ def write_report(run_dir: str | Path, ckpt: str = "best", n_images: int = 8) -> 
     out.mkdir(exist_ok=True)
     written = curve_figures(pd.read_csv(metrics_csv), out)
     if ckpt == "best":
-        path = best_checkpoint(run_dir / "checkpoints") or run_dir / "checkpoints" / "last.ckpt"
+        best = best_checkpoint(run_dir / "checkpoints", trust, "--trust")
+        path = best or run_dir / "checkpoints" / "last.ckpt"
     elif ckpt == "last":
         path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(ckpt)
     if path.is_file() and (run_dir / ".hydra" / "config.yaml").is_file():
-        written += validation_figures(run_dir, path, out, n_images)
+        written += validation_figures(run_dir, path, out, n_images, trust)
     return written
 
 
@@ -171,9 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="a train.py run directory")
     p.add_argument("--images", type=int, default=8, help="validation images in fig 12")
     p.add_argument("--ckpt", default="best", help="best | last | a checkpoint path")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help=TRUST_HELP,
+    )
     a = p.parse_args(argv)
     try:
-        written = write_report(a.run_dir, a.ckpt, a.images)
+        written = write_report(a.run_dir, a.ckpt, a.images, a.trust)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cxrdet.data.datamodule import usable_cpus
+from cxrdet.models.safe_load import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +96,21 @@ class LastCheckpointAtEnd(pl.Callback):
         ckpt.last_model_path = str(path)
 
 
-def best_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+def best_checkpoint(
+    checkpoints_dir: str | Path, trust: bool = False, opt_in: str = "--trust"
+) -> Path | None:
     """The checkpoint ModelCheckpoint rated best in a run's ``checkpoints/`` folder, else
     ``last.ckpt``, else None.
 
     Each ``best-step<N>.ckpt`` records the best path as of its own save, so the one with the
     highest step (a number, not a name: ``step8000`` comes before ``step10000``) knows the
-    best of them all.
+    best of them all. The files are read as :func:`cxrdet.models.safe_load.safe_load` reads
+    them (``trust``, ``opt_in``).
     """
     folder = Path(checkpoints_dir)
     best = sorted(folder.glob("best-*.ckpt"), key=_step_of)
     if best:
-        state = torch.load(best[-1], map_location="cpu", weights_only=True, mmap=True)
+        state = safe_load(best[-1], trust, opt_in, mmap=True)
         for key, value in state.get("callbacks", {}).items():
             named = Path(str(value.get("best_model_path") or "")).name
             if key.startswith("ModelCheckpoint") and named and (folder / named).is_file():

@@ -104,12 +104,31 @@ def test_missing_decoder_names_the_file_and_the_package(tmp_path, monkeypatch):
         read_dicom(path)
 
 
-def test_truncated_pixel_data_is_a_dicom_error(tmp_path):
+def test_truncated_pixel_data_is_refused_before_decoding(tmp_path):
     path = tmp_path / "t.dicom"
     write_dicom(path, np.random.default_rng(3).random((50, 50)))
     path.write_bytes(path.read_bytes()[:-500])
-    with pytest.raises(DicomError, match=r"t\.dicom: cannot decode pixel data"):
+    with pytest.raises(DicomError, match=r"t\.dicom: the pixel data holds 4500 bytes where the "):
+        read_dicom(path)  # 50 x 50 x 16 bits = 5000 bytes declared
+
+
+def test_an_image_declaring_more_pixels_than_the_limit_is_refused_before_decoding(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "huge.dicom"
+    write_dicom(path, np.zeros((8, 8)))
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 60000  # 3.6 gigapixels declared, 128 bytes of pixel data
+    ds.save_as(path)
+    decoded = []
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(lambda ds: decoded.append(1)))
+    with pytest.raises(
+        DicomError, match=r"huge\.dicom: .* 60000 x 60000 .* limit of 50,000,000 \(--max"
+    ):
         read_dicom(path)
+    with pytest.raises(DicomError, match=r"above the limit of 10 \(dicom_max_pixels\)"):
+        read_dicom(tmp_path / "huge.dicom", max_pixels=10, key="dicom_max_pixels")
+    assert decoded == []  # refused from the header, nothing decoded
 
 
 def test_eight_bit_stored_pixels(tmp_path):
@@ -123,3 +142,16 @@ def test_eight_bit_stored_pixels(tmp_path):
     out = read_dicom(tmp_path / "b.dicom")
     assert out.dtype == np.uint8 and out[0, 0] == 0 and out[0, -1] == 255
     assert (np.diff(out[0].astype(int)) > 0).all()
+
+
+def test_predicting_from_dicoms_refuses_what_the_limit_refuses_and_says_why(tmp_path):
+    from cxrdet.data.dataset import DicomDataset
+    from cxrdet.data.dicom import MAX_PIXELS
+    from cxrdet.inference.config import PredictConfig
+
+    write_dicom(tmp_path / "a.dicom", np.zeros((8, 8)))
+    assert PredictConfig().dicom_max_pixels == MAX_PIXELS  # one limit, two settings
+    image, info = DicomDataset(tmp_path, 16, max_pixels=10)[0]
+    assert "8 x 8 pixels" in info["error"] and "limit of 10 (dicom_max_pixels)" in info["error"]
+    assert image.shape == (3, 16, 16) and float(image.max()) == 0.0  # blank: row 14 1 0 0 1 1
+    assert DicomDataset(tmp_path, 16)[0][1]["error"] is None

@@ -97,7 +97,7 @@ def test_prepare_skips_unreadable_files_and_resumes(tmp_path, caplog):
     write_dicom(src / "nested" / "deep.dcm", _ramp())
 
     counts = prepare(src, tmp_path / "out", [32, 16], progress=False)
-    assert counts == {"done": 4, "skipped": 0, "failed": 1, "images": 4}
+    assert counts == {"done": 4, "skipped": 0, "adopted": 0, "failed": 1, "images": 4}
     failures = pd.read_csv(tmp_path / "out" / "failures_train.csv")
     assert len(failures) == 1 and "broken.dicom" in failures.file[0]
     assert "broken.dicom" in caplog.text
@@ -193,22 +193,24 @@ def test_interrupted_run_keeps_its_work_and_resumes(tmp_path, monkeypatch):
     src.mkdir(parents=True)
     for i in range(5):
         write_dicom(src / f"img{i}.dicom", _ramp() * (i + 1))
-    real, calls = prep.prepare_one, []
+    real = prep.isolated_map
 
-    def interrupted(f, **kw):
-        calls.append(f.stem)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # Ctrl-C while the third image is prepared
-        return real(f, **kw)
+    def interrupted(*args, **kwargs):
+        for n, result in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt  # Ctrl-C as the third image comes back
+            yield result
 
-    monkeypatch.setattr(prep, "prepare_one", interrupted)
+    monkeypatch.setattr(prep, "isolated_map", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(src, tmp_path / "out", [16], progress=False)
     meta = pd.read_csv(tmp_path / "out" / "16" / "train_meta.csv")
     assert sorted(meta.image_id) == ["img0", "img1"]  # the finished work is recorded
-    monkeypatch.setattr(prep, "prepare_one", real)
+    monkeypatch.setattr(prep, "isolated_map", real)
     counts = prepare(src, tmp_path / "out", [16], progress=False)
-    assert counts == {"done": 3, "skipped": 2, "failed": 0, "images": 5}
+    # The third image's PNG may have been written before the interrupt: adopted, not redone.
+    assert counts["skipped"] == 2 and counts["done"] + counts["adopted"] == 3
+    assert counts["failed"] == 0 and counts["images"] == 5
 
 
 def test_repeated_image_ids_in_nested_folders_are_refused(tmp_path):

@@ -63,7 +63,7 @@ def test_train_py_experiment_nofinding_trains_and_keeps_the_best_auc(tiny_data, 
     shares = last[["val/share_below_low", "val/share_between", "val/share_above_high"]]
     assert shares.sum() == pytest.approx(1.0)
     assert 0 <= last["val/acc_low"] <= 1 and 0 <= last["val/acc_high"] <= 1
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     (key,) = [k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint")]
     assert "'monitor': 'val/AUC'" in key  # the best checkpoint is chosen by validation AUC
     assert Path(ckpt["callbacks"][key]["best_model_path"]).is_file()
