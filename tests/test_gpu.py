@@ -44,29 +44,38 @@ def test_training_and_validation_on_cuda(tiny_data, tmp_path, precision):
     assert "val/AP40" in metrics and float(metrics["val/images"]) > 0
 
 
-def test_fp16_prediction_on_cuda_matches_fp32_on_cpu(tiny_data, tmp_path):
-    from cxrdet.evaluation.submission import read_submission
-    from cxrdet.inference.config import PredictConfig
-    from cxrdet.inference.predictor import predict
+def test_fp16_prediction_on_cuda_runs_in_fp16_and_matches_fp32_on_cpu(tiny_data):
+    from torchvision.ops import box_iou
+
+    from cxrdet.data.dataset import ImageDataset
+    from cxrdet.inference.predictor import predict_dataset
 
     torch.manual_seed(0)
     module = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)
-    ckpt = tmp_path / "model.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
-    common = {
-        "ckpt_path": str(ckpt),
-        "image_dir": str(tiny_data["prepared"] / "64" / "test"),
-        "meta_csv": str(tiny_data["prepared"] / "64" / "test_meta.csv"),
-        "progress": False,
-    }
-    cpu = predict(PredictConfig(output=str(tmp_path / "cpu.csv"), device="cpu", **common))
-    gpu = predict(
-        PredictConfig(
-            output=str(tmp_path / "gpu.csv"), device="cuda", precision="16-mixed", **common
-        )
-    )
-    assert gpu["device"].startswith("cuda")
-    a, b = read_submission(tmp_path / "cpu.csv"), read_submission(tmp_path / "gpu.csv")
-    assert a.keys() == b.keys() and cpu["images"] == gpu["images"]
-    top = lambda sub: np.array([s.max(initial=0) for _, s, _ in sub.values()])  # noqa: E731
-    np.testing.assert_allclose(top(a), top(b), atol=0.02)
+    prepared = tiny_data["prepared"] / "64"
+    dataset = ImageDataset(prepared / "test", prepared / "test_meta.csv")
+    cpu_model = module.model.eval()
+    fp32, _, _ = predict_dataset([cpu_model], dataset, "cpu", progress=False)
+    gpu_model = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM).model
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    gpu_model = gpu_model.cuda().eval()
+    dtypes = []
+    gpu_model.backbone.body.conv1.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    fp16, _, _ = predict_dataset([gpu_model], dataset, "cuda", precision="16-mixed", progress=False)
+    assert dtypes and set(dtypes) == {torch.float16}  # the layers ran in fp16
+    assert fp16.keys() == fp32.keys()
+    matched, total = 0, 0
+    for image_id, (boxes, scores, classes) in fp32.items():
+        got_boxes, _, got_classes = fp16[image_id]
+        assert got_boxes.dtype.kind == "f"
+        for box, label in zip(boxes[scores > 0.05], classes[scores > 0.05]):
+            total += 1
+            same = got_boxes[got_classes == label]
+            if len(same) == 0:
+                continue
+            iou = box_iou(torch.tensor(box[None]), torch.tensor(same))[0]
+            k = int(iou.argmax())
+            matched += int(iou[k] >= 0.5 and np.abs(same[k] - box).max() <= 1.0)
+    # fp16's rounding may change which near-tied boxes survive NMS; most stay within a pixel
+    # (original pixels; box geometry runs in float32).
+    assert total > 0 and matched / total >= 0.8, (matched, total)

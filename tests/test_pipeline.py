@@ -161,8 +161,12 @@ def test_prediction_string_round_trip_and_empty_image():
     text = format_prediction(boxes, np.array([0.2, 0.9]), np.array([3, 0]))
     assert text.startswith("0 0.9000 1.0 2.0 3.0 4.0")
     b, s, c = parse_prediction(text)
-    np.testing.assert_allclose(b, boxes[::-1]) and np.testing.assert_allclose(s, [0.9, 0.2])
+    np.testing.assert_allclose(b, boxes[::-1])
+    np.testing.assert_allclose(s, [0.9, 0.2])
+    assert c.tolist() == [0, 3] and c.dtype.kind == "i"
     assert format_prediction(np.zeros((0, 4)), np.zeros(0), np.zeros(0)) == "14 1 0 0 1 1"
+    b, s, c = parse_prediction("14 1 0 0 1 1")  # the empty image reads back as "No finding"
+    assert c.tolist() == [14] and s.tolist() == [1.0] and b.tolist() == [[0, 0, 1, 1]]
 
 
 @pytest.mark.parametrize(
@@ -212,16 +216,58 @@ def test_dicom_folder_and_png_folder_predictions_agree(tiny_data, trained, tmp_p
     _same(png, dicom, atol=0.05)  # boxes are printed to 0.1 px
 
 
-def test_ensemble_of_one_checkpoint_equals_the_checkpoint(tiny_data, trained, tmp_path):
+def test_an_ensemble_fuses_every_member_with_its_weight(tiny_data, trained, tmp_path):
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     single = _predict(trained, tiny_data, tmp_path / "one.csv")
     listed = _predict(trained, tiny_data, tmp_path / "list.csv", ckpt_path=[ckpt])
     _same(single, listed, atol=0)
-    twice = _predict(trained, tiny_data, tmp_path / "two.csv", ckpt_path=[ckpt, ckpt])
-    for image_id in single:  # WBF of two identical sets: the same boxes and scores
-        order = [np.lexsort(np.c_[b, s, c].T) for b, s, c in (single[image_id], twice[image_id])]
-        for x, y in zip(single[image_id], twice[image_id]):
-            np.testing.assert_allclose(x[order[0]], y[order[1]], atol=0.15)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    head = "model.roi_heads.box_predictor.bbox_pred.bias"
+    state["state_dict"][head] = state["state_dict"][head] + 0.5  # another model: boxes shifted
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    alone = _predict(trained, tiny_data, tmp_path / "other.csv", ckpt_path=str(other))
+    first, second = (
+        _predict(trained, tiny_data, tmp_path / f"{w}.csv", ckpt_path=[ckpt, str(other)],
+                 ensemble_weights=w)
+        for w in ([3.0, 1.0], [1.0, 3.0])
+    )  # fmt: skip
+    top = lambda sub: np.array([b[np.argmax(np.where(c < 14, s, -1))] for b, s, c in sub.values()])  # noqa: E731
+    # Each ensemble's top box lies between the members' and nearer the heavier member's.
+    for fused, near, far in ((first, single, alone), (second, alone, single)):
+        to_near = np.abs(top(fused) - top(near)).mean()
+        assert to_near < np.abs(top(fused) - top(far)).mean()
+        assert to_near > 0  # the other member counted
+
+
+def test_ensemble_weights_follow_weighted_boxes_fusion(tmp_path):
+    from cxrdet.inference.predictor import predict_dataset
+
+    class OneBox(torch.nn.Module):
+        def __init__(self, box, score):
+            super().__init__()
+            self.box, self.score = box, score
+
+        def forward(self, images):
+            one = {"boxes": torch.tensor([self.box]), "scores": torch.tensor([self.score])}
+            return [{**one, "labels": torch.tensor([5])} for _ in images]
+
+    import cv2
+
+    from cxrdet.data.dataset import ImageDataset
+
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), np.zeros((64, 64), np.uint8))
+    pd.DataFrame({"image_id": ["a"], "dim0": [64], "dim1": [64]}).to_csv(tmp_path / "m.csv")
+    dataset = ImageDataset(tmp_path / "img", tmp_path / "m.csv")
+    members = [OneBox([10.0, 10, 30, 30], 0.8), OneBox([14.0, 10, 34, 30], 0.4)]
+    results, _, _ = predict_dataset(members, dataset, "cpu", weights=[2.0, 1.0], progress=False)
+    boxes, scores, classes = results["a"]
+    # WBF: coordinates weighted by score x weight (1.6 and 0.4): x0 = (1.6*10 + 0.4*14) / 2;
+    # score: the mean of score x weight over the two, times 2 boxes / 3 of total weight.
+    np.testing.assert_allclose(boxes, [[10.8, 10, 30.8, 30]], atol=1e-4)
+    np.testing.assert_allclose(scores, [(1.6 + 0.4) / 2 * 2 / 3], atol=1e-6)
+    assert classes.tolist() == [4]
 
 
 def test_bf16_prediction_on_cpu_is_close_to_fp32_and_a_bad_precision_is_named(
@@ -241,7 +287,8 @@ def test_bf16_prediction_on_cpu_is_close_to_fp32_and_a_bad_precision_is_named(
 
 
 class BlobDetector(torch.nn.Module):
-    """A stand-in detector that boxes bright blobs: flip-equivariant by construction."""
+    """A stand-in detector that boxes bright blobs (its boxes are flip-equivariant; its scores
+    go by the blobs' order from the left, so a flipped view scores them differently)."""
 
     def forward(self, images):
         import cv2
@@ -263,31 +310,44 @@ class BlobDetector(torch.nn.Module):
         return out
 
 
-def test_hflip_tta_of_a_symmetric_image_is_symmetric(trained, tmp_path):
+def test_hflip_tta_fuses_each_box_with_its_flipped_view_s_mirror(trained, tmp_path):
     import cv2
 
     from cxrdet.data.dataset import ImageDataset
     from cxrdet.inference.predictor import predict_dataset
     from cxrdet.models.module import load_detector
 
-    image = np.zeros((64, 64), np.uint8)
-    for x in (
-        12,
-        51,
-    ):  # a mirrored pair of blobs (column c mirrors to 63 - c), one across the centre
-        cv2.circle(image, (x, 20), 5, 255, -1)
-    cv2.rectangle(image, (24, 40), (39, 50), 255, -1)
+    image = np.zeros((64, 64), np.uint8)  # no two blobs mirror each other
+    cv2.circle(image, (12, 20), 5, 255, -1)
+    cv2.circle(image, (44, 14), 3, 255, -1)
+    cv2.rectangle(image, (30, 40), (45, 50), 255, -1)
     (tmp_path / "img").mkdir()
     cv2.imwrite(str(tmp_path / "img" / "s.png"), image)
     meta = pd.DataFrame({"image_id": ["s"], "dim0": [640], "dim1": [640]})
     meta.to_csv(tmp_path / "m.csv", index=False)
     dataset = ImageDataset(tmp_path / "img", tmp_path / "m.csv")
+    plain, _, _ = predict_dataset([BlobDetector()], dataset, "cpu", progress=False)
     results, _, _ = predict_dataset([BlobDetector()], dataset, "cpu", tta="hflip", progress=False)
-    boxes = results["s"][0]
-    assert len(boxes) == 3
-    mirrored = np.stack([640 - boxes[:, 2], boxes[:, 1], 640 - boxes[:, 0], boxes[:, 3]], axis=1)
-    for b in mirrored:  # every box has its mirror image, to a pixel of the 64-px image
-        assert (np.abs(boxes - b).max(axis=1) <= 10.01).any()
+    # The flipped view's boxes, flipped back, land on the plain ones; its scores differ (the
+    # stand-in scores blobs by their order from the left), so each fused score is the mean.
+    tensor = dataset[0][0]
+    flipped = BlobDetector()([tensor.flip(-1)])[0]
+    back = {
+        tuple(np.round([64 - b[2], b[1], 64 - b[0], b[3]], 3)): float(s)
+        for b, s in zip(flipped["boxes"].numpy(), flipped["scores"].numpy())
+    }
+    boxes, scores, classes = results["s"]
+    order = np.lexsort(boxes.T[::-1])
+    plain_boxes, plain_scores, _ = plain["s"]
+    plain_order = np.lexsort(plain_boxes.T[::-1])
+    np.testing.assert_allclose(boxes[order], plain_boxes[plain_order], atol=1e-3)
+    expected = [
+        (s + back[tuple(np.round(b / 10, 3))]) / 2
+        for b, s in zip(plain_boxes[plain_order], plain_scores[plain_order])
+    ]
+    np.testing.assert_allclose(scores[order], expected, atol=1e-6)
+    assert not np.allclose(scores[order], plain_scores[plain_order])  # the views did differ
+    assert classes.tolist() == [3, 3, 3]
     # The real detector goes through the same TTA path.
     model = load_detector(str(trained / "checkpoints" / "last.ckpt")).model.eval()
     results, _, _ = predict_dataset([model], dataset, "cpu", tta="hflip", progress=False)

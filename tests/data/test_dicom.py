@@ -13,9 +13,11 @@ from cxrdet.data.dicom import DicomError, read_dicom, to_display
 from cxrdet.demo.synth import write_dicom
 
 
-def reference(ds) -> np.ndarray:
-    """The plain per-pixel float64 path: modality LUT → VOI LUT → invert → min-max."""
-    data = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+def reference(ds, pixels=None) -> np.ndarray:
+    """The plain per-pixel float64 path: modality LUT → VOI LUT → invert → min-max (of
+    ``pixels``, default the dataset's own decode)."""
+    pixels = ds.pixel_array if pixels is None else pixels
+    data = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
     if ds.PhotometricInterpretation == "MONOCHROME1":
         data = data.max() - data
     data = (data - data.min()) / (data.max() - data.min()) * 255
@@ -31,10 +33,14 @@ def test_compressed_files_decode_equal_to_uncompressed(name):
 
 
 def test_jpeg_family_decodes_through_libjpeg():
-    path = get_testdata_file("JPGExtended.dcm")  # 12-bit JPEG Extended, decoded by libjpeg
-    image = read_dicom(path)
+    from libjpeg import decode  # pylibjpeg-libjpeg, called directly: the reference decode
+    from pydicom.encaps import generate_frames
+
+    path = get_testdata_file("JPGExtended.dcm")  # 12-bit JPEG Extended
     ds = pydicom.dcmread(path)
-    assert image.shape == (ds.Rows, ds.Columns) and image.min() == 0 and image.max() == 255
+    stored = decode(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    assert stored.shape == (ds.Rows, ds.Columns) and stored.max() > 255  # 12 bits in use
+    np.testing.assert_array_equal(read_dicom(path), reference(ds, stored))
 
 
 def test_plugin_failure_is_reported_without_a_misleading_install_hint():

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import tiny_overrides, train_in_process
+from omegaconf import OmegaConf
+from sklearn.metrics import roc_auc_score
 
 from cxrdet.evaluation.score import score
 from cxrdet.inference import cv
@@ -73,9 +77,10 @@ def test_a_folder_without_runs_is_named(tmp_path, capsys):
 def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
     tiny_data, detector_sweep, tmp_path
 ):
-    from cxrdet.data.labels import read_labels
+    from cxrdet.data.labels import normal_image_ids, read_labels
     from cxrdet.evaluation.nofinding import nofinding_filter
     from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
+    from cxrdet.inference.cv import fold_images
     from cxrdet.inference.nofinding_probs import read_probs
 
     sweep = tmp_path / "classifier"
@@ -100,12 +105,22 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
     ckpts = ",".join(f["checkpoint"] for f in result["folds"])
     assert f"nofinding.ckpt_path=[{ckpts}]" in command
     assert f"nofinding.low={oof['low']} nofinding.high={oof['high']}" in command
-    assert oof["images"] == 16 and 0 <= oof["AUC"] <= 1
+    assert oof["images"] == 16
+    # The AUCs are those of the written out-of-fold probabilities (scikit-learn's AUC).
+    labels, _ = read_labels(tiny_data["raw"] / "train.csv")
+    written = pd.read_csv(sweep / "oof" / "oof_nofinding_probs.csv", dtype={"image_id": str})
+    abnormal = ~written["image_id"].isin(normal_image_ids(labels))
+    assert 0 < abnormal.sum() < len(written) == 16
+    assert oof["AUC"] == pytest.approx(roc_auc_score(abnormal, written["p_abnormal"]), abs=1e-5)
+    for fold in result["folds"]:
+        ids = fold_images(OmegaConf.load(Path(fold["run"]) / ".hydra" / "config.yaml"), labels)
+        part = written["image_id"].isin(ids)
+        expected = roc_auc_score(abnormal[part], written["p_abnormal"][part])
+        assert fold["AUC"] == pytest.approx(expected, abs=1e-5)
     assert oof["mAP40_without_filter"] == pytest.approx(
         score(str(tiny_data["raw"] / "train.csv"), str(oof_csv))["mAP40"], abs=1e-12
     )
     # The best pair, applied as predict.py applies it, scores what cv reported.
-    labels, _ = read_labels(tiny_data["raw"] / "train.csv")
     ids = sorted(labels["image_id"].unique())
     probs = read_probs(str(sweep / "oof" / "oof_nofinding_probs.csv"), ids)
     sub = read_submission(oof_csv)

@@ -24,10 +24,11 @@ def checkpoints(module_tmp):
     for name, module in (
         ("det", DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)),
         ("cls", NoFindingModule(model={"arch": "resnet18", "weights": None}, optim=OPTIM)),
+        ("cls2", NoFindingModule(model={"arch": "resnet18", "weights": None}, optim=OPTIM)),
     ):
         state = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
         torch.save(state, out / f"{name}.ckpt")
-    return out / "det.ckpt", out / "cls.ckpt"
+    return out / "det.ckpt", out / "cls.ckpt", out / "cls2.ckpt"
 
 
 def _predict(checkpoints, tiny_data, out, **nofinding):
@@ -66,14 +67,31 @@ def test_the_classifier_runs_in_the_prediction_and_its_probs_are_written(
 def test_several_classifiers_are_averaged_and_hflip_tta_adds_the_flipped_view(
     checkpoints, tiny_data, tmp_path
 ):
-    cls = str(checkpoints[1])
-    _, _, one = _predict(checkpoints, tiny_data, tmp_path / "one" / "s.csv", ckpt_path=cls)
-    _, _, two = _predict(checkpoints, tiny_data, tmp_path / "two" / "s.csv", ckpt_path=[cls, cls])
-    assert two == pytest.approx(one, abs=1e-6)  # the mean of one classifier twice
-    _, _, flip = _predict(
-        checkpoints, tiny_data, tmp_path / "tta" / "s.csv", ckpt_path=cls, tta="hflip"
+    from cxrdet.data.dataset import ImageDataset
+    from cxrdet.inference.nofinding_probs import load_classifiers
+
+    a, b = str(checkpoints[1]), str(checkpoints[2])  # two different classifiers
+    _, _, one = _predict(checkpoints, tiny_data, tmp_path / "a" / "s.csv", ckpt_path=a)
+    _, _, other = _predict(checkpoints, tiny_data, tmp_path / "b" / "s.csv", ckpt_path=b)
+    _, _, both = _predict(checkpoints, tiny_data, tmp_path / "ab" / "s.csv", ckpt_path=[a, b])
+    assert max(abs(one[i] - other[i]) for i in one) > 0.01  # they do disagree
+    for image_id in one:  # written to 6 decimals
+        assert both[image_id] == pytest.approx((one[image_id] + other[image_id]) / 2, abs=2e-6)
+    _, _, tta = _predict(
+        checkpoints, tiny_data, tmp_path / "tta" / "s.csv", ckpt_path=a, tta="hflip"
     )
-    assert flip.keys() == one.keys() and flip != pytest.approx(one, abs=1e-6)
+    # The flipped view on its own, straight through the network:
+    prepared = tiny_data["prepared"] / "64"
+    dataset = ImageDataset(prepared / "test", prepared / "test_meta.csv")
+    (classifier,) = load_classifiers(a, "cpu")
+    with torch.inference_mode():
+        flipped = {
+            info["image_id"]: float(torch.sigmoid(classifier([image.flip(-1)]))[0])
+            for image, info in (dataset[i] for i in range(len(dataset)))
+        }
+    assert max(abs(one[i] - flipped[i]) for i in one) > 1e-3  # the views differ
+    for image_id in one:
+        assert tta[image_id] == pytest.approx((one[image_id] + flipped[image_id]) / 2, abs=2e-6)
 
 
 def test_probs_and_a_classifier_together_are_refused(checkpoints, tiny_data, tmp_path):

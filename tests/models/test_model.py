@@ -47,8 +47,20 @@ def test_empty_images_train_and_eval(model, with_box):
     assert len(out) == 2 and all(o["boxes"].shape[1] == 4 for o in out)
 
 
-def test_random_init_uses_trainable_batchnorm(model):
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+def test_random_init_trains_its_batchnorm(model):
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 53 and all(p.requires_grad for m in norms for p in m.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    images, targets = _batch(True)
+    sum(model(images, targets).values()).backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    after = model.state_dict()
+    for name in ("weight", "bias", "running_mean", "running_var"):  # learned, and tracked
+        key = f"backbone.body.layer1.0.bn1.{name}"
+        assert not torch.equal(before[key], after[key]), key
+    model.load_state_dict(before)  # the fixture is shared
 
 
 def test_validation_loss_leaves_batchnorm_buffers_unchanged(model):

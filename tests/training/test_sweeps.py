@@ -6,6 +6,8 @@ import pytest
 import yaml
 from conftest import tiny_overrides, train_in_process
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
 
 from cxrdet.config import CONF_DIR
 
@@ -26,8 +28,29 @@ def _hparams(job_dir):
 
 @pytest.mark.slow
 def test_multirun_runs_every_combination_in_its_own_directory(tiny_data, tmp_path):
+    # data=256 and data=512 read <prepared>/<size>/: both point at the tiny 64-px PNGs, and the
+    # model is pinned to 64 px, so each job composes its own data size at the tiny cost.
+    prepared = tmp_path / "prepared"
+    for size in (256, 512):
+        (prepared / str(size)).mkdir(parents=True)
+        for item in (tiny_data["prepared"] / "64").iterdir():
+            (prepared / str(size) / item.name).symlink_to(item)
     sweep = tmp_path / "sweep"
-    train_in_process(["-m", "optim.lr=0.001,0.002", "data=256,512", *_tiny_sweep(tiny_data, sweep)])
+    overrides = [
+        o
+        for o in _tiny_sweep(tiny_data, sweep)
+        if not o.startswith(("data.image_size=", "paths.prepared_dir="))
+    ]
+    train_in_process(
+        [
+            "-m",
+            "optim.lr=0.001,0.002",
+            "data=256,512",
+            f"paths.prepared_dir={prepared}",
+            "model.image_size=64",
+            *overrides,
+        ]
+    )
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     seen = set()
@@ -36,8 +59,13 @@ def test_multirun_runs_every_combination_in_its_own_directory(tiny_data, tmp_pat
         assert h["hydra_job_num"] == int(job.name) and h["git_commit"]
         assert (job / "checkpoints" / "last.ckpt").is_file()
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        seen.add(tuple(sorted(o for o in overrides if o.startswith(("optim.lr=", "data=")))))
-        assert h["config"]["optim"]["lr"] in (0.001, 0.002)
+        own = dict(o.split("=", 1) for o in overrides if o.startswith(("optim.lr=", "data=")))
+        # Each job trained with its own override: the learning rate and the data size.
+        assert h["config"]["optim"]["lr"] == float(own["optim.lr"])
+        data = h["config"]["data"]
+        assert data["image_size"] == int(own["data"].strip("'"))
+        assert data["image_dir"] == f"{prepared}/{own['data'].strip(chr(39))}/train"
+        seen.add((own["optim.lr"], own["data"]))
     assert len(seen) == 4
 
 
@@ -83,6 +111,11 @@ def test_slurm_launcher_composes_and_validates():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 1440)
-    # The plugin's schema checks types: a time limit must be a number.
-    with pytest.raises(Exception, match="timeout_min"):
+    # The plugin's schema checks types: a time limit must be a number (refused as a type
+    # error of that key, not as a launcher that is missing).
+    with pytest.raises(ConfigCompositionException, match="timeout_min=soon") as refused:
         _compose(["hydra/launcher=slurm", "hydra.launcher.timeout_min=soon"])
+    assert isinstance(refused.value.__cause__, ValidationError)
+    assert "Value 'soon' of type 'str' could not be converted to Integer" in str(
+        refused.value.__cause__
+    )
