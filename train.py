@@ -171,9 +171,9 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from cxrdet.data.config import missing_input
+    from cxrdet.data.config import input_problem
 
-    problem = missing_input(cfg.data)
+    problem = input_problem(cfg.data)
     if problem:  # before torch and Lightning load: a wrong path fails in a second
         sys.exit(f"error: {problem}")
     refuse_local_ddp_sweep(cfg)

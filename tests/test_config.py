@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from cxrdet.config import CONF_DIR, quote_numeric_choices
+from cxrdet.data.config import fold_problem
 
 GROUPS = [
     "data",
@@ -188,3 +189,54 @@ def test_seed_experiment_builds_the_model_of_the_detectron2_table(tmp_path, monk
     assert torch.equal(body.layer2[0].conv1.weight, state["backbone.body.layer2.0.conv1.weight"])
     norms = [m for m in body.modules() if "BatchNorm" in type(m).__name__]
     assert all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+
+
+def _fold_sweeps() -> list[list[str]]:
+    """Every fold sweep the docs show: ``python train.py -m ... data.fold=0,1,2,3,4``."""
+    docs = [CONF_DIR.parent / "README.md", *sorted((CONF_DIR.parent / "docs").glob("*.md"))]
+    commands = []
+    for line in (line for doc in docs for line in doc.read_text().splitlines()):
+        found = re.search(r"python train\.py -m ((?:[\w./=,'\[\]-]+ ?)+)", line.replace("`", " "))
+        if found and "data.fold=" in found.group(1):
+            commands.append(found.group(1).split())
+    return commands
+
+
+def test_every_fold_sweep_in_the_docs_makes_five_distinct_kfold_runs():
+    commands = _fold_sweeps()
+    assert len(commands) >= 2  # the detector's and the classifier's
+    for args in commands:
+        (sweep,) = [a for a in args if a.startswith("data.fold=")]
+        runs = []
+        for fold in sweep.split("=", 1)[1].split(","):
+            job = [a if a != sweep else f"data.fold={fold}" for a in args]
+            cfg = _compose("train", quote_numeric_choices(job))
+            assert fold_problem(cfg.data) is None, " ".join(args)
+            runs.append((cfg.data.split, cfg.data.fold, cfg.data.n_folds))
+        assert runs == [("kfold", k, 5) for k in range(5)], " ".join(args)
+
+
+def test_a_fold_without_kfold_is_refused_at_start_naming_both_keys(tmp_path):
+    from conftest import run_fails
+
+    done = run_fails(
+        ["train.py", "experiment=nofinding", "data.fold=3", f"hydra.run.dir={tmp_path}"]
+    )
+    assert done.stderr.strip() == (
+        "error: data.fold=3 needs data.split=kfold (data.split=valid20 has no folds, so every "
+        "fold would train on the same split): add data.split=kfold"
+    )
+
+
+def test_class_14_with_no_normal_image_to_learn_from_is_refused(tiny_data, tmp_path):
+    from conftest import run_fails, tiny_datamodule
+
+    done = run_fails(["train.py", "data.use_class14=true", f"hydra.run.dir={tmp_path}"])
+    assert done.stderr.strip().startswith(
+        "error: data.use_class14=true trains 'No finding' on the normal images, and "
+        "data.empty_images=drop trains on none of them: set data.empty_images=keep"
+    )
+    for empty in ("drop", 0.0):
+        with pytest.raises(ValueError, match="data.use_class14=true"):
+            tiny_datamodule(tiny_data, use_class14=True, empty_images=empty).setup("fit")
+    tiny_datamodule(tiny_data, use_class14=True, empty_images=0.25).setup("fit")  # some: fine

@@ -732,6 +732,8 @@ def test_val_map40_is_the_score_of_the_checkpoint_s_submission(tiny_data, traine
 class NoFindingDetector(torch.nn.Module):
     """A stand-in detector trained with class 14: a finding and two "No finding" boxes."""
 
+    class14 = True  # as an exported file trained with class 14 records it
+
     def forward(self, images):
         box = [[20.0, 20, 40, 40], [10, 10, 30, 30], [5, 5, 50, 50]]
         return [
@@ -744,9 +746,7 @@ class NoFindingDetector(torch.nn.Module):
         ]
 
 
-def test_class_14_predictions_are_written_as_the_competition_reads_them(
-    tiny_data, tmp_path, monkeypatch
-):
+def _predict_with_the_class_14_stand_in(tiny_data, tmp_path, monkeypatch, **settings) -> dict:
     from cxrdet.inference import predictor
 
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([NoFindingDetector()], 64))
@@ -759,8 +759,37 @@ def test_class_14_predictions_are_written_as_the_competition_reads_them(
             meta_csv=str(prepared / "test_meta.csv"),
             max_detections=100,  # the stand-in has no cap of its own
             progress=False,
+            **settings,
         )
     )
-    for boxes, scores, classes in read_submission(summary["submission"]).values():
+    return read_submission(summary["submission"])
+
+
+def test_class_14_predictions_are_written_as_the_competition_reads_them(
+    tiny_data, tmp_path, monkeypatch
+):
+    rows = _predict_with_the_class_14_stand_in(tiny_data, tmp_path, monkeypatch)
+    for boxes, scores, classes in rows.values():
         assert classes.tolist() == [14, 3] and scores.tolist() == [0.9, 0.5]  # one 14 line only
         assert boxes[0].tolist() == [0, 0, 1, 1]  # in original pixels, wherever it was drawn
+
+
+def test_a_detector_with_class_14_and_the_classifier_filter_write_one_line_a_row(
+    tiny_data, tmp_path, monkeypatch
+):
+    from cxrdet.inference.nofinding_probs import write_probs
+
+    prepared = tiny_data["prepared"] / "64"
+    ids = list(pd.read_csv(prepared / "test_meta.csv", dtype={"image_id": str}).image_id)
+    probs = dict(zip(ids, [0.05, 0.4, 0.99, 0.5]))  # below low, between twice, above high
+    write_probs(probs, tmp_path / "probs.csv")
+    nofinding = NofindingConfig(probs=str(tmp_path / "probs.csv"))
+    rows = _predict_with_the_class_14_stand_in(
+        tiny_data, tmp_path, monkeypatch, nofinding=nofinding
+    )
+    for image_id, (_, scores, classes) in rows.items():
+        assert (classes == 14).sum() == 1, image_id  # one line, one source
+        line = scores[classes == 14][0]
+        p = probs[image_id]
+        expected = 1.0 if p < 0.08 else (1 - p if p < 0.95 else 0.9)  # the head's own above
+        assert line == pytest.approx(expected, abs=1e-4), (image_id, p)

@@ -25,7 +25,7 @@ class DataConfig:
     split: str = "valid20"
     val_fraction: float = 0.2
     split_seed: int = 111
-    fold: int = 0
+    fold: int | None = None  # kfold only (null: fold 0); refused with another split
     n_folds: int = 5
     fusion: str = "none"
     val_fusion: str = "none"
@@ -44,10 +44,50 @@ INPUTS = (  # (key, what it is, the cure when it is missing)
 )
 
 
-def missing_input(data) -> str | None:
-    """The first of a data config's input paths that does not exist, said in one line with its
-    key and cure; None when all are there. train.py asks before it loads torch, so a wrong path
-    fails in a second, not after the imports."""
+def fold_index(data) -> int:
+    """The validation fold of a kfold data config (``data.fold``; null means fold 0)."""
+    return 0 if data.get("fold") is None else int(data.fold)
+
+
+def fold_problem(data) -> str | None:
+    """A fold given for a split that has none (``data.fold=3`` with ``data.split=valid20``
+    would train the same split five times over), said in one line; else None."""
+    if data.get("fold") is not None and data.get("split") != "kfold":
+        return (
+            f"data.fold={data.fold} needs data.split=kfold (data.split={data.get('split')} has "
+            "no folds, so every fold would train on the same split): add data.split=kfold"
+        )
+    return None
+
+
+def class14_problem(data) -> str | None:
+    """``data.use_class14=true`` with no normal image to train it on (``empty_images: drop``,
+    or a share of 0): the class-14 head would learn from no positive example."""
+    empty = str(data.get("empty_images", "drop"))
+    if data.get("use_class14") and (empty == "drop" or _is_zero(empty)):
+        return (
+            f"data.use_class14=true trains 'No finding' on the normal images, and "
+            f"data.empty_images={empty} trains on none of them: set data.empty_images=keep "
+            "(or a share of them, e.g. 0.25)"
+        )
+    return None
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0.0
+    except ValueError:
+        return False
+
+
+def input_problem(data) -> str | None:
+    """What stops a data config before anything loads, said in one line with its key and cure:
+    a fold without kfold (:func:`fold_problem`), class 14 without normal images
+    (:func:`class14_problem`), or the first input path that does not exist; None when all is
+    well. train.py asks before it loads torch, so it fails in a second."""
+    problem = fold_problem(data) or class14_problem(data)
+    if problem:
+        return problem
     for key, what, cure in INPUTS:
         path = data.get(key)
         if path and not Path(str(path)).exists():

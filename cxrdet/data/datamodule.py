@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from cxrdet.data.config import class14_problem, fold_problem
 from cxrdet.data.dataset import DetectionDataset, build_records, collate, load_png
 from cxrdet.data.fusion import fuse_readers
 from cxrdet.data.labels import read_labels
@@ -138,7 +139,7 @@ class CXRDataModule(pl.LightningDataModule):
         split: ``all_train``, ``valid20`` or ``kfold`` (see :func:`cxrdet.data.splits.split_ids`).
         val_fraction: held-out share for ``valid20``.
         split_seed: seed of the split.
-        fold: the validation fold for ``kfold``.
+        fold: the validation fold for ``kfold`` (None: 0); refused with another split.
         n_folds: folds for ``kfold``.
         fusion: fuse the readers' training boxes: ``none``, ``wbf`` or ``nms``.
         val_fusion: the same for the validation ground truth.
@@ -167,7 +168,7 @@ class CXRDataModule(pl.LightningDataModule):
         split: str = "valid20",
         val_fraction: float = 0.2,
         split_seed: int = 111,
-        fold: int = 0,
+        fold: int | None = None,
         n_folds: int = 5,
         fusion: str = "none",
         val_fusion: str = "none",
@@ -205,10 +206,17 @@ class CXRDataModule(pl.LightningDataModule):
             raise FileNotFoundError(
                 f"image folder not found: {self.image_dir} (run cxrdet prepare)"
             )
+        settings = {"fold": self.fold, "split": self.split, "use_class14": self.use_class14}
+        problem = fold_problem(settings) or class14_problem(
+            {**settings, "empty_images": self.empty_images}
+        )
+        if problem:
+            raise ValueError(problem)
         labels, _ = read_labels(self.labels_csv)
         meta = read_meta(self.meta_csv)
+        fold = 0 if self.fold is None else self.fold
         train_ids, val_ids = split_ids(
-            labels, self.split, self.val_fraction, self.split_seed, self.fold, self.n_folds
+            labels, self.split, self.val_fraction, self.split_seed, fold, self.n_folds
         )
         in_val = labels["image_id"].isin(set(val_ids))
         train_labels = fuse_readers(labels[~in_val], self.fusion, self.fusion_iou)

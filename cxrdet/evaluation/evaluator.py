@@ -61,8 +61,9 @@ class DetectionEvaluator:
     ``truth``: the validation labels in original pixels (:func:`cxrdet.data.labels.ground_truth`).
     """
 
-    def __init__(self, iou: float = 0.4):
+    def __init__(self, iou: float = 0.4, class14_head: bool = False):
         self.iou = iou
+        self.class14_head = class14_head  # the model scores "No finding" itself
         self.reset()
 
     def reset(self) -> None:
@@ -77,7 +78,8 @@ class DetectionEvaluator:
             pred = to_original_prediction(
                 prediction_of(o), t["orig_hw"], t["image_hw"], t["content"]
             )
-            self.dets[t["image_id"]] = as_read_back(*with_no_finding(*pred))
+            line = with_no_finding(*pred, class14_head=self.class14_head)
+            self.dets[t["image_id"]] = as_read_back(*line)
             self.gt[t["image_id"]] = t["truth"]
 
     def gather(self) -> None:

@@ -25,18 +25,25 @@ def no_finding_as_image_label(boxes: np.ndarray, scores: np.ndarray, classes: np
     return boxes[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]
 
 
-def with_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
-    """Append a "No finding" detection scored from the detector's own confidence, unless the
-    detector (trained with class 14) gave one itself.
+def with_no_finding(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, class14_head: bool = False
+):
+    """The prediction with its one "No finding" line, from one source for every image.
 
-    Its score is 1 - the highest finding score (1 when nothing was found); its box ``0 0 1 1``.
-    An extra low-score line never lowers the other classes' AP, and it lets class 14 score.
+    A detector trained with class 14 (``class14_head``) scores it itself: its line (already
+    one, :func:`no_finding_as_image_label`) is kept, and where it gave none (its score fell
+    under the detector's threshold) the line is ``14 0 0 0 1 1``. A detector without that head
+    gets ``14 <1 - the highest finding score> 0 0 1 1`` (1 when nothing was found). So a
+    submission never mixes the two scales in class 14. An extra low-score line never lowers
+    the other classes' AP, and it lets class 14 score.
     """
-    if (np.asarray(classes) == 14).any():
-        return boxes, scores, classes
-    finding = np.asarray(classes) != 14
-    top = float(np.max(np.asarray(scores)[finding])) if finding.any() else 0.0
-    return add_no_finding(boxes, scores, classes, 1.0 - top)
+    is14 = np.asarray(classes) == 14
+    if class14_head:
+        return (boxes, scores, classes) if is14.any() else add_no_finding(boxes, scores, classes, 0)
+    top = float(np.max(np.asarray(scores)[~is14])) if (~is14).any() else 0.0
+    keep = ~is14
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[keep]
+    return add_no_finding(boxes, np.asarray(scores)[keep], np.asarray(classes)[keep], 1.0 - top)
 
 
 def add_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, score: float):
@@ -52,11 +59,16 @@ def nofinding_filter(pred: Prediction, p_abnormal: float, low: float, high: floa
     """The winners' "No finding" rule from an image-level classifier's P(abnormal).
 
     Below ``low``: only ``14 1 0 0 1 1``. From ``low`` to ``high``: the boxes plus
-    ``14 <1 - p> 0 0 1 1``. From ``high`` up: the boxes unchanged.
+    ``14 <1 - p> 0 0 1 1``, in place of any class-14 line the detector gave (one line, one
+    source). From ``high`` up: the prediction unchanged.
     """
     boxes, scores, classes = pred
     if p_abnormal < low:
         return NO_FINDING_BOX[None].copy(), np.array([1.0]), np.array([NO_FINDING])
     if p_abnormal < high:
-        return add_no_finding(boxes, scores, classes, 1.0 - p_abnormal)
+        keep = np.asarray(classes) != NO_FINDING
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[keep]
+        return add_no_finding(
+            boxes, np.asarray(scores)[keep], np.asarray(classes)[keep], 1 - p_abnormal
+        )
     return pred

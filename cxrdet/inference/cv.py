@@ -1,86 +1,53 @@
 """Out-of-fold validation of a k-fold sweep, and the command that ensembles its folds.
 
     cxrdet cv MULTIRUN_DIR [--tta hflip] [--device auto] [--precision auto] [--batch-size 4]
-        [--json]
+        [--calibrate none|rank] [--detector-oof CSV] [--test-probs CSV] [--trust] [--json]
 
 After ``python train.py -m experiment=winners_512 data.fold=0,1,2,3,4``, MULTIRUN_DIR holds
 one run per fold. For each, this finds the best checkpoint, predicts that fold's validation
-images (the split the run trained with, rebuilt from its ``.hydra/config.yaml``) and scores them
-as ``cxrdet score`` does, against the labels fused as the run validated. Then it pools the
-folds: every image predicted by the one model that never saw it. It prints per-fold and
-out-of-fold AP40 and mAP40 with the per-class table, writes the predictions to
-``MULTIRUN_DIR/oof/`` (``fold<k>.csv`` and the pooled ``oof_submission.csv``), and prints the
-``predict.py`` command that ensembles the folds. With ``--json`` the last line is one object:
-``{"folds": [{"fold", "run", "checkpoint", "images", "AP40", "mAP40"}, ...], "oof": {"AP40",
-"mAP40", "images", "per_class"}}``.
+images (the split the run trained with, rebuilt from its ``.hydra/config.yaml``, with its
+``data.num_workers``) and scores them as ``cxrdet score`` does, against the labels fused as
+the run validated. Then it pools the folds: every image predicted by the one model that never
+saw it. Models of different folds score on different scales, which pooling mixes:
+``--calibrate rank`` replaces each fold's scores by their rank within the fold and class
+(each fold's own AP unchanged); both pooled figures are reported. It prints per-fold and
+out-of-fold AP40 and mAP40 with the per-class table, writes ``MULTIRUN_DIR/oof/``
+(``fold<k>.csv`` and ``fold<k>.json``, predict.py's summary of that fold, and the pooled
+``oof_submission.csv``, calibrated as asked), and prints the ``predict.py`` command that
+ensembles the folds. With ``--json`` the last line is one object: ``{"folds": [{"fold", "run",
+"checkpoint", "images", "AP40", "mAP40"}, ...], "oof": {"AP40", "mAP40", "images",
+"per_class", "calibrate", "mAP40_uncalibrated", "mAP40_rank", ...}, "command"}``.
 
 For a sweep of the "No finding" classifier (``experiment=nofinding``) it reports per-fold and
-out-of-fold AUC and writes ``oof/oof_nofinding_probs.csv``. Given ``--detector-oof`` (the
-detector sweep's ``oof_submission.csv``), it also gives that submission's mAP40 without the
-filter, and with it at the ``nofinding.low`` / ``high`` pair of a grid that maximises the
-out-of-fold mAP40 (``"oof": {"AUC", "images", "mAP40_without_filter", "mAP40_with_filter",
-"low", "high"}``). It prints what to add to the detector folds' ``predict.py`` command for a
-filtered ensemble (``"command"``: the folds' classifiers, averaged, and that pair).
+out-of-fold AUC, writes ``oof/oof_nofinding_probs.csv`` and, given ``--detector-oof`` (the
+detector sweep's ``oof/oof_submission.csv``), searches the filter's ``nofinding.low`` /
+``high`` honestly (:mod:`cxrdet.inference.classifier_cv`). It prints what to add to the
+detector folds' ``predict.py`` command for a filtered ensemble (``"command"``: the folds'
+classifiers, averaged, and the pair chosen on all folds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
-from omegaconf import DictConfig, OmegaConf
-from torchmetrics.functional.classification import binary_auroc
 
-from cxrdet.data.dataset import ImageDataset
-from cxrdet.data.fusion import fuse_readers
-from cxrdet.data.labels import CLASS_NAMES, NO_FINDING, ground_truth, normal_image_ids, read_labels
-from cxrdet.data.splits import split_ids
-from cxrdet.evaluation.evaluator import score_predictions
-from cxrdet.evaluation.nofinding import nofinding_filter
+from cxrdet.data.config import fold_index
+from cxrdet.data.datamodule import worker_count
+from cxrdet.data.labels import CLASS_NAMES, read_labels
 from cxrdet.evaluation.score import score
-from cxrdet.evaluation.submission import read_submission, write_submission
+from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
+from cxrdet.inference.classifier_cv import cross_validate_classifier
 from cxrdet.inference.config import PredictConfig
-from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs, write_probs
-from cxrdet.inference.predictor import pick_device, predict
-from cxrdet.models.precision import choose_precision
+from cxrdet.inference.folds import checkpoint_of, fold_images, fold_runs, rank_calibrated
+from cxrdet.inference.predictor import predict
 from cxrdet.models.safe_load import TRUST_HELP
-from cxrdet.training.callbacks import best_checkpoint
 
-
-def fold_runs(sweep_dir: Path) -> list[tuple[Path, DictConfig]]:
-    """The sweep's runs (``<n>/.hydra/config.yaml``) in fold order; each must be a kfold run."""
-    runs = []
-    for config in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
-        cfg = OmegaConf.load(config)
-        if cfg.data.get("split") != "kfold":
-            raise ValueError(f"{config}: data.split={cfg.data.get('split')}, not kfold")
-        runs.append((config.parent.parent, cfg))
-    if not runs:
-        raise FileNotFoundError(f"no runs (*/.hydra/config.yaml) in {sweep_dir}")
-    runs.sort(key=lambda run: int(run[1].data.fold))
-    folds = [int(cfg.data.fold) for _, cfg in runs]
-    if len(set(folds)) != len(folds):
-        raise ValueError(f"{sweep_dir}: fold(s) run more than once: {folds}")
-    return runs
-
-
-def checkpoint_of(run: Path, trust: bool = False) -> Path:
-    """A run's best checkpoint (else its last), or a clear error."""
-    ckpt = best_checkpoint(run / "checkpoints", trust, "--trust")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run}: no checkpoint in checkpoints/")
-    return ckpt
-
-
-def fold_images(cfg, labels) -> list[str]:
-    """The validation images a fold run held out (``labels``: the sweep's, read once)."""
-    d = cfg.data
-    _, val_ids = split_ids(labels, "kfold", d.val_fraction, d.split_seed, d.fold, d.n_folds)
-    return val_ids
+CALIBRATIONS = ("none", "rank")
 
 
 def cross_validate(
@@ -90,12 +57,15 @@ def cross_validate(
     batch_size: int = 4,
     precision="auto",
     trust: bool = False,
+    calibrate: str = "none",
 ):
     """Per-fold and out-of-fold scores of detector folds; see the module docstring."""
+    if calibrate not in CALIBRATIONS:
+        raise ValueError(f"--calibrate {calibrate}: expected one of {', '.join(CALIBRATIONS)}")
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "oof"
     out.mkdir(exist_ok=True)
-    folds, rows, ckpts = [], {}, []
+    folds, raw, ranked, ckpts = [], {}, {}, []
     runs = fold_runs(sweep_dir)
     data = runs[0][1].data
     labels, _ = read_labels(data.labels_csv)
@@ -103,7 +73,7 @@ def cross_validate(
         d = cfg.data
         ckpt = checkpoint_of(run, trust)
         val_ids = fold_images(cfg, labels)
-        fold_csv = out / f"fold{d.fold}.csv"
+        fold_csv = out / f"fold{fold_index(d)}.csv"
         predict(
             PredictConfig(
                 ckpt_path=str(ckpt),
@@ -114,19 +84,27 @@ def cross_validate(
                 device=device,
                 precision=precision,
                 batch_size=batch_size,
+                num_workers=worker_count(d.get("num_workers", 0)),  # as the sweep loaded data
                 progress=False,
                 trust_checkpoint=trust,
             ),
             image_ids=val_ids,
             opt_in="--trust",
         )
-        split = {"split": "kfold", "fold": d.fold, "seed": d.split_seed, "n_folds": d.n_folds}
+        # predict() writes predict.json beside its CSV: one per fold, not the last fold's only
+        os.replace(out / "predict.json", fold_csv.with_suffix(".json"))
+        split = {
+            "split": "kfold",
+            "fold": fold_index(d),
+            "seed": d.split_seed,
+            "n_folds": d.n_folds,
+        }
         r = score(
             d.labels_csv, str(fold_csv), fusion=d.val_fusion, fusion_iou=d.fusion_iou, **split
         )
         folds.append(
             {
-                "fold": int(d.fold),
+                "fold": fold_index(d),
                 "run": str(run),
                 "checkpoint": str(ckpt),
                 "images": r["images"],
@@ -134,103 +112,36 @@ def cross_validate(
                 "mAP40": r["mAP40"],
             }
         )
-        rows.update(_rows(fold_csv))
+        predictions = read_submission(fold_csv)
+        raw.update(_rows(fold_csv))
+        ranked.update({i: format_prediction(*p) for i, p in rank_calibrated(predictions).items()})
         ckpts.append(str(ckpt))
-    oof_csv = write_submission(rows, out / "oof_submission.csv")
-    pooled = score(
-        data.labels_csv,
-        str(oof_csv),
-        fusion=data.val_fusion,
-        fusion_iou=data.fusion_iou,
-        image_ids=list(rows),  # the images the folds predicted (all, when every fold ran)
+    pooled = {}
+    for name, rows in (("none", raw), ("rank", ranked)):
+        oof_csv = write_submission(rows, out / f"oof_submission_{name}.csv")
+        pooled[name] = score(
+            data.labels_csv,
+            str(oof_csv),
+            fusion=data.val_fusion,
+            fusion_iou=data.fusion_iou,
+            image_ids=list(rows),  # the images the folds predicted (all, when every fold ran)
+        )
+    oof_csv = out / "oof_submission.csv"
+    os.replace(out / f"oof_submission_{calibrate}.csv", oof_csv)
+    (out / f"oof_submission_{CALIBRATIONS[calibrate == 'none']}.csv").unlink()
+    chosen = pooled[calibrate]
+    oof = {k: chosen[k] for k in ("AP40", "mAP40", "images", "per_class", "AP40_per_class")}
+    oof.update(
+        calibrate=calibrate,
+        mAP40_uncalibrated=pooled["none"]["mAP40"],
+        mAP40_rank=pooled["rank"]["mAP40"],
+        AP40_uncalibrated=pooled["none"]["AP40"],
+        AP40_rank=pooled["rank"]["AP40"],
     )
-    oof = {k: pooled[k] for k in ("AP40", "mAP40", "images", "per_class", "AP40_per_class")}
     command = f"python predict.py ckpt_path=[{','.join(ckpts)}] prepared_size={data.image_size}"
     if tta != "none":
         command += f" tta={tta}"
     return {"folds": folds, "oof": oof, "oof_submission": str(oof_csv), "command": command}
-
-
-LOWS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)  # the grid of nofinding.low ...
-HIGHS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.01)  # ... and of nofinding.high (1.01: never "alone")
-
-
-def cross_validate_classifier(
-    sweep_dir,
-    detector_oof: str | None,
-    tta: str = "none",
-    device: str = "auto",
-    batch_size=4,
-    precision="auto",
-    trust: bool = False,
-) -> dict:
-    """Out-of-fold AUC of classifier folds and, given the detector's out-of-fold submission,
-    its mAP40 without and with the "No finding" filter at the best (low, high) of a grid."""
-    sweep_dir = Path(sweep_dir)
-    out = sweep_dir / "oof"
-    out.mkdir(exist_ok=True)
-    runs = fold_runs(sweep_dir)
-    data = runs[0][1].data
-    labels, _ = read_labels(data.labels_csv)
-    normal = normal_image_ids(labels)
-    dev = pick_device(device)
-    precision = choose_precision(precision, dev.type, "--precision", dev.index)
-    probs, folds = {}, []
-    for run, cfg in runs:
-        d = cfg.data
-        ckpt = checkpoint_of(run, trust)
-        dataset = ImageDataset(d.image_dir, d.meta_csv, fold_images(cfg, labels))
-        classifiers = load_classifiers(str(ckpt), dev, trust, "--trust")
-        fold = predict_probs(classifiers, dataset, dev, batch_size, tta=tta, precision=precision)
-        folds.append({"fold": int(d.fold), "run": str(run), "checkpoint": str(ckpt)})
-        folds[-1].update(images=len(fold), AUC=_auc(fold, normal))
-        probs.update(fold)
-    write_probs(probs, out / "oof_nofinding_probs.csv")
-    result = {"folds": folds, "oof": {"AUC": _auc(probs, normal), "images": len(probs)}}
-    command = f"nofinding.ckpt_path=[{','.join(f['checkpoint'] for f in folds)}]"
-    if detector_oof:
-        result["oof"].update(filter_search(detector_oof, probs, data, labels))
-        command += f" nofinding.low={result['oof']['low']} nofinding.high={result['oof']['high']}"
-    result["command"] = command
-    return result
-
-
-def _auc(probs: dict[str, float], normal: set[str]) -> float:
-    """AUC of P(abnormal) against "some reader marked a finding" (nan without both kinds)."""
-    y = torch.tensor([0 if i in normal else 1 for i in probs])
-    if y.min() == y.max():
-        return float("nan")
-    return float(binary_auroc(torch.tensor(list(probs.values())), y))
-
-
-def filter_search(detector_oof: str, probs: dict[str, float], data, labels) -> dict:
-    """mAP40 of the detector's out-of-fold submission as written, and with the filter at every
-    (low, high) of the grid in place of its No-finding line; the best pair."""
-    ids = sorted(set(probs))
-    labels = fuse_readers(
-        labels[labels["image_id"].isin(set(ids))], data.val_fusion, data.fusion_iou
-    )
-    gt = ground_truth(labels, ids)
-    sub = read_submission(detector_oof)
-    missing = [i for i in ids if i not in sub]
-    if missing:
-        raise ValueError(
-            f"{detector_oof}: no prediction for {len(missing)} image(s), e.g. {missing[0]}"
-        )
-    without = score_predictions(gt, {i: sub[i] for i in ids})["mAP40"]
-    boxes_only = {i: tuple(a[sub[i][2] != NO_FINDING] for a in sub[i]) for i in ids}
-    best = (-1.0, None, None)
-    for low in LOWS:
-        for high in (h for h in HIGHS if h > low):
-            dets = {i: nofinding_filter(boxes_only[i], probs[i], low, high) for i in ids}
-            value = score_predictions(gt, dets)["mAP40"]
-            best = max(best, (value, low, high), key=lambda b: b[0])
-    return {
-        "mAP40_without_filter": without,
-        "mAP40_with_filter": best[0],
-        "low": best[1],
-        "high": best[2],
-    }
 
 
 def _rows(submission_csv: Path) -> dict[str, str]:
@@ -252,8 +163,21 @@ def main(argv: list[str] | None = None) -> int:
         "ones, 32 on the CPU) | 32 | 16-mixed | bf16-mixed",
     )
     p.add_argument(
+        "--calibrate",
+        choices=CALIBRATIONS,
+        default="none",
+        help="detector folds: pool the folds' scores as they are (none) or as their rank within "
+        "each fold and class (rank); both pooled figures are reported",
+    )
+    p.add_argument(
         "--detector-oof",
-        help="classifier folds: the detector's oof_submission.csv, to measure the filter on",
+        help="classifier folds: the detector sweep's oof/oof_submission.csv, to search the "
+        "filter's low/high on",
+    )
+    p.add_argument(
+        "--test-probs",
+        help="classifier folds: the test set's nofinding_probs.csv, to compare its shares in "
+        "the filter's bands with the folds'",
     )
     p.add_argument("--json", action="store_true", help="end with one JSON object")
     p.add_argument(
@@ -273,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                 a.batch_size,
                 a.precision,
                 a.trust,
+                a.test_probs,
             )
         else:
-            r = cross_validate(a.sweep_dir, a.tta, a.device, a.batch_size, a.precision, a.trust)
+            r = cross_validate(
+                a.sweep_dir, a.tta, a.device, a.batch_size, a.precision, a.trust, a.calibrate
+            )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -285,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         if "per_class" in oof:
             oof["per_class"] = {str(k): v for k, v in oof.pop("per_class").items()}
             oof.pop("AP40_per_class")
-        print(json.dumps({"folds": r["folds"], "oof": oof}))
+        extra = {"bands": r["bands"]} if "bands" in r else {}
+        print(json.dumps({"folds": r["folds"], "oof": oof, **extra, "command": r["command"]}))
     return 0
 
 
@@ -297,6 +225,10 @@ def print_detector(r: dict) -> None:
         )
     oof = r["oof"]
     print(f" oof {oof['images']:7d} {oof['AP40']:7.4f} {oof['mAP40']:7.4f}  (pooled out-of-fold)")
+    print(
+        f"pooled mAP40 {oof['mAP40_uncalibrated']:.4f} with the folds' scores as they are, "
+        f"{oof['mAP40_rank']:.4f} ranked within each fold (--calibrate {oof['calibrate']} above)"
+    )
     print(f"\n  {'class':<24s} {'mAP40':>7s} {'AP40':>7s}")
     for c, v in sorted(oof["per_class"].items()):
         coco = oof["AP40_per_class"].get(c)
@@ -315,10 +247,25 @@ def print_classifier(r: dict) -> None:
     print(f" oof {oof['images']:7d} {oof['AUC']:7.4f}  (pooled out-of-fold)")
     if "low" in oof:
         print(
-            f"detector out-of-fold mAP40: {oof['mAP40_without_filter']:.4f} without the filter, "
-            f"{oof['mAP40_with_filter']:.4f} with nofinding.low={oof['low']} "
-            f"nofinding.high={oof['high']}"
+            f"detector out-of-fold mAP40: {oof['mAP40_without_filter']:.4f} without the filter; "
+            f"chosen out of sample, the filter gains {oof['held_out_gain']:+.4f} on average:"
         )
+        print(f"  {'fold':>4s} {'low':>5s} {'high':>5s} {'without':>8s} {'with':>8s} {'gain':>8s}")
+        for f in oof["held_out"]:
+            print(
+                f"  {f['fold']:4d} {f['low']:5g} {f['high']:5g} {f['mAP40_without_filter']:8.4f} "
+                f"{f['mAP40_with_filter']:8.4f} {f['gain']:+8.4f}"
+            )
+        print(
+            f"on all folds: nofinding.low={oof['low']} nofinding.high={oof['high']} (mAP40 "
+            f"{oof['mAP40_with_filter']:.4f} in sample); the top five: "
+            + ", ".join(f"{t['low']:g}/{t['high']:g} {t['mAP40']:.4f}" for t in oof["top5"])
+        )
+        for where, shares in r.get("bands", {}).items():
+            print(
+                f"  {where}: {shares['below_low']:.1%} below low, {shares['between']:.1%} "
+                f"between, {shares['above_high']:.1%} above high"
+            )
     print(f"filter the folds' ensemble: add to its predict.py command\n  {r['command']}")
 
 

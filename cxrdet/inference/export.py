@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cxrdet.data.dataset import load_png
+from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.inference.exported import load_exported
 from cxrdet.models.module import load_detector
 from cxrdet.models.safe_load import TRUST_HELP
@@ -68,7 +69,10 @@ def export(
             raise ValueError(f"ONNX export needs {e.name}: pip install 'cxrdet[onnx]'") from e
     module = load_detector(ckpt, trust, "--trust")
     model = GreyImageDetector(module.model.eval()).eval()
-    prepared_size = int(module.hparams.model.get("image_size", size))
+    info = {
+        "prepared_size": int(module.hparams.model.get("image_size", size)),
+        "class14": len(module.class_names) > NUM_FINDINGS,  # "No finding" scored by the head
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -79,15 +83,16 @@ def export(
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message="To copy construct from a tensor")
         warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated")
-        write(model, fmt, out, size, prepared_size)
+        write(model, fmt, out, size, info)
     return out, model
 
 
-def write(model: nn.Module, fmt: str, out: Path, size: int, prepared_size: int) -> None:
-    """Script or trace ``model`` into ``out``, recording the prepared size it expects."""
+def write(model: nn.Module, fmt: str, out: Path, size: int, info: dict) -> None:
+    """Script or trace ``model`` into ``out``, recording ``info`` (the prepared size it expects,
+    whether it scores "No finding" as a class)."""
     if fmt == "torchscript":
         scripted = torch.jit.script(model)
-        extra = {"cxrdet.json": json.dumps({"prepared_size": prepared_size})}
+        extra = {"cxrdet.json": json.dumps(info)}
         torch.jit.save(scripted, str(out), _extra_files=extra)
         return
     example = torch.from_numpy(smooth_images(1, size, seed=0)[0])
@@ -109,8 +114,9 @@ def write(model: nn.Module, fmt: str, out: Path, size: int, prepared_size: int) 
     import onnx
 
     proto = onnx.load(str(out))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "cxrdet.prepared_size", str(prepared_size)
+    for key, value in info.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"cxrdet.{key}", str(value)
     onnx.save(proto, str(out))
 
 

@@ -36,8 +36,8 @@ def onnx_providers(device: torch.device, available: list[str]) -> list[str]:
 
 def load_exported(path: str | Path, device: torch.device | str = "cpu"):
     """A callable ``grey uint8 [H, W] → (boxes, scores, class ids)`` (numpy) for an exported
-    file, run on ``device`` (ONNX Runtime's CUDA provider, or TorchScript on the GPU), and the
-    prepared image size its checkpoint was trained on."""
+    file, run on ``device`` (ONNX Runtime's CUDA provider, or TorchScript on the GPU), and what
+    the file records (:func:`export_info`)."""
     device = torch.device(device)
     path = Path(path)
     if not path.is_file():
@@ -50,8 +50,8 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu"):
         providers = onnx_providers(device, onnxruntime.get_available_providers())
         session = onnxruntime.InferenceSession(str(path), providers=providers)
         meta = session.get_modelmeta().custom_metadata_map
-        size = int(meta.get("cxrdet.prepared_size", 512))
-        return (lambda image: tuple(session.run(None, {"image": image}))), size
+        info = {k.removeprefix("cxrdet."): v for k, v in meta.items() if k.startswith("cxrdet.")}
+        return (lambda image: tuple(session.run(None, {"image": image}))), export_info(info)
     extra = {"cxrdet.json": ""}
     try:
         with warnings.catch_warnings():  # torch's deprecation notice for TorchScript
@@ -59,7 +59,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu"):
             scripted = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except RuntimeError as e:
         raise ValueError(f"{path}: not an ONNX or TorchScript file from cxrdet export") from e
-    size = int(json.loads(extra["cxrdet.json"] or "{}").get("prepared_size", 512))
+    info = export_info(json.loads(extra["cxrdet.json"] or "{}"))
 
     def run(image: np.ndarray):
         with torch.inference_mode(), warnings.catch_warnings():
@@ -67,7 +67,16 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu"):
             warnings.filterwarnings("ignore", message="RCNN always returns")
             return tuple(t.cpu().numpy() for t in scripted(torch.from_numpy(image).to(device)))
 
-    return run, size
+    return run, info
+
+
+def export_info(recorded: dict) -> dict:
+    """What ``cxrdet export`` records in the file: the prepared size its checkpoint trained on
+    (512 if absent) and whether it scores "No finding" as a class (no, for older files)."""
+    return {
+        "prepared_size": int(recorded.get("prepared_size", 512)),
+        "class14": str(recorded.get("class14", False)).lower() in ("true", "1"),
+    }
 
 
 class ExportedDetector:
@@ -82,7 +91,8 @@ class ExportedDetector:
         score_thresh: float | None = None,
         device: torch.device | str = "cpu",
     ):
-        self.run, self.prepared_size = load_exported(path, device)
+        self.run, info = load_exported(path, device)
+        self.prepared_size, self.class14 = info["prepared_size"], info["class14"]
         self.score_thresh = score_thresh
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict]:

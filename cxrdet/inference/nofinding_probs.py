@@ -14,12 +14,14 @@ from cxrdet.data.dataset import prediction_loader
 from cxrdet.models.precision import autocast
 
 
-def read_probs(path: str, image_ids: list[str]) -> dict[str, float]:
-    """``image_id,p_abnormal`` CSV → dict, checked to cover every image with p in [0, 1]."""
+def read_probs(path: str, image_ids: list[str] | None) -> dict[str, float]:
+    """``image_id,p_abnormal`` CSV → dict, checked to cover every one of ``image_ids`` (all
+    its rows when None) with p in [0, 1]."""
     df = pd.read_csv(path, dtype={"image_id": str})
     if not {"image_id", "p_abnormal"} <= set(df.columns):
         raise ValueError(f"{path}: expected columns image_id,p_abnormal")
     probs = dict(zip(df["image_id"], df["p_abnormal"].astype(float)))
+    image_ids = list(probs) if image_ids is None else image_ids
     missing = [i for i in image_ids if i not in probs]
     if missing:
         raise ValueError(f"{path}: no p_abnormal for {len(missing)} image(s), e.g. {missing[0]}")

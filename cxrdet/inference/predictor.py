@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from cxrdet.data.boxes import to_prepared
 from cxrdet.data.dataset import DicomDataset, ImageDataset, prediction_loader
+from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
     EMPTY_PREDICTION,
@@ -43,6 +44,14 @@ from cxrdet.reports.draw import draw_boxes
 
 log = logging.getLogger(__name__)
 PROBS_CSV = "nofinding_probs.csv"  # the filter's P(abnormal), written beside the submission
+
+
+def has_class14_head(model) -> bool:
+    """Whether a detector (torchvision's, or an exported file) was trained with "No finding"
+    as a class: its box head has 14 findings + class 14 + background."""
+    if hasattr(model, "roi_heads"):
+        return model.roi_heads.box_predictor.cls_score.out_features > NUM_FINDINGS + 1
+    return bool(getattr(model, "class14", False))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -232,6 +241,7 @@ def predict(
         probs = classifier_probs
     for image_id, error in errors.items():
         log.warning("%s: written as '%s': %s", image_id, EMPTY_PREDICTION, error)
+    class14 = any(has_class14_head(m) for m in models)  # the line's one source
     rows = {}
     for image_id in dataset.ids:
         if image_id in errors:
@@ -241,7 +251,7 @@ def predict(
         if probs is not None:
             pred = nofinding_filter(pred, probs[image_id], nofinding.low, nofinding.high)
         elif cfg.nofinding_line:
-            pred = with_no_finding(*pred)
+            pred = with_no_finding(*pred, class14_head=class14)
         rows[image_id] = format_prediction(*pred)
     path = write_submission(rows, cfg.output)
     read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"

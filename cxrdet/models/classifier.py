@@ -6,9 +6,17 @@ has a finding" (cxrdet's one meaning: some reader marked a finding). Validation 
 ``val/loss``, ``val/AUC``, the accuracy of "abnormal" at the filter's two thresholds
 (``nofinding.low`` / ``high`` of predict.py) and the share of images each band of the filter
 would touch; the best checkpoint is chosen by ``val/AUC``.
+
+torchvision's classification models, unlike its detectors, do not normalise their input: the
+module does (ImageNet mean and std on the grey image repeated over three channels), so
+training, ``predict.py``, ``cxrdet cv`` and every later use see what the pretrained weights
+expect. A checkpoint records the convention (``input_norm``); one made before it is loaded
+as it was trained (no normalisation), with a log line.
 """
 
 from __future__ import annotations
+
+import logging
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +28,10 @@ from cxrdet.models.module import read_checkpoint
 from cxrdet.models.schedule import lightning_optimizers
 from cxrdet.models.weights import load_weights, no_source
 
+log = logging.getLogger(__name__)
+# What torchvision's ImageNet classifiers were trained on (their weights' transforms).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INPUT_NORMS = ("imagenet", "none")  # none: checkpoints made before the module normalised
 # arch → (torchvision builder, its weights enum); ImageNet weights by name, e.g. IMAGENET1K_V1
 ARCHS = {
     "resnet18": (models.resnet18, models.ResNet18_Weights),
@@ -73,6 +85,8 @@ class NoFindingModule(pl.LightningModule):
         optim: optimiser config with ``_target_`` and ``_partial_: true``.
         scheduler: LR scheduler config (``_partial_``, called with ``total_steps``), or None.
         low, high: the filter's thresholds, for the logged accuracies and band shares.
+        input_norm: ``imagenet`` (the input normalised as the weights expect) or ``none`` (how
+            checkpoints made before were trained); recorded in the checkpoint.
         trust_weights: as :class:`cxrdet.models.module.DetectorModule`'s; not a hyper-parameter.
     """
 
@@ -83,18 +97,26 @@ class NoFindingModule(pl.LightningModule):
         scheduler: dict | None = None,
         low: float = 0.08,
         high: float = 0.95,
+        input_norm: str = "imagenet",
         trust_weights: bool = False,
     ):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm={input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
         self.save_hyperparameters(ignore=["trust_weights"])
         self.net = build_classifier(**model, trust_weights=trust_weights)
+        norm = input_norm == "imagenet"
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if norm else ((0.0,) * 3, (1.0,) * 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.loss = nn.BCEWithLogitsLoss()
         self.val_probs: list[torch.Tensor] = []
         self.val_labels: list[torch.Tensor] = []
 
     def forward(self, images) -> torch.Tensor:
-        """Logits of P(abnormal), one per image (a batch of same-sized images)."""
-        return self.net(torch.stack(list(images))).squeeze(1)
+        """Logits of P(abnormal), one per image (a batch of same-sized images in [0, 1])."""
+        x = (torch.stack(list(images)) - self.mean) / self.std
+        return self.net(x).squeeze(1)
 
     @staticmethod
     def labels(targets) -> torch.Tensor:
@@ -148,8 +170,16 @@ def load_classifier(
     if "arch" not in model_cfg:
         raise ValueError(f"{ckpt_path}: a detector checkpoint, not a classifier (no model.arch)")
     model_cfg["weights"] = None
+    input_norm = hparams.get("input_norm", "none")
+    if "input_norm" not in hparams:
+        log.info("%s: made before the input was normalised: loaded as trained (none)", ckpt_path)
     module = NoFindingModule(
-        model_cfg, hparams["optim"], hparams.get("scheduler"), hparams["low"], hparams["high"]
+        model_cfg,
+        hparams["optim"],
+        hparams.get("scheduler"),
+        hparams["low"],
+        hparams["high"],
+        input_norm=input_norm,
     )
     module.load_state_dict(state)
     return module.eval()

@@ -33,6 +33,7 @@ from cxrdet.models.weights import load_weights, no_source
 
 ROI_SIZE = 7  # the box head's ROIAlign output side (torchvision's MultiScaleRoIAlign default)
 REPRESENTATION = 1024  # the box head's two FC layers (Detectron2: 2x FC 1024)
+HEAD_INITS = ("torchvision", "detectron2")  # model.head_init
 
 
 class ResizeTransform(GeneralizedRCNNTransform):
@@ -79,6 +80,7 @@ def build_fasterrcnn(
     box_detections_per_img: int = 100,
     frozen_bn: bool | None = None,
     frozen_bn_eps: float | None = None,
+    head_init: str = "torchvision",
     trust_weights: bool = False,
 ) -> FasterRCNN:
     """Faster R-CNN R50-FPN for ``num_classes`` foreground classes (+ background).
@@ -105,7 +107,10 @@ def build_fasterrcnn(
         box_detections_per_img: maximum detections per image.
         frozen_bn: frozen BatchNorm in the backbone; default: when any weights are pretrained.
         frozen_bn_eps: frozen BatchNorm eps; default: 0 for torchvision's COCO weights (what they
-            were trained with), else 1e-5.
+            were trained with, recognised by name or, for a local file, by content), else 1e-5.
+        head_init: how a box predictor not loaded from ``weights`` starts: ``torchvision``
+            (nn.Linear's default, uniform within ±1/√1024) or ``detectron2`` (class weights
+            N(0, 0.01), box weights N(0, 0.001), biases 0: FastRCNNOutputLayers').
         trust_weights: load a local weights file that needs full unpickling instead of
             refusing it (:mod:`cxrdet.models.safe_load`).
     """
@@ -150,10 +155,19 @@ def build_fasterrcnn(
     model.transform = ResizeTransform(
         sizes, max_size, int(test_size or sizes[-1]), t.image_mean, t.image_std
     )
+    loaded: set[str] = set()
     if weights is not None:
-        load_weights(
+        loaded = load_weights(
             model, weights, FasterRCNN_ResNet50_FPN_Weights, "model.weights", trust_weights
         )
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"model.head_init={head_init!r}: expected one of {', '.join(HEAD_INITS)}")
+    predictor = model.roi_heads.box_predictor
+    if head_init == "detectron2" and "roi_heads.box_predictor.cls_score.weight" not in loaded:
+        nn.init.normal_(predictor.cls_score.weight, std=0.01)
+        nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+        for layer in (predictor.cls_score, predictor.bbox_pred):
+            nn.init.constant_(layer.bias, 0.0)
     eps = weights_bn_eps(weights) if frozen_bn_eps is None else frozen_bn_eps
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
@@ -174,3 +188,16 @@ def trainable_parameter_groups(model: nn.Module, weight_decay: float) -> list[di
     if norm:
         groups.append({"params": norm, "weight_decay": 0.0})
     return groups
+
+
+def resolved_batchnorm(model_cfg: dict) -> dict:
+    """``model_cfg`` with the BatchNorm its weights imply written out: ``frozen_bn`` (any
+    pretrained source) and ``frozen_bn_eps`` (:func:`cxrdet.models.weights.frozen_bn_eps`),
+    so that a checkpoint records them and loads the same without the starting weights."""
+    pretrained = not all(no_source(model_cfg.get(k)) for k in ("weights", "weights_backbone"))
+    out = dict(model_cfg)
+    if out.get("frozen_bn") is None:
+        out["frozen_bn"] = pretrained
+    if out.get("frozen_bn_eps") is None:
+        out["frozen_bn_eps"] = weights_bn_eps(out.get("weights"))
+    return out

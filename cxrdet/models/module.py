@@ -10,12 +10,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.evaluation.evaluator import DetectionEvaluator
-from cxrdet.models.detector import build_fasterrcnn
+from cxrdet.models.detector import build_fasterrcnn, resolved_batchnorm
 from cxrdet.models.safe_load import safe_load
 from cxrdet.models.schedule import lightning_optimizers
-from cxrdet.models.weights import frozen_bn_eps, no_source
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +117,11 @@ class DetectorModule(pl.LightningModule):
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be stop or skip, got {on_nonfinite!r}")
+        model = resolved_batchnorm(model)  # recorded in the checkpoint as resolved
         self.save_hyperparameters(ignore=["trust_weights"])
         self.model = build_fasterrcnn(**model, trust_weights=trust_weights)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
-        self.evaluator = DetectionEvaluator()
+        self.evaluator = DetectionEvaluator(class14_head=len(self.class_names) > NUM_FINDINGS)
         self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
         self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
         self.skip_update = False  # on_nonfinite=skip: this step's gradients are dropped
@@ -284,10 +284,8 @@ def load_detector(
     ``trust`` and ``opt_in``: :func:`read_checkpoint`.
     """
     hparams, state, model_cfg = read_checkpoint(ckpt_path, trust, opt_in)
-    pretrained = not all(no_source(model_cfg.get(k)) for k in ("weights", "weights_backbone"))
-    model_cfg.setdefault("frozen_bn", pretrained)
-    model_cfg.setdefault("frozen_bn_eps", frozen_bn_eps(model_cfg.get("weights")))
-    model_cfg.update(weights=None, weights_backbone=None)
+    model_cfg = resolved_batchnorm(model_cfg)  # older checkpoints did not record it
+    model_cfg.update(weights=None, weights_backbone=None, head_init="torchvision")
     module = DetectorModule(
         model=model_cfg,
         optim=hparams["optim"],

@@ -138,10 +138,10 @@ def file_state_dict(path: str | Path, key: str, trust: bool = False) -> dict:
     return state
 
 
-def load_into(module: nn.Module, state: dict, origin: str) -> list[str]:
+def load_into(module: nn.Module, state: dict, origin: str) -> set[str]:
     """Copy the tensors of ``state`` that fit ``module`` (a ``model.``/``module.`` prefix
     stripped when that fits more); log how many loaded and which were skipped. Returns the
-    skipped names."""
+    names (``module``'s) that loaded."""
     own = module.state_dict()
     best, usable = {}, {}
     for prefix in ("", "model.", "module.", "model.module."):
@@ -162,29 +162,39 @@ def load_into(module: nn.Module, state: dict, origin: str) -> list[str]:
         len(skipped),
         f" whose name or shape differs ({shown})" if skipped else "",
     )
-    return skipped
+    return set(usable)
 
 
-def load_weights(module: nn.Module, source, enum_cls, key: str, trust: bool = False) -> None:
+def load_weights(module: nn.Module, source, enum_cls, key: str, trust: bool = False) -> set[str]:
     """Load ``source`` (a torchvision name of ``enum_cls`` or a local file, read with ``trust``
-    as :func:`file_state_dict` reads it) into ``module``."""
+    as :func:`file_state_dict` reads it) into ``module``; the names that loaded."""
     if is_local(source):
-        load_into(module, file_state_dict(source, key, trust), str(source))
-    else:
-        weights = resolve_name(enum_cls, str(source), key)
-        load_into(
-            module, named_state_dict(weights, key, str(source)), f"torchvision {weights.name}"
-        )
+        return load_into(module, file_state_dict(source, key, trust), str(source))
+    weights = resolve_name(enum_cls, str(source), key)
+    return load_into(
+        module, named_state_dict(weights, key, str(source)), f"torchvision {weights.name}"
+    )
+
+
+def coco_hash_prefix() -> str:
+    """The start of the SHA-256 torchvision names its COCO_V1 detector file by
+    (``fasterrcnn_resnet50_fpn_coco-<prefix>.pth``) and checks it against on download."""
+    return Path(urlparse(NAMED["detector"].url).path).stem.rsplit("-", 1)[-1]
 
 
 def frozen_bn_eps(detector_weights) -> float:
     """FrozenBatchNorm eps the detector weights were trained with: 0.0 for torchvision's COCO_V1
-    (by name, or a local copy of its file), as torchvision's own builder sets it; else 1e-5."""
+    (as torchvision's own builder sets it), else 1e-5. A local file is recognised by its
+    content (its SHA-256 starts as the COCO file's), whatever its name; one that no longer
+    exists (a checkpoint made before the eps was recorded) by its name."""
     coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
     if no_source(detector_weights):
         return 1e-5
     if is_local(detector_weights):
-        return 0.0 if Path(detector_weights).name == cache_file(coco).name else 1e-5
+        path = Path(detector_weights)
+        if path.is_file():
+            return 0.0 if sha256(path).startswith(coco_hash_prefix()) else 1e-5
+        return 0.0 if path.name == cache_file(coco).name else 1e-5
     try:
         return (
             0.0 if FasterRCNN_ResNet50_FPN_Weights.verify(str(detector_weights)) == coco else 1e-5

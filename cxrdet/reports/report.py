@@ -70,7 +70,6 @@ def validation_figures(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from cxrdet.evaluation.evaluator import DetectionEvaluator
     from cxrdet.models.module import load_detector
     from cxrdet.reports.draw import draw_boxes
 
@@ -80,8 +79,9 @@ def validation_figures(
     datamodule.setup("fit")
     if datamodule.val_set is None:
         return []
-    model = load_detector(str(ckpt), trust, "--trust").model.eval()
-    evaluator, shown = DetectionEvaluator(), []
+    module = load_detector(str(ckpt), trust, "--trust")
+    model = module.model.eval()
+    evaluator, shown = module.evaluator, []
     with torch.inference_mode():
         for i in range(len(datamodule.val_set)):
             image, target = datamodule.val_set[i]

@@ -184,14 +184,34 @@ def test_class_14_detections_are_one_image_level_line():
     b, s, c = no_finding_as_image_label(boxes, scores, classes)
     assert c.tolist() == [3, 14] and s.tolist() == [0.9, 0.6]
     np.testing.assert_array_equal(b[1], [0, 0, 1, 1])  # wherever the detector put it
-    b2, s2, c2 = with_no_finding(b, s, c)  # the detector's own line is not doubled
+    b2, s2, c2 = with_no_finding(b, s, c, class14_head=True)  # its own line, not doubled
     assert c2.tolist() == [3, 14] and s2.tolist() == [0.9, 0.6]
+
+
+def test_one_source_for_the_no_finding_line_in_a_submission():
+    from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
+
+    box = np.array([[10.0, 10, 50, 50]])
+    # A detector with a class-14 head that gave none here: the head's score fell under its
+    # threshold, so the line is 0, not 1 - the top finding score (another scale).
+    _, s, c = with_no_finding(box, np.array([0.3]), np.array([3]), class14_head=True)
+    assert c.tolist() == [3, 14] and s.tolist() == [0.3, 0.0]
+    # Without that head a stray class-14 line is replaced: one line, 1 - top.
+    both = np.vstack([box, [[0, 0, 1, 1]]]), np.array([0.3, 0.9]), np.array([3, 14])
+    _, s, c = with_no_finding(*both)
+    assert c.tolist() == [3, 14] and s.tolist() == pytest.approx([0.3, 0.7])
+    # The classifier's filter replaces the detector's class-14 line; it never adds a second.
+    for p, expected in ((0.05, [14]), (0.4, [3, 14]), (0.99, [3, 14])):
+        _, s, c = nofinding_filter(both, p, low=0.08, high=0.95)
+        assert c.tolist() == expected and (c == 14).sum() == 1, p
+        if 0.08 <= p < 0.95:
+            assert s.tolist() == pytest.approx([0.3, 1 - p])
 
 
 def test_validation_scores_class_14_as_the_competition_does():
     from cxrdet.evaluation.evaluator import DetectionEvaluator
 
-    ev = DetectionEvaluator()
+    ev = DetectionEvaluator(class14_head=True)
     ev.process(
         [_target("n", [[0, 0, 1, 1]], [14])],
         [_output([[40.0, 30, 90, 80], [0, 0, 3, 3]], [0.7, 0.2], [14, 14])],

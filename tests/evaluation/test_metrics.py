@@ -141,7 +141,7 @@ def test_val_ap40_is_over_the_findings_also_when_no_finding_is_trained():
 
     from cxrdet.evaluation.evaluator import DetectionEvaluator
 
-    ev = DetectionEvaluator()  # use_class14=true: 14 findings + "No finding"
+    ev = DetectionEvaluator(class14_head=True)  # use_class14=true: 14 findings + "No finding"
     box = [[10.0, 10, 50, 50]]
     targets = [_target("a", box, [3]), _target("b", [[0, 0, 1, 1]], [14])]
     # image b: a class-14 detection away from its 0 0 1 1 box

@@ -83,3 +83,33 @@ def test_train_py_experiment_nofinding_trains_and_keeps_the_best_auc(tiny_data, 
     assert best["val/acc_high"] == pytest.approx(((probs >= 0.95) == abnormal).mean(), abs=1e-6)
     assert best["val/share_below_low"] == pytest.approx((probs < 0.08).mean(), abs=1e-6)
     assert best["val/loss"] > 0
+
+
+def test_the_input_is_normalised_as_imagenet_weights_expect_and_old_checkpoints_load_as_trained(
+    tmp_path, caplog
+):
+    from cxrdet.models.classifier import IMAGENET_MEAN, IMAGENET_STD, NoFindingModule
+
+    optim = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
+    torch.manual_seed(0)
+    module = NoFindingModule({"arch": "resnet18", "weights": None}, optim).eval()
+    assert module.hparams.input_norm == "imagenet"
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    with torch.no_grad():
+        ours = module(images)
+        torchvision_s = module.net(torch.stack([(im - mean) / std for im in images])).squeeze(1)
+        unnormalised = module.net(torch.stack(images)).squeeze(1)
+    torch.testing.assert_close(ours, torchvision_s)
+    assert not torch.allclose(ours, unnormalised)
+    # A checkpoint from before (no input_norm recorded): loaded as it was trained.
+    hparams = {k: v for k, v in module.hparams.items() if k != "input_norm"}
+    torch.save(
+        {"hyper_parameters": hparams, "state_dict": module.state_dict()}, tmp_path / "o.ckpt"
+    )
+    with caplog.at_level("INFO", logger="cxrdet.models.classifier"):
+        old = load_classifier(str(tmp_path / "o.ckpt"))
+    assert old.hparams.input_norm == "none" and "loaded as trained" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(old(images), unnormalised)

@@ -124,20 +124,50 @@ def test_local_files_of_every_accepted_kind(tmp_path, coco_state, suffix):
     assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
 
 
-def test_a_local_copy_of_the_coco_file_keeps_eps_zero_through_a_checkpoint(tmp_path, coco_state):
-    path = tmp_path / cache_file(COCO).name
-    torch.save(coco_state, path)
+def test_the_coco_file_is_recognised_by_content_and_its_eps_kept_through_a_checkpoint(
+    tmp_path, coco_state, monkeypatch
+):
+    from cxrdet.models import weights
+
+    coco = tmp_path / "renamed_by_a_user.pth"  # not torchvision's name: known by its content
+    torch.save(coco_state, coco)
+    monkeypatch.setattr(weights, "coco_hash_prefix", lambda: weights.sha256(coco)[:8])
+    impostor = tmp_path / cache_file(COCO).name  # torchvision's name, other content
+    torch.save({k: v + 1 for k, v in coco_state.items()}, impostor)
+    assert weights.frozen_bn_eps(str(coco)) == 0.0 and weights.frozen_bn_eps(str(impostor)) == 1e-5
     module = DetectorModule(
-        model={"num_classes": 14, "image_size": 64, "weights": str(path)},
+        model={"num_classes": 14, "image_size": 64, "weights": str(coco)},
         optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
     )
     assert module.model.backbone.body.bn1.eps == 0.0
+    assert module.hparams.model["frozen_bn_eps"] == 0.0 and module.hparams.model["frozen_bn"]
     ckpt = tmp_path / "trained.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
-    path.unlink()  # inference never needs the starting weights again
+    coco.unlink()  # inference never needs the starting weights again: the eps is recorded
     loaded = load_detector(str(ckpt)).model
     assert loaded.backbone.body.bn1.eps == 0.0
     assert isinstance(loaded.backbone.body.layer1[0].bn1, FrozenBatchNorm2d)
+    explicit = build_fasterrcnn(image_size=64, weights=str(impostor), frozen_bn_eps=0.001)
+    assert explicit.backbone.body.bn1.eps == 0.001  # model.frozen_bn_eps decides when given
+
+
+def test_a_fresh_box_predictor_starts_as_detectron2_s_and_a_loaded_one_is_kept(tmp_path):
+    torch.manual_seed(0)
+    fresh = build_fasterrcnn(image_size=64, head_init="detectron2").roi_heads.box_predictor
+    assert fresh.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert fresh.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.05)
+    assert not fresh.cls_score.bias.any() and not fresh.bbox_pred.bias.any()
+    default = build_fasterrcnn(image_size=64).roi_heads.box_predictor  # torchvision's
+    assert default.bbox_pred.weight.abs().max() > 0.01 and default.bbox_pred.bias.any()
+    # From a file whose predictor fits (a 14-class detector), the loaded one stays.
+    path = tmp_path / "fourteen.pth"
+    torch.save(build_fasterrcnn(image_size=64).state_dict(), path)
+    kept = build_fasterrcnn(image_size=64, weights=str(path), head_init="detectron2")
+    saved = torch.load(path, weights_only=True)
+    key = "roi_heads.box_predictor.bbox_pred.weight"
+    assert torch.equal(kept.state_dict()[key], saved[key])
+    with pytest.raises(ValueError, match="model.head_init='xavier'"):
+        build_fasterrcnn(image_size=64, head_init="xavier")
 
 
 def test_save_writes_a_torch_home_with_checksums(torch_home, tmp_path, coco_state, capsys):
