@@ -78,6 +78,23 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
         sys.exit(f"error: ckpt_path: cannot read {cfg.ckpt_path} as a checkpoint ({e})")
 
 
+def refuse_unlogged_monitor(cfg: DictConfig, module, evaluations: list) -> None:
+    """Stop, in one line, a checkpoint monitor that neither the module nor a chosen evaluation
+    logs (the best checkpoint would never be chosen, and Lightning would fail at the first
+    validation)."""
+    from cxrdet.training.evaluation import unlogged_monitor
+
+    monitor = (cfg.get("callbacks") or {}).get("model_checkpoint", {}).get("monitor")
+    logs = {*module.LOGS, *(name for e in evaluations for name in e.LOGS)}
+    if unlogged_monitor(monitor, logs):
+        choices = HydraConfig.get().runtime.choices.get("evaluation", "none")
+        sys.exit(
+            f"error: callbacks.model_checkpoint.monitor={monitor} is logged by no chosen "
+            f"evaluation (evaluation={choices}); choose one that logs it (competition: "
+            "val/AP40, val/mAP40; coco adds val/AP, val/AP50, ...), or monitor another metric"
+        )
+
+
 def build_module(cfg: DictConfig) -> pl.LightningModule:
     """The detector, or the "No finding" classifier when the model config names an ``arch``."""
     from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
@@ -127,7 +144,9 @@ def train(cfg: DictConfig) -> float | None:
         module = build_module(cfg)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    evaluations = [instantiate(e) for e in (cfg.get("evaluation") or {}).values()]
+    refuse_unlogged_monitor(cfg, module, evaluations)
+    callbacks = [*evaluations, *(instantiate(c) for c in (cfg.callbacks or {}).values())]
     loggers, wandb_images = build_loggers(cfg.logger)
     if wandb_images:  # logger.wandb.log_images=true: validation images with W&B's box overlays
         callbacks.append(WandbBoxOverlays(wandb_images))

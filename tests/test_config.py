@@ -22,6 +22,7 @@ GROUPS = [
     "trainer",
     "logger",
     "callbacks",
+    "evaluation",
     "experiment",
     "hparams_search",
 ]
@@ -240,3 +241,17 @@ def test_class_14_with_no_normal_image_to_learn_from_is_refused(tiny_data, tmp_p
         with pytest.raises(ValueError, match="data.use_class14=true"):
             tiny_datamodule(tiny_data, use_class14=True, empty_images=empty).setup("fit")
     tiny_datamodule(tiny_data, use_class14=True, empty_images=0.25).setup("fit")  # some: fine
+
+
+@pytest.mark.parametrize("experiment", [None, "seed_r50fpn_512", "winners_512"])
+def test_1024_px_composes_with_the_schedules_evaluations_and_experiments(experiment):
+    overrides = ["data=1024", "scheduler=warmup_multistep", "evaluation=[competition,coco]"]
+    cfg = _compose(
+        "train", quote_numeric_choices(overrides + [f"experiment={experiment}"] * bool(experiment))
+    )
+    assert cfg.data.image_size == cfg.model.image_size == 1024
+    assert cfg.data.image_dir.endswith("/1024/train") and cfg.data.batch_size == 2
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    assert model["min_size"] == 1024  # the experiments train at the prepared size too
+    assert cfg.scheduler._target_.endswith("warmup_multistep_scheduler")
+    assert set(cfg.evaluation) == {"competition", "coco"}

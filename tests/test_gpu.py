@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_datamodule
 
 from cxrdet.models.module import DetectorModule
+from cxrdet.training.evaluation import CompetitionEvaluation
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,6 +38,7 @@ def test_training_and_validation_on_cuda(tiny_data, tmp_path, precision):
         enable_checkpointing=False,
         enable_progress_bar=False,
         default_root_dir=tmp_path,
+        callbacks=[CompetitionEvaluation()],  # evaluation=competition, as train.py adds it
     )
     trainer.fit(module, datamodule=_data(tiny_data))
     metrics = trainer.callback_metrics

@@ -49,6 +49,15 @@ def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = Fal
     return result
 
 
+def original_predictions(targets: list[dict], outputs: list[dict]) -> list:
+    """A batch's model outputs as the submission has them before its No-finding line: boxes
+    mapped to original pixels and clipped, class ids 0..14, class 14 as one line."""
+    return [
+        to_original_prediction(prediction_of(o), t["orig_hw"], t["image_hw"], t["content"])
+        for t, o in zip(targets, outputs)
+    ]
+
+
 class DetectionEvaluator:
     """Validation scored as the submission of the same images would be (reset / process /
     evaluate): ``val/mAP40`` and ``val/AP40`` are what ``cxrdet score`` reports for
@@ -74,13 +83,15 @@ class DetectionEvaluator:
         """Add one batch: targets as :class:`cxrdet.data.dataset.DetectionDataset` makes them
         (``image_id``, ``truth``, ``orig_hw``, ``image_hw``, ``content``) and the model's
         outputs on those images (torchvision's labels = class id + 1)."""
-        for t, o in zip(targets, outputs):
-            pred = to_original_prediction(
-                prediction_of(o), t["orig_hw"], t["image_hw"], t["content"]
-            )
-            line = with_no_finding(*pred, class14_head=self.class14_head)
-            self.dets[t["image_id"]] = as_read_back(*line)
-            self.gt[t["image_id"]] = t["truth"]
+        for t, prediction in zip(targets, original_predictions(targets, outputs)):
+            self.add(t["image_id"], t["truth"], prediction)
+
+    def add(self, image_id: str, truth, prediction) -> None:
+        """One image: its ground truth and its prediction in original pixels (class 14 as one
+        line, :func:`cxrdet.evaluation.submission.to_original_prediction`)."""
+        line = with_no_finding(*prediction, class14_head=self.class14_head)
+        self.dets[image_id] = as_read_back(*line)
+        self.gt[image_id] = truth
 
     def gather(self) -> None:
         """Under DDP, give every rank all ranks' images (each validated only its shard).

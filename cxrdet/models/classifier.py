@@ -77,6 +77,12 @@ def filter_figures(probs: torch.Tensor, abnormal: torch.Tensor, low: float, high
     }
 
 
+FILTER_FIGURES = ("acc_low", "acc_high", "share_below_low", "share_between", "share_above_high")
+CLASSIFIER_LOGS = ("train/loss", "val/loss", "val/AUC", "val/images") + tuple(
+    f"val/{k}" for k in FILTER_FIGURES
+)
+
+
 class NoFindingModule(pl.LightningModule):
     """The classifier with SGD + warmup-cosine, as :class:`cxrdet.models.module.DetectorModule`.
 
@@ -89,6 +95,14 @@ class NoFindingModule(pl.LightningModule):
             checkpoints made before were trained); recorded in the checkpoint.
         trust_weights: as :class:`cxrdet.models.module.DetectorModule`'s; not a hyper-parameter.
     """
+
+    LOGS = (
+        "train/loss",
+        "val/loss",
+        "val/AUC",
+        "val/images",
+        *(f"val/{k}" for k in FILTER_FIGURES),
+    )
 
     def __init__(
         self,

@@ -10,13 +10,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
-from cxrdet.evaluation.evaluator import DetectionEvaluator
+from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.evaluation.evaluator import original_predictions
 from cxrdet.models.detector import build_fasterrcnn, resolved_batchnorm
 from cxrdet.models.safe_load import safe_load
 from cxrdet.models.schedule import lightning_optimizers
 
 log = logging.getLogger(__name__)
+LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+# What the detector logs itself; the evaluation callbacks log the rest (AP40, mAP40, COCO AP).
+DETECTOR_LOGS = ("train/loss", "val/loss", *(f"{s}/{k}" for s in ("train", "val") for k in LOSSES))
 
 
 @contextmanager
@@ -91,7 +94,8 @@ def losses_and_detections(model: nn.Module, images: list, targets: list) -> tupl
 
 
 class DetectorModule(pl.LightningModule):
-    """Faster R-CNN R50-FPN with SGD + warmup-cosine, validation loss, AP40 and mAP40.
+    """Faster R-CNN R50-FPN with SGD + warmup-cosine and a validation loss; validation's
+    detections go to the evaluation callbacks (AP40, mAP40, COCO AP: ``evaluation=``).
 
     Args:
         model: keyword arguments of :func:`cxrdet.models.detector.build_fasterrcnn` (plain values).
@@ -104,6 +108,8 @@ class DetectorModule(pl.LightningModule):
         trust_weights: a local ``model.weights`` file that needs full unpickling is loaded
             (train.py's ``trust_checkpoint=true``) instead of refused; not a hyper-parameter.
     """
+
+    LOGS = DETECTOR_LOGS
 
     def __init__(
         self,
@@ -121,7 +127,6 @@ class DetectorModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["trust_weights"])
         self.model = build_fasterrcnn(**model, trust_weights=trust_weights)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
-        self.evaluator = DetectionEvaluator(class14_head=len(self.class_names) > NUM_FINDINGS)
         self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
         self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
         self.skip_update = False  # on_nonfinite=skip: this step's gradients are dropped
@@ -199,10 +204,10 @@ class DetectorModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.skip_update = False
 
-    def on_validation_epoch_start(self) -> None:
-        self.evaluator.reset()
-
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx) -> dict:
+        """Logs the validation losses; returns each image's id, original size, ground truth and
+        prediction in original pixels, for the evaluation callbacks to score
+        (:mod:`cxrdet.training.evaluation`)."""
         images, targets = list(batch[0]), list(batch[1])
         # Validation loss draws random ROI samples: keep the training RNG streams untouched.
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -211,21 +216,12 @@ class DetectorModule(pl.LightningModule):
         n = len(images)
         self.log("val/loss", sum(losses.values()), prog_bar=True, batch_size=n, sync_dist=True)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=n, sync_dist=True)
-        self.evaluator.process(targets, detections)
-
-    def on_validation_epoch_end(self) -> None:
-        self.evaluator.gather()  # DDP: every rank scores the whole validation set
-        if not self.evaluator.gt:
-            return
-        result = self.evaluator.evaluate()
-        names = [*self.class_names, *CLASS_NAMES[len(self.class_names) :]]
-        # The values are already global and equal on every rank (no sync_dist needed).
-        self.log("val/images", float(result["images"]))
-        for metric in ("AP40", "mAP40"):
-            value = result[metric]
-            self.log(f"val/{metric}", value if value == value else 0.0, prog_bar=True)
-            for c, v in result[f"{metric}_per_class"].items():
-                self.log(f"val/{metric}/{names[c]}", v)
+        return {
+            "image_ids": [t["image_id"] for t in targets],
+            "orig_hws": [t["orig_hw"] for t in targets],
+            "truths": [t["truth"] for t in targets],
+            "predictions": original_predictions(targets, detections),
+        }
 
     def configure_optimizers(self):
         return lightning_optimizers(

@@ -1,7 +1,12 @@
-"""Per-iteration linear warmup + cosine decay: Detectron2's WarmupCosineLR as a LambdaLR."""
+"""Per-iteration LR schedules, each a LambdaLR stepped every optimiser step (the ``scheduler``
+config group): Detectron2's WarmupCosineLR (``warmup_cosine``) and WarmupMultiStepLR
+(``warmup_multistep``, its own default), and a warmup to a constant LR (``constant``, for short
+fine-tunes). A LambdaLR's state is its step, so a resumed run continues each one exactly.
+"""
 
 from __future__ import annotations
 
+import bisect
 import math
 from functools import partial
 
@@ -13,6 +18,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from cxrdet.models.detector import trainable_parameter_groups
 
 
+def warmup(step: int, warmup_steps: int, warmup_factor: float) -> float:
+    """Linear warmup from ``warmup_factor`` to 1 over the first ``warmup_steps`` (Detectron2's
+    "linear" warmup), 1 after."""
+    if step >= warmup_steps:
+        return 1.0
+    alpha = step / warmup_steps
+    return warmup_factor * (1.0 - alpha) + alpha
+
+
 def warmup_cosine(
     step: int, total_steps: int, warmup_steps: int, warmup_factor: float = 0.001
 ) -> float:
@@ -21,10 +35,21 @@ def warmup_cosine(
     if step >= total_steps:
         return 0.0
     cosine = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    if step < warmup_steps:
-        alpha = step / warmup_steps
-        return cosine * (warmup_factor * (1.0 - alpha) + alpha)
-    return cosine
+    return cosine * warmup(step, warmup_steps, warmup_factor)
+
+
+def warmup_multistep(
+    step: int,
+    warmup_steps: int,
+    warmup_factor: float = 0.001,
+    steps: tuple[int, ...] = (),
+    gamma: float = 0.1,
+) -> float:
+    """LR multiplier at ``step``: ``gamma`` to the number of milestones in ``steps`` already
+    reached, times the linear warmup (Detectron2's WarmupMultiStepLR, SOLVER.STEPS/GAMMA)."""
+    return gamma ** bisect.bisect_right(sorted(steps), step) * warmup(
+        step, warmup_steps, warmup_factor
+    )
 
 
 def warmup_cosine_scheduler(
@@ -38,6 +63,42 @@ def warmup_cosine_scheduler(
         total_steps=total_steps,
         warmup_steps=min(warmup_steps, total_steps),
         warmup_factor=warmup_factor,
+    )
+    return LambdaLR(optimizer, factor)
+
+
+def warmup_multistep_scheduler(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps: list[int] | tuple[int, ...] = (),
+    gamma: float = 0.1,
+    warmup_steps: int = 1000,
+    warmup_factor: float = 0.001,
+) -> LambdaLR:
+    """A LambdaLR of :func:`warmup_multistep` to step once per optimiser step; a milestone past
+    ``total_steps`` is refused (it would never be reached)."""
+    late = [m for m in steps if m >= total_steps]
+    if late:
+        raise ValueError(
+            f"scheduler.steps={list(steps)}: {late} at or past the run's {total_steps} steps "
+            "(trainer.max_steps) would never lower the LR"
+        )
+    factor = partial(
+        warmup_multistep,
+        warmup_steps=min(warmup_steps, total_steps),
+        warmup_factor=warmup_factor,
+        steps=tuple(int(m) for m in steps),
+        gamma=gamma,
+    )
+    return LambdaLR(optimizer, factor)
+
+
+def constant_scheduler(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 100, warmup_factor: float = 0.001
+) -> LambdaLR:
+    """A LambdaLR of the linear warmup alone: the base LR after ``warmup_steps``."""
+    factor = partial(
+        warmup, warmup_steps=min(warmup_steps, total_steps), warmup_factor=warmup_factor
     )
     return LambdaLR(optimizer, factor)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.training.callbacks import best_checkpoint
@@ -70,6 +70,7 @@ def validation_figures(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from cxrdet.evaluation.evaluator import DetectionEvaluator
     from cxrdet.models.module import load_detector
     from cxrdet.reports.draw import draw_boxes
 
@@ -81,7 +82,8 @@ def validation_figures(
         return []
     module = load_detector(str(ckpt), trust, "--trust")
     model = module.model.eval()
-    evaluator, shown = module.evaluator, []
+    class14 = len(module.class_names) > NUM_FINDINGS
+    evaluator, shown = DetectionEvaluator(class14_head=class14), []
     with torch.inference_mode():
         for i in range(len(datamodule.val_set)):
             image, target = datamodule.val_set[i]

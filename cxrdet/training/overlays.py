@@ -1,6 +1,8 @@
 """W&B's own box overlays of validation images: after each validation, a Table of the same
 validation images, each a ``wandb.Image`` with a ``ground_truth`` and a ``predictions`` box
-group, so classes can be toggled, a score threshold slid, and steps compared.
+group, so classes can be toggled, a score threshold slid, and steps compared. It runs after
+the competition evaluation (:class:`cxrdet.training.evaluation.CompetitionEvaluation`) and
+draws what that scored.
 
 Only with ``logger.wandb.log_images=true`` (chest X-rays are patient data). The boxes are the
 validation's own (:class:`cxrdet.evaluation.evaluator.DetectionEvaluator`): the labels and the
@@ -17,6 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 from cxrdet.data.boxes import to_prepared
 from cxrdet.data.dataset import load_png
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.training.evaluation import CompetitionEvaluation
 
 CLASS_LABELS = {c: CLASS_NAMES[c] for c in range(NUM_FINDINGS)}
 
@@ -48,7 +51,9 @@ class WandbBoxOverlays(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         val_set = getattr(trainer.datamodule, "val_set", None)
-        evaluator = getattr(pl_module, "evaluator", None)
+        evaluator = next(
+            (c.evaluator for c in trainer.callbacks if isinstance(c, CompetitionEvaluation)), None
+        )
         if trainer.sanity_checking or not loggers or val_set is None or evaluator is None:
             return
         import wandb

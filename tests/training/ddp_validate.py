@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 
 from cxrdet.data.datamodule import CXRDataModule
 from cxrdet.models.module import load_detector
+from cxrdet.training.evaluation import CompetitionEvaluation
 
 
 def validate(ckpt: str, prepared: str, raw: str, devices: int) -> dict | None:
@@ -34,6 +35,7 @@ def validate(ckpt: str, prepared: str, raw: str, devices: int) -> dict | None:
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
+        callbacks=[CompetitionEvaluation()],  # evaluation=competition, as train.py adds it
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

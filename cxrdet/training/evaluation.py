@@ -1,0 +1,131 @@
+"""Validation scoring as Lightning callbacks, chosen by the ``evaluation`` config group.
+
+The detector's validation step returns each image's id, original size, ground truth and
+prediction (original pixels, class 14 as one line); these callbacks collect them over the
+epoch, give every DDP rank all ranks' images, score them and log:
+
+- :class:`CompetitionEvaluation` (``evaluation=competition``, the default): ``val/AP40``,
+  ``val/mAP40`` and their per-class values, as ``cxrdet score`` scores the submission of the
+  same images (:class:`cxrdet.evaluation.evaluator.DetectionEvaluator`);
+- :class:`CocoEvaluation` (``evaluation=coco``, which adds it to the competition set):
+  COCO's ``val/AP``, ``val/AP50``, ``val/AP75``, ``val/APs``, ``val/APm``, ``val/APl`` by
+  pycocotools (:mod:`cxrdet.evaluation.coco_eval`).
+
+Each callback names what it logs (``LOGS``), so ``train.py`` can refuse at start a checkpoint
+monitor that no chosen evaluation logs.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch.distributed as dist
+
+from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.evaluation.coco_eval import STATS, coco_stats
+from cxrdet.evaluation.evaluator import DetectionEvaluator
+
+
+def all_ranks(table: dict) -> dict:
+    """``table`` (image id → value) merged over every DDP rank (each validated its shard);
+    an image a sampler repeated to even out the shards counts once."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return table
+    shards = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, table)
+    merged = {}
+    for shard in shards:
+        merged.update(shard)
+    return merged
+
+
+class ValidationScores(pl.Callback):
+    """Collects the validation step's outputs each epoch; subclasses score and log them."""
+
+    LOGS: tuple[str, ...] = ()  # the metrics logged (a name ending in "/": a family of them)
+    KEYS = ("truths", "predictions", "orig_hws")  # what each image keeps of the step's outputs
+
+    def __init__(self):
+        self.outputs: dict = {}
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.outputs = {}
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if not isinstance(outputs, dict) or "predictions" not in outputs:
+            return  # not a detector's validation step (the "No finding" classifier's)
+        for k, image_id in enumerate(outputs["image_ids"]):
+            self.outputs[image_id] = tuple(outputs[key][k] for key in self.KEYS)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.outputs = all_ranks(self.outputs)
+        if not self.outputs:
+            return
+        # The values are global and equal on every rank: no sync_dist needed.
+        for name, value in self.scores(pl_module).items():
+            pl_module.log(name, value, prog_bar=name in ("val/AP40", "val/mAP40"))
+
+    def scores(self, pl_module) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class CompetitionEvaluation(ValidationScores):
+    """``val/AP40``, ``val/mAP40`` and per class, as the submission of the images scores.
+
+    Args:
+        iou: the IoU threshold of both metrics (the competition's 0.4).
+    """
+
+    LOGS = ("val/AP40", "val/mAP40", "val/images", "val/AP40/", "val/mAP40/")
+
+    def __init__(self, iou: float = 0.4):
+        super().__init__()
+        self.iou = iou
+        self.evaluator = DetectionEvaluator(iou)  # kept after scoring, for the W&B overlays
+
+    def scores(self, pl_module) -> dict[str, float]:
+        names = list(getattr(pl_module, "class_names", CLASS_NAMES))
+        self.evaluator = DetectionEvaluator(self.iou, class14_head=len(names) > NUM_FINDINGS)
+        for image_id, (truth, prediction, _) in self.outputs.items():
+            self.evaluator.add(image_id, truth, prediction)
+        result = self.evaluator.evaluate()
+        names = [*names, *CLASS_NAMES[len(names) :]]
+        logged = {"val/images": float(result["images"])}
+        for metric in ("AP40", "mAP40"):
+            value = result[metric]
+            logged[f"val/{metric}"] = value if value == value else 0.0
+            for c, v in result[f"{metric}_per_class"].items():
+                logged[f"val/{metric}/{names[c]}"] = v
+        return logged
+
+
+class CocoEvaluation(ValidationScores):
+    """COCO's six AP figures of the findings, by pycocotools (or faster-coco-eval, the same
+    numbers, with ``backend=faster_coco_eval``), in original pixels.
+
+    Args:
+        backend: ``pycocotools`` or ``faster_coco_eval``.
+    """
+
+    LOGS = tuple(f"val/{name}" for name in STATS)
+
+    def __init__(self, backend: str = "pycocotools"):
+        super().__init__()
+        self.backend = backend
+
+    def scores(self, pl_module) -> dict[str, float]:
+        ids = sorted(self.outputs)
+        gt = {i: self.outputs[i][0] for i in ids}
+        dets = {i: self.outputs[i][1] for i in ids}
+        sizes = {i: tuple(self.outputs[i][2]) for i in ids}
+        stats = coco_stats(gt, dets, sizes, self.backend)
+        return {f"val/{name}": value for name, value in stats.items()}
+
+
+def unlogged_monitor(monitor: str | None, logs: set[str]) -> bool:
+    """Whether ``monitor`` is none of ``logs`` (a name ending in "/" covers its family)."""
+    if not monitor:
+        return False
+    families = tuple(name for name in logs if name.endswith("/"))
+    return monitor not in logs and not (families and monitor.startswith(families))

@@ -1,0 +1,91 @@
+"""Validation scoring as config-chosen callbacks: COCO's AP by pycocotools (faster-coco-eval
+agreeing), a tiny run with evaluation=coco, and a monitor no evaluation logs refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_overrides, train_in_process
+
+from cxrdet.evaluation.coco_eval import coco_stats
+
+BIG = (2000, 2500)  # original pixels: COCO's area ranges are judged on them
+
+
+def test_coco_ap_of_a_hand_checked_case():
+    gt = {"a": (np.array([[100.0, 100, 300, 300]]), np.array([3]))}  # 200 x 200: "large"
+    sizes = {"a": BIG}
+    exact = {"a": (np.array([[100.0, 100, 300, 300]]), np.array([0.9]), np.array([3]))}
+    assert coco_stats(gt, exact, sizes) == pytest.approx(
+        {
+            "AP": 1.0,
+            "AP50": 1.0,
+            "AP75": 1.0,
+            "APs": -1.0,  # no ground truth in the range: undefined, as pycocotools reports it
+            "APm": -1.0,
+            "APl": 1.0,
+        }
+    )
+    # IoU 0.62 (a 200 x 200 box shifted 47 px): a hit at 0.50, 0.55 and 0.60 of the ten
+    # thresholds 0.50:0.95, so AP@[.5:.95] = 3/10.
+    shifted = {"a": (np.array([[147.0, 100, 347, 300]]), np.array([0.9]), np.array([3]))}
+    stats = coco_stats(gt, shifted, sizes)
+    assert (stats["AP"], stats["AP50"], stats["AP75"]) == pytest.approx((0.3, 1.0, 0.0))
+    # The wrong class finds nothing; class 14 ("No finding") is not a box and is left out.
+    other = {"a": (np.array([[100.0, 100, 300, 300]] * 2), np.array([0.9, 1.0]), np.array([4, 14]))}
+    assert coco_stats(gt, other, sizes)["AP"] == 0.0
+
+
+def test_pycocotools_and_faster_coco_eval_give_the_same_numbers():
+    rng = np.random.default_rng(1)
+    gt, dets, sizes = {}, {}, {}
+    for i in range(60):
+        n, m = rng.integers(0, 5), rng.integers(0, 12)
+        xy = rng.uniform(0, 1800, (n, 2))
+        g = np.hstack([xy, xy + rng.uniform(8, 500, (n, 2))])  # small, medium and large
+        base = g[rng.integers(0, n, m)] if n else rng.uniform(0, 1800, (m, 4))
+        d = base + rng.normal(0, 15, (m, 4))
+        d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 2)
+        gt[f"i{i}"] = (g, rng.integers(0, 6, n))
+        dets[f"i{i}"] = (d, rng.uniform(0, 1, m), rng.integers(0, 6, m))
+        sizes[f"i{i}"] = BIG
+    reference = coco_stats(gt, dets, sizes, "pycocotools")
+    fast = coco_stats(gt, dets, sizes, "faster_coco_eval")
+    assert reference.keys() == fast.keys() and all(v > -1 for v in reference.values())
+    for name, value in reference.items():
+        assert fast[name] == pytest.approx(value, abs=1e-12), name
+    with pytest.raises(ValueError, match="unknown COCO backend 'detectron2'"):
+        coco_stats(gt, dets, sizes, "detectron2")
+
+
+def test_a_tiny_run_with_evaluation_coco_logs_coco_ap_beside_ap40(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_in_process(
+        [
+            *tiny_overrides(tiny_data, run),
+            "evaluation=coco",
+            "callbacks.model_checkpoint.monitor=val/AP50",  # logged by the coco evaluation
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+        ]
+    )
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    row = metrics.dropna(subset=["val/AP"]).iloc[-1]
+    for name in ("val/AP40", "val/mAP40", "val/AP", "val/AP50", "val/AP75", "val/APl"):
+        assert -1 <= row[name] <= 1, name
+    assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
+
+
+def test_a_monitor_no_chosen_evaluation_logs_is_refused_at_start(tiny_data, tmp_path):
+    args = [
+        *tiny_overrides(tiny_data, tmp_path / "run"),
+        "callbacks.model_checkpoint.monitor=val/AP50",  # evaluation=competition does not log it
+    ]
+    with pytest.raises(SystemExit) as stopped:
+        train_in_process(args)
+    assert str(stopped.value.code).startswith(
+        "error: callbacks.model_checkpoint.monitor=val/AP50 is logged by no chosen evaluation "
+        "(evaluation=competition)"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
