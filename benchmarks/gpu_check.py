@@ -1,6 +1,6 @@
 """The one GPU check: cxrdet's CUDA paths and their figures, ending with one JSON line.
 
-    python benchmarks/gpu_check.py                 # on a machine with a CUDA GPU (~6 minutes)
+    python benchmarks/gpu_check.py                 # with a CUDA GPU (~3 minutes on an H200)
     python benchmarks/gpu_check.py --device cpu --size 64 --steps 2 --images 8   # a dry run
 
 Run through ``bash benchmarks/gpu_check.sh`` (which first installs carried wheels, if any).

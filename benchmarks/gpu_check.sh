@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU check (about 6 minutes on one GPU; benchmarks/gpu_check.py lists its steps): the
+# The one GPU check (about 3 minutes on an H200; benchmarks/gpu_check.py lists its steps): the
 # CUDA + AMP paths and their figures, ending with one JSON line.
 #
 #   bash benchmarks/gpu_check.sh                      # on a machine with a CUDA GPU

@@ -1,17 +1,17 @@
 """Prediction speed: predict.py's pipeline vs a bare ``model(images)`` loop, and the TTA cost.
 
     python benchmarks/predict.py [--images 32] [--size 256] [--batch 4] [--device cpu]
-        [--precision 32] [--arch resnet50] [--rounds 3]
+        [--precision 32] [--arch resnet50] [--rounds 3] [--workers auto]
 
 A random-init R50-FPN checkpoint and synthetic prepared PNGs; the same threads, batch, score
 threshold (0.0) and detection cap (100) for all. The bare loop gets the images already in
-memory; ``cxrdet.inference.predictor.predict`` reads PNGs, maps boxes back, formats and
-validates the CSV. Prints images/s of both, their ratio (target >= 0.9) and hflip TTA's cost
-relative to plain prediction (target <= 2.1x), and what a "No finding" classifier
-(``nofinding.ckpt_path``, ``--arch``, run in the detector's pass) adds to predict.py's time
-(target <= 15 %). The four take turns, ``--rounds`` times, and each figure is the median of the
-rounds' (a machine that speeds up or slows down weighs on all alike); the last line is one
-JSON object.
+memory; ``cxrdet.inference.predictor.predict`` reads PNGs (in ``--workers`` loader processes,
+``auto`` as predict.py's default), maps boxes back, formats and validates the CSV. Prints
+images/s of both, their ratio (target >= 0.9) and hflip TTA's cost relative to plain
+prediction (target <= 2.1x), and what a "No finding" classifier (``nofinding.ckpt_path``,
+``--arch``, run in the detector's pass) adds to predict.py's time (target <= 15 %). The four
+take turns, ``--rounds`` times, and each figure is the median of the rounds' (a machine that
+speeds up or slows down weighs on all alike); the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ def main() -> None:
     p.add_argument("--precision", default="32", help="32 (default) | 16-mixed | bf16-mixed")
     p.add_argument("--arch", default="resnet50", help="the classifier's (default resnet50)")
     p.add_argument("--rounds", type=int, default=3, help="turns of each variant (default 3)")
+    p.add_argument(
+        "--workers", default="auto", help="predict.py's num_workers (default auto, as its own)"
+    )
     a = p.parse_args()
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +112,7 @@ def main() -> None:
             batch_size=a.batch,
             device=a.device,
             precision=a.precision,
+            num_workers=a.workers,
             progress=False,
         )
         run = lambda out, **kw: predict(PredictConfig(output=str(out), **common, **kw))  # noqa: E731
@@ -158,6 +162,7 @@ def main() -> None:
                 "classifier_arch": a.arch,
                 "device": a.device,
                 "precision": a.precision,
+                "workers": a.workers,
             }
         )
     )

@@ -793,3 +793,25 @@ def test_a_detector_with_class_14_and_the_classifier_filter_write_one_line_a_row
         p = probs[image_id]
         expected = 1.0 if p < 0.08 else (1 - p if p < 0.95 else 0.9)  # the head's own above
         assert line == pytest.approx(expected, abs=1e-4), (image_id, p)
+
+
+def test_prediction_reads_images_in_worker_processes_by_default(tiny_data, tmp_path, monkeypatch):
+    """num_workers=auto (the default): the loader gets the CPUs this process may use, so that
+    reading PNGs overlaps the model (on an H200, predict.py ran at 0.6x the bare model loop with
+    images read in its own process); a bad value is named before any model loads."""
+    from cxrdet.data import datamodule
+    from cxrdet.inference import predictor
+
+    loader, workers = predictor.prediction_loader, []
+    monkeypatch.setattr(datamodule, "usable_cpus", lambda: 3)
+
+    def spy(dataset, batch_size, num_workers, device):
+        workers.append(num_workers)
+        return loader(dataset, batch_size, 0, device)
+
+    monkeypatch.setattr(predictor, "prediction_loader", spy)
+    assert len(_predict_with_the_class_14_stand_in(tiny_data, tmp_path, monkeypatch)) == 4
+    assert workers == [3]
+    monkeypatch.setattr(predictor, "load_models", lambda *a, **k: pytest.fail("models loaded"))
+    with pytest.raises(ValueError, match="num_workers='many': expected auto or a number"):
+        predictor.predict(PredictConfig(ckpt_path="unused.ckpt", num_workers="many"))

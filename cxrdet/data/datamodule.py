@@ -35,9 +35,10 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def worker_count(num_workers, processes: int = 1) -> int:
-    """``data.num_workers`` as a number: ``auto`` is the CPUs this process may use, shared
-    between the training processes of this machine, capped at 16 (a number passes through)."""
+def worker_count(num_workers, processes: int = 1, key: str = "data.num_workers") -> int:
+    """``data.num_workers`` (or ``key``) as a number: ``auto`` is the CPUs this process may use,
+    shared between the training processes of this machine, capped at 16 (a number passes
+    through)."""
     if str(num_workers) == "auto":
         return max(1, min(MAX_AUTO_WORKERS, usable_cpus() // max(processes, 1)))
     try:
@@ -45,7 +46,7 @@ def worker_count(num_workers, processes: int = 1) -> int:
     except (TypeError, ValueError):
         workers = -1
     if workers < 0 or str(workers) != str(num_workers).strip():
-        raise ValueError(f"data.num_workers={num_workers!r}: expected auto or a number >= 0")
+        raise ValueError(f"{key}={num_workers!r}: expected auto or a number >= 0")
     return workers
 
 

@@ -62,8 +62,13 @@ def load_png(path: Path) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W] → float [3, H, W] in [0, 1] (grey repeated for ImageNet-style backbones)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).float().div_(255).expand(3, -1, -1)
+    """uint8 [H, W] → float [3, H, W] in [0, 1] (grey repeated for ImageNet-style backbones).
+
+    A copy, not an expanded view: a CUDA loader pins each batch into page-locked memory of the
+    same strides, and a view whose three channels share memory cannot be written there.
+    """
+    grey = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255)
+    return grey.unsqueeze(0).repeat(3, 1, 1)
 
 
 def build_records(

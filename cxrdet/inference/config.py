@@ -60,7 +60,7 @@ class PredictConfig:
     nofinding: NofindingConfig = field(default_factory=NofindingConfig)
     viz: int = 0
     batch_size: int = 4
-    num_workers: int = 0
+    num_workers: Any = "auto"  # auto: the CPUs this process may use, at most 16 | a number
     device: str = "auto"
     precision: str = "auto"
     progress: bool = True

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from cxrdet.data.boxes import to_prepared
+from cxrdet.data.datamodule import worker_count
 from cxrdet.data.dataset import DicomDataset, ImageDataset, prediction_loader
 from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
@@ -187,6 +188,7 @@ def predict(
     ``cfg.trust_checkpoint`` (``opt_in`` names that setting in the refusal: ``--trust`` for
     the tools). See :class:`cxrdet.inference.config.PredictConfig`.
     """
+    workers = worker_count(cfg.num_workers, key="num_workers")  # a bad value: before any work
     if cfg.model_file:  # an exported detector (cxrdet export) instead of checkpoints
         ckpts = []
     elif isinstance(cfg.ckpt_path, str | Path):
@@ -225,7 +227,7 @@ def predict(
         dataset,
         dev,
         batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         tta=cfg.tta,
         weights=cfg.ensemble_weights,
         fusion_iou=cfg.fusion_iou,

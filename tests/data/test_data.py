@@ -373,3 +373,23 @@ def test_num_workers_auto_shares_the_usable_cpus_and_a_bad_value_is_named(monkey
         "persistent_workers": True,
         "pin_memory": False,
     }
+
+
+def test_every_image_tensor_can_be_pinned_for_a_cuda_loader(tiny_data):
+    """A CUDA loader pins each batch: torch writes every tensor into page-locked memory of the
+    same sizes and strides, which fails for a view whose channels share memory (seen on an H200:
+    every GPU training and prediction run stopped at its first batch). Done here on the CPU as
+    pin_memory does it, for the training, prediction and DICOM datasets."""
+    from cxrdet.data.dataset import DicomDataset, ImageDataset
+
+    prepared = tiny_data["prepared"] / str(tiny_data["size"])
+    dm = tiny_datamodule(tiny_data, batch_size=2)
+    dm.setup("fit")
+    images, _ = next(iter(dm.train_dataloader()))
+    images += (
+        ImageDataset(prepared / "test", prepared / "test_meta.csv")[0][0],
+        DicomDataset(tiny_data["raw"] / "test", size=64)[0][0],
+    )
+    for image in images:
+        assert image.shape[0] == 3 and torch.equal(image[0], image[2])
+        torch.empty_strided(image.size(), image.stride()).copy_(image)  # pin_memory's write
