@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# tidecv: the error breakdown's cross-check in the tests; --no-deps because its opencv-python
+	# would clash with the opencv-python-headless albumentations brings (its other needs are in dev)
+	$(PY) -m pip install --quiet --no-deps tidecv==1.0.1
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv/ and install cxrdet (editable) with its dev tools

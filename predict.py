@@ -1,4 +1,4 @@
-"""Write a Kaggle submission: python predict.py ckpt_path=PATH [prepared_size=512] [key=value ...].
+"""Write a Kaggle submission: python predict.py ckpt_path=PATH [key=value ...].
 
 Boxes come back in original DICOM pixels; every image gets exactly one row. Prepared PNGs or
 DICOMs (``dicom_dir=``), one checkpoint or a WBF ensemble (``ckpt_path=[a,b]``), ``tta=hflip``,
@@ -8,13 +8,16 @@ and the "No finding" line or classifier filter. See conf/predict.yaml.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
-import cxrdet.config  # noqa: F401  (registers the typed PredictConfig that predict.yaml extends)
+from cxrdet.config import unknown_override  # registers the typed PredictConfig predict.yaml extends
 from cxrdet.inference.config import PredictConfig, missing_model
+from cxrdet.training.run_log import point_latest
 
 # torch and the models are imported in run(), after Hydra has composed the config: --help and a
 # refused override answer without them.
@@ -37,6 +40,7 @@ def main(cfg: DictConfig) -> None:
         summary = run(cfg)
     except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, no traceback
         sys.exit(f"error: {e}")
+    point_latest(Path(HydraConfig.get().runtime.output_dir))  # outputs/predict/latest
     print(
         f"submission: {summary['submission']} ({summary['images']} images, "
         f"{summary['images_per_s']} images/s on {summary['device']})"
@@ -47,8 +51,10 @@ def run(cfg: DictConfig) -> dict:
     """Predict with the settings in ``cfg`` (conf/predict.yaml, typed by PredictConfig)."""
     from cxrdet.data.labels import read_labels
     from cxrdet.data.splits import split_ids
-    from cxrdet.inference.predictor import predict
+    from cxrdet.inference.predictor import predict, trained_size
 
+    if cfg.prepared_size is None:  # the folders of the size the model trained at
+        cfg.prepared_size = trained_size(cfg.ckpt_path, cfg.model_file, cfg.trust_checkpoint)
     settings: PredictConfig = OmegaConf.to_object(cfg)
     image_ids = None
     if settings.split.mode:  # the validation images of a training split, as train.py made it
@@ -61,4 +67,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    typo = unknown_override(sys.argv, "predict")
+    if typo:
+        sys.exit(f"error: {typo}")
     main()

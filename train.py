@@ -19,7 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
-from cxrdet.config import quote_numeric_choices  # also registers the typed configs
+from cxrdet.config import quote_numeric_choices, unknown_override  # registers the schemas too
+from cxrdet.training.run_log import fail, note_if_no_checkpoint, point_latest, to_run_log
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -46,8 +47,8 @@ def refuse_local_ddp_sweep(cfg: DictConfig) -> None:
         return
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN and "submitit" not in str(hydra_cfg.launcher._target_):
-        sys.exit(
-            f"error: a sweep (-m or hparams_search) on {process_count(cfg.trainer)} processes "
+        fail(
+            f"a sweep (-m or hparams_search) on {process_count(cfg.trainer)} processes "
             "(DDP) needs one job per run: add hydra/launcher=slurm (each run then starts its own "
             "DDP processes), or sweep on one device"
         )
@@ -62,7 +63,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
     from cxrdet.models.safe_load import UntrustedFile, safe_load
 
     if not Path(cfg.ckpt_path).is_file():
-        sys.exit(f"error: ckpt_path: {cfg.ckpt_path} not found")
+        fail(f"ckpt_path: {cfg.ckpt_path} not found")
     if cfg.trust_checkpoint:
         log.warning(
             "ckpt_path=%s is unpickled in full (trust_checkpoint=true): any Python code it "
@@ -73,9 +74,9 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
     try:
         safe_load(cfg.ckpt_path, mmap=True)
     except UntrustedFile as e:
-        sys.exit(f"error: ckpt_path={e}")
+        fail(f"ckpt_path={e}")
     except (RuntimeError, OSError) as e:
-        sys.exit(f"error: ckpt_path: cannot read {cfg.ckpt_path} as a checkpoint ({e})")
+        fail(f"ckpt_path: cannot read {cfg.ckpt_path} as a checkpoint ({e})")
 
 
 def refuse_unlogged_monitor(cfg: DictConfig, module, evaluations: list) -> None:
@@ -88,20 +89,38 @@ def refuse_unlogged_monitor(cfg: DictConfig, module, evaluations: list) -> None:
     logs = {*module.LOGS, *(name for e in evaluations for name in e.LOGS)}
     if unlogged_monitor(monitor, logs):
         choices = HydraConfig.get().runtime.choices.get("evaluation", "none")
-        sys.exit(
-            f"error: callbacks.model_checkpoint.monitor={monitor} is logged by no chosen "
+        fail(
+            f"callbacks.model_checkpoint.monitor={monitor} is logged by no chosen "
             f"evaluation (evaluation={choices}); choose one that logs it (competition: "
             "val/AP40, val/mAP40; coco adds val/AP, val/AP50, ...), or monitor another metric"
         )
 
 
+def refuse_unknown_keys(group: str, given, takes) -> None:
+    """Stop, in one line, on a key of ``group`` that ``takes`` (a function or class) has no
+    parameter for (added with ``+group.key=``), naming the closest one it has."""
+    import difflib
+    import inspect
+
+    accepted = [p for p in inspect.signature(takes).parameters if p not in ("self", "kwargs")]
+    for key in given:
+        if key not in accepted and not key.startswith("_"):
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"; did you mean {group}.{close[0]}?" if close else ""
+            owner = takes.__qualname__.removesuffix(".__init__")
+            fail(f"{group}.{key}: {owner} takes no such key{hint}")
+
+
 def build_module(cfg: DictConfig) -> pl.LightningModule:
     """The detector, or the "No finding" classifier when the model config names an ``arch``."""
     from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
-    from cxrdet.models.classifier import NoFindingModule
+    from cxrdet.models.classifier import NoFindingModule, build_classifier
+    from cxrdet.models.detector import build_fasterrcnn
     from cxrdet.models.module import DetectorModule
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    takes = build_classifier if "arch" in model_cfg else build_fasterrcnn
+    refuse_unknown_keys("model", [k for k in model_cfg if k not in ("low", "high")], takes)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     scheduler = (
         OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
@@ -128,6 +147,7 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import LearningRateMonitor
 
+    from cxrdet.data.label_check import issues_frame
     from cxrdet.models.precision import choose_precision
     from cxrdet.reports.report import upload_figures, write_report
     from cxrdet.training.devices import trainer_device
@@ -143,7 +163,7 @@ def train(cfg: DictConfig) -> float | None:
     try:  # pretrained weights that cannot load stop here, before any data loads
         module = build_module(cfg)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        fail(str(e))
     evaluations = [instantiate(e) for e in (cfg.get("evaluation") or {}).values()]
     refuse_unlogged_monitor(cfg, module, evaluations)
     callbacks = [*evaluations, *(instantiate(c) for c in (cfg.callbacks or {}).values())]
@@ -155,11 +175,17 @@ def train(cfg: DictConfig) -> float | None:
         lg.log_hyperparams(info)
     if not loggers:  # logger=none: the LR monitor has nowhere to write and would refuse to run
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    refuse_unknown_keys("trainer", cfg.trainer, pl.Trainer.__init__)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:  # bad data fails here, before any training, with the file and the reason
         datamodule.setup("fit")
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        fail(str(e))
+    issues = getattr(datamodule, "label_issues", [])
+    if issues and trainer.is_global_zero:  # every box clipped or dropped, where the run lives
+        path = Path(trainer.default_root_dir) / "label_issues.csv"
+        issues_frame(issues).to_csv(path, index=False)
+        log.info("label issues: %s", path)
     try:
         trainer.fit(
             module,
@@ -168,7 +194,7 @@ def train(cfg: DictConfig) -> float | None:
             weights_only=not cfg.trust_checkpoint,  # checked at start: no code runs
         )
     except FloatingPointError as e:
-        sys.exit(f"error: {e}")
+        fail(str(e))
 
     if (cfg.get("report") or wandb_images) and trainer.is_global_zero:
         try:  # the checkpoints are written: a report that cannot be made only warns
@@ -176,7 +202,8 @@ def train(cfg: DictConfig) -> float | None:
         except (FileNotFoundError, ValueError) as e:
             log.warning("no report: %s (the figures need the csv logger: logger=[csv,wandb])", e)
             figures = []
-        log.info("report: %d figures in %s", len(figures), figures[0].parent if figures else "-")
+        if figures:
+            log.info("report: %d files in %s (open index.html)", len(figures), figures[0].parent)
         if wandb_images:
             upload_figures(loggers, figures)
     ckpt = trainer.checkpoint_callback
@@ -192,14 +219,27 @@ def train(cfg: DictConfig) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     from cxrdet.data.config import input_problem
 
-    problem = input_problem(cfg.data)
-    if problem:  # before torch and Lightning load: a wrong path fails in a second
-        sys.exit(f"error: {problem}")
-    refuse_local_ddp_sweep(cfg)
-    check_resume_checkpoint(cfg)
-    return train(cfg)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    point_latest(Path(hydra_cfg.sweep.dir) if sweep else run_dir)
+    try:
+        problem = input_problem(cfg.data)
+        if problem:  # before torch and Lightning load: a wrong path fails in a second
+            fail(problem)
+        refuse_local_ddp_sweep(cfg)
+        check_resume_checkpoint(cfg)
+        return train(cfg)
+    except Exception:  # a traceback reaches the run's log too, not only the terminal
+        to_run_log(logging.ERROR, "the run stopped on an error:", exc_info=sys.exc_info())
+        raise
+    finally:
+        note_if_no_checkpoint(run_dir)
 
 
 if __name__ == "__main__":
     sys.argv = quote_numeric_choices(sys.argv)
+    typo = unknown_override(sys.argv, "train")
+    if typo:
+        sys.exit(f"error: {typo}")
     main()

@@ -1,4 +1,4 @@
-"""The README's three-command fold workflow on the demo's phantoms, two folds.
+"""The three-command fold workflow of docs/scale.md on the demo's phantoms, two folds.
 
     python benchmarks/demo_cv.py [--folds 2] [--extra key=value ...]
 

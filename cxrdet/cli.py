@@ -17,6 +17,7 @@ TOOLS = {
     "weights": ("cxrdet.models.weights", "list or save the pretrained weights for offline use"),
     "report": ("cxrdet.reports.report", "result figures of a finished training run"),
     "score": ("cxrdet.evaluation.score", "score a submission.csv (mAP40, AP40) against labels"),
+    "check": ("cxrdet.evaluation.check", "check a submission.csv against sample_submission.csv"),
     "cv": ("cxrdet.inference.cv", "out-of-fold scores of a k-fold sweep, and its ensemble command"),
     "export": (
         "cxrdet.inference.export",

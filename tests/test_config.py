@@ -68,6 +68,8 @@ def test_demo_experiment_overlays_only_what_it_changes():
     assert demo.trainer.accelerator == "cpu"
     assert demo.trainer.max_steps < base.trainer.max_steps
     assert demo.model.weights is None and demo.optim.momentum == base.optim.momentum
+    # The demo's summary prints the readers' baseline and the CPM: it validates with them.
+    assert set(demo.evaluation) == {"competition", "radiology"}
 
 
 def test_demo_classifier_trains_on_the_demo_detector_s_data_and_split():

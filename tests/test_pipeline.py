@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -387,12 +389,94 @@ def test_viz_and_unreadable_dicom_in_a_dicom_folder(tiny_data, trained, tmp_path
     assert len(list((tmp_path / "out" / "viz").glob("*.png"))) == 2
 
 
-def test_report_writes_every_figure(trained):
+@pytest.fixture(scope="module")
+def report_page(trained):
     from cxrdet.reports.report import main as report_main
 
     assert report_main([str(trained), "--images", "2", "--ckpt", "last"]) == 0
-    for name in ("fig10_loss", "fig11_ap", "per_class_ap", "pr_curves", "fig12_validation_images"):
+    return trained / "report" / "index.html"
+
+
+def test_report_writes_every_figure_and_one_self_contained_page(trained, report_page):
+    import re
+
+    from cxrdet.data.labels import read_labels
+
+    figures = ("fig10_loss", "fig11_ap", "per_class_ap", "pr_curves", "fig12_validation_images")
+    for name in (*figures, "froc"):
         assert (trained / "report" / f"{name}.png").stat().st_size > 5000, name
+    page = report_page.read_text()
+    for section in (
+        "<h2>Run</h2>",
+        "<h2>Per class</h2>",
+        "<h2>The model beside the radiologists</h2>",
+        "<h2>FROC</h2>",
+        "<h2>Where the errors are</h2>",
+        "<h2>Gallery</h2>",
+        "<h2>Validation images</h2>",
+    ):
+        assert section in page, section
+    assert "nothing to compare with" not in page  # three readers per tiny training image
+    sources = re.findall(r"src='([^']*)'", page)
+    assert len(sources) >= 7 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<figcaption>" in page  # the gallery has errors to show: a 2-step model has many
+    # No image id (nor a path holding one) reaches the page.
+    labels, _ = read_labels(tiny_data_root(trained) / "raw" / "train.csv")
+    assert not [i for i in labels.image_id.unique() if i in page]
+    assert str(trained) not in page
+
+
+def tiny_data_root(run: Path) -> Path:
+    """The tiny dataset a run trained on (its config's raw folder's parent)."""
+    from omegaconf import OmegaConf
+
+    return Path(OmegaConf.load(run / ".hydra" / "config.yaml").paths.raw_dir).parent
+
+
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+    None,
+)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium: the report's browser test needs it (Debian/Ubuntu: apt install chromium)",
+)
+def test_report_page_renders_in_a_headless_browser(report_page, tmp_path):
+    """The page loads without a console message, and its screenshot shows the tables (their
+    grey header cells) and the gallery (its blue panel holding the X-ray images)."""
+    import cv2
+
+    shot = tmp_path / "page.png"
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            "--window-size=1200,12000",
+            report_page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert shot.is_file() and not console, done.stderr[-2000:]
+    image = cv2.imread(str(shot))[..., ::-1]  # RGB
+    header = np.all(image == (240, 240, 240), axis=-1)
+    assert header.sum() > 2000  # the header rows of the tables
+    panel = np.all(image == (238, 244, 251), axis=-1)
+    rows, cols = np.nonzero(panel)
+    assert len(rows) > 10000, "no gallery panel in the screenshot"
+    inside = image[rows.min() : rows.max(), cols.min() : cols.max()]
+    dark = np.all(inside < 60, axis=-1).mean()
+    assert dark > 0.05, f"the gallery shows no images ({dark:.1%} dark pixels)"
 
 
 def test_figures_reach_only_loggers_that_take_images(tmp_path):
@@ -406,6 +490,7 @@ def test_figures_reach_only_loggers_that_take_images(tmp_path):
             self.keys.append(key)
 
     paths = [tmp_path / "fig10_loss.png", tmp_path / "fig12_validation_images.png"]
+    paths.append(tmp_path / "index.html")  # the page is not an image: it stays on disk
     wandb_like, csv_like = ImageLogger(), object()
     assert upload_figures([wandb_like, csv_like], paths) == 2
     assert wandb_like.keys == ["report/fig10_loss", "report/fig12_validation_images"]

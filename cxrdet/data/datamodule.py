@@ -17,6 +17,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from cxrdet.data.config import class14_problem, fold_problem
 from cxrdet.data.dataset import DetectionDataset, build_records, collate, load_png
 from cxrdet.data.fusion import fuse_readers
+from cxrdet.data.label_check import describe, mismatch
 from cxrdet.data.labels import read_labels
 from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import split_ids
@@ -199,6 +200,8 @@ class CXRDataModule(pl.LightningDataModule):
         self.train_set: DetectionDataset | None = None
         self.normal: list[bool] = []  # per training image: no finding
         self.val_set: DetectionDataset | None = None
+        self.val_labels = None  # the validation images' label rows before fusion (setup)
+        self.label_issues: list[dict] = []  # boxes clipped or dropped (label_check.box_issues)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -215,15 +218,38 @@ class CXRDataModule(pl.LightningDataModule):
             raise ValueError(problem)
         labels, _ = read_labels(self.labels_csv)
         meta = read_meta(self.meta_csv)
+        problem = mismatch(labels, meta, self.meta_csv)
+        if problem:  # labels and sizes that cannot belong together: stop, say which and why
+            raise ValueError(problem)
         fold = 0 if self.fold is None else self.fold
         train_ids, val_ids = split_ids(
             labels, self.split, self.val_fraction, self.split_seed, fold, self.n_folds
         )
         in_val = labels["image_id"].isin(set(val_ids))
+        self.val_labels = labels[in_val]  # every reader's rows, for the readers' baseline
         train_labels = fuse_readers(labels[~in_val], self.fusion, self.fusion_iou)
         val_labels = fuse_readers(labels[in_val], self.val_fusion, self.fusion_iou)
-        train = build_records(train_labels, meta, self.image_dir, train_ids, self.use_class14)
-        val = build_records(val_labels, meta, self.image_dir, val_ids, self.use_class14)
+        self.label_issues = []
+        train = build_records(
+            train_labels,
+            meta,
+            self.image_dir,
+            train_ids,
+            self.use_class14,
+            "train",
+            self.label_issues,
+        )
+        val = build_records(
+            val_labels,
+            meta,
+            self.image_dir,
+            val_ids,
+            self.use_class14,
+            "validation",
+            self.label_issues,
+        )
+        if self.label_issues:
+            log.warning("labels changed to fit their images: %s", describe(self.label_issues))
         if not train:
             raise ValueError(
                 f"no usable training images: {self.labels_csv} and {self.image_dir} share no ids"

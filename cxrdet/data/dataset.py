@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrdet.data.boxes import Content, clip, letterbox_content, to_prepared, valid
 from cxrdet.data.dicom import MAX_PIXELS, DicomError, read_dicom
+from cxrdet.data.label_check import box_issues
 from cxrdet.data.labels import (
     BOX_COLUMNS,
     NO_FINDING,
@@ -77,18 +78,22 @@ def build_records(
     image_dir: str | Path,
     image_ids: list[str],
     use_class14: bool = False,
+    split: str = "train",
+    issues: list | None = None,
 ) -> list[Record]:
     """Group label rows into per-image records, skipping (with a logged count) what cannot load.
 
     Images without a meta row or PNG are skipped; boxes are clipped to the original image and
-    dropped when nothing is left. A normal image (no reader marked a finding) gets one ``0 0 1 1``
-    class-14 box (prepared pixels, as the seed did) when ``use_class14`` is set, none otherwise.
+    dropped when nothing is left, each such box appended to ``issues``
+    (:func:`cxrdet.data.label_check.box_issues`, ``split`` naming where it was). A normal image
+    (no reader marked a finding) gets one ``0 0 1 1`` class-14 box (prepared pixels, as the
+    seed did) when ``use_class14`` is set, none otherwise.
     """
     image_dir = Path(image_dir)
     grouped = dict(tuple(labels.groupby("image_id", sort=False)))
     normal = normal_image_ids(labels)
     truth = ground_truth(labels, image_ids)
-    records, no_image, outside = [], [], 0
+    records, no_image = [], []
     for image_id in image_ids:
         if image_id not in meta.index or not (image_dir / f"{image_id}.png").is_file():
             no_image.append(image_id)
@@ -96,10 +101,11 @@ def build_records(
         hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
         rows = grouped.get(image_id, labels.iloc[:0])
         finding = rows["class_id"].to_numpy() != NO_FINDING
-        boxes = clip(rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64), hw)
         classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
-        keep = valid(boxes)
-        outside += int((~keep).sum())
+        raw = rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64)
+        boxes, keep, changed = box_issues(image_id, split, classes, raw, hw)
+        if issues is not None:
+            issues.extend(changed)
         boxes, classes = boxes[keep], classes[keep]
         if use_class14 and image_id in normal:  # its box is set when loaded (image-level)
             boxes = np.vstack([boxes, [[np.nan] * 4]])
@@ -123,8 +129,6 @@ def build_records(
             image_dir,
             ", ".join(no_image[:3]),
         )
-    if outside:
-        log.warning("dropped %d box(es) lying outside their image or under 1 px", outside)
     return records
 
 

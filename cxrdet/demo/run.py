@@ -118,8 +118,8 @@ def training_figures(train_dir: Path = TRAIN) -> dict:
         return {}
     m = pd.read_csv(path)
     out = {}
-    for metric in ("AP40", "mAP40"):
-        if f"val/{metric}" in m:
+    for metric in ("AP40", "mAP40", "CPM", "mAP40_vs_readers", "readers_mAP40"):
+        if f"val/{metric}" in m and m[f"val/{metric}"].notna().any():
             out[f"val_{metric}"] = float(m[f"val/{metric}"].dropna().iloc[-1])
     if "val/AUC" in m:  # the classifier's checkpoint is the one with the best AUC
         out["val_AUC"] = float(m["val/AUC"].max())
@@ -163,6 +163,16 @@ def main(argv: list[str] | None = None) -> None:
     for metric in ("AP40", "mAP40"):
         if f"val_{metric}" in figures:
             rows.append((f"validation {metric} (20 % split)", f"{figures[f'val_{metric}']:.3f}"))
+    if "val_readers_mAP40" in figures:
+        rows.append(
+            (
+                "validation mAP40: readers / model",
+                f"{figures['val_readers_mAP40']:.3f} / {figures['val_mAP40_vs_readers']:.3f}"
+                " (each reader against the other two)",
+            )
+        )
+    if "val_CPM" in figures:
+        rows.append(("validation CPM (FROC, 1/8-8 FPs/image)", f"{figures['val_CPM']:.3f}"))
     for metric in ("AP40", "mAP40"):
         rows.append((f"test {metric} ({alone['images']} images)", f"{alone[metric]:.3f}"))
     if "val_AUC" in classifier_figures:
@@ -175,13 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(("step times", ", ".join(f"{k} {v:.0f} s" for k, v in ran.items()) or "-"))
     rows += [("detector", str(ckpt)), ("classifier", str(classifier))]
     rows += [("metrics", str(TRAIN / "csv" / "metrics.csv")), ("figures", str(TRAIN / "report"))]
+    rows.append(("report (open in a browser)", str(TRAIN / "report" / "index.html")))
     rows += [("submission", str(SUBMISSION)), ("without the filter", str(WITHOUT_FILTER))]
     for name, value in rows:
         print(f"  {name:<40s} {value}")
     print(
         "  AP40: the seed's COCO-style AP at IoU 0.4 over findings 0-13; mAP40: the competition's\n"
         "  VOC AP at IoU 0.4 over the classes present, No finding included. Validation ground\n"
-        "  truth: the three readers fused with WBF; test: one consensus reader. The filter\n"
+        "  truth: the three readers fused with WBF; test: one consensus reader. Readers / model:\n"
+        "  each radiologist scored against the other two fused, the model against the same\n"
+        "  truths. CPM: mean sensitivity at 1/8..8 false positives per image. The filter\n"
         "  (predict.py nofinding.low/high) makes each image's No-finding line from the\n"
         "  classifier's P(abnormal) instead of from the detector's top score."
     )

@@ -3,7 +3,7 @@
     cxrdet score --labels LABELS.csv --submission submission.csv
         [--iou 0.4] [--fusion none|wbf|nms --fusion-iou 0.4] [--json]
         [--split valid20|kfold --fold K --seed S --val-fraction 0.2 --n-folds 5]
-        [--coco-out DIR --meta META.csv]
+        [--coco-out DIR --meta META.csv] [--readers] [--froc] [--errors]
 
 LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
 ``--fusion`` merges them first (see cxrdet.data.fusion). Prints
@@ -18,6 +18,17 @@ and a per-class table. ``--json`` prints one object:
 ``{"mAP40", "AP40", "per_class": {"<class id>": competition AP}, "images"}``.
 A malformed submission is rejected with the line and the reason. ``--coco-out DIR`` also
 writes the ground truth and the submission as COCO JSON for review tools.
+
+The radiology metrics (:mod:`cxrdet.evaluation.radiology`), each a table after the per-class one
+(and a key of the ``--json`` object):
+
+- ``--readers``: the radiologists as a baseline: each reader of an image read by two or more
+  scored against the others' boxes fused (with ``--fusion``, WBF when that is ``none``), and
+  the submission against the same truths;
+- ``--froc``: sensitivity at 1/8 … 8 false positives per image and the CPM, over all findings
+  and per class;
+- ``--errors``: a TIDE-style breakdown (classification, localisation, both, duplicate,
+  background, missed) with the mAP40 fixing each type would gain.
 """
 
 from __future__ import annotations
@@ -32,7 +43,36 @@ from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.evaluation.coco_json import write_coco
 from cxrdet.evaluation.evaluator import score_predictions
+from cxrdet.evaluation.radiology import (
+    READERS_FUSION,
+    as_json,
+    errors_table,
+    froc_table,
+    radiology_scores,
+    readers_table,
+)
 from cxrdet.evaluation.submission import SubmissionError, read_submission
+
+
+def split_hint(submission_csv: str, labels) -> str | None:
+    """When a submission holds exactly the validation images of one of training's default
+    splits (valid20 with seed 111, or a kfold fold), the options that score just those."""
+    import pandas as pd
+
+    ids = set(pd.read_csv(submission_csv, dtype={"image_id": str}, usecols=["image_id"]).image_id)
+    candidates = [("valid20", 0)] + [("kfold", k) for k in range(5)]
+    for mode, fold in candidates:
+        try:
+            val_ids = split_ids(labels, mode, fold=fold)[1]
+        except ValueError:  # too few images for that split: not the one
+            continue
+        if set(val_ids) == ids:
+            option = "--split valid20" if mode == "valid20" else f"--split kfold --fold {fold}"
+            return (
+                f"; it holds exactly the validation images of {option} (seed 111): add "
+                f"{option} to score those"
+            )
+    return None
 
 
 def score(
@@ -49,6 +89,9 @@ def score(
     coco_out: str | None = None,
     meta_csv: str | None = None,
     image_ids: list[str] | None = None,
+    readers: bool = False,
+    froc: bool = False,
+    errors: bool = False,
 ) -> dict:
     """Both metrics of a submission; see the module docstring.
 
@@ -59,18 +102,25 @@ def score(
     those images (the pooled out-of-fold predictions of ``cxrdet cv``). With ``coco_out``,
     the ground truth and the submission are also written there as COCO JSON
     (:mod:`cxrdet.evaluation.coco_json`), image sizes from ``meta_csv`` (prepare's meta CSV).
+    ``readers``, ``froc``, ``errors`` add those radiology metrics (``"radiology"``).
     """
     if coco_out and not meta_csv:
         raise ValueError("--coco-out needs --meta (the meta CSV with the original image sizes)")
     labels, _ = read_labels(labels_csv)
+    all_labels = labels
     if split:
         _, val_ids = split_ids(labels, split, val_fraction, seed, fold, n_folds)
         labels = labels[labels["image_id"].isin(set(val_ids))]
     if image_ids is not None:
         labels = labels[labels["image_id"].isin(set(image_ids))]
+    by_reader = labels
     labels = fuse_readers(labels, fusion, fusion_iou)
     image_ids = sorted(labels["image_id"].unique())
-    sub = read_submission(submission_csv, image_ids=image_ids)
+    try:
+        sub = read_submission(submission_csv, image_ids=image_ids)
+    except SubmissionError as e:
+        hint = split_hint(submission_csv, all_labels) if split is None else None
+        raise SubmissionError(f"{e}{hint}" if hint else str(e)) from None
     gt = ground_truth(labels, image_ids)
     result = score_predictions(gt, sub, iou=iou)
     if coco_out:
@@ -80,7 +130,21 @@ def score(
             raise ValueError(f"{meta_csv}: no size for {len(missing)} image(s), e.g. {missing[0]}")
         sizes = {i: (int(meta.at[i, "dim0"]), int(meta.at[i, "dim1"])) for i in image_ids}
         write_coco(gt, sub, sizes, coco_out)
+    radiology = {}
+    if readers or froc or errors:
+        radiology = radiology_scores(
+            gt,
+            sub,
+            by_reader,
+            readers,
+            froc,
+            errors,
+            iou,
+            fusion if fusion != "none" else READERS_FUSION,
+            fusion_iou,
+        )
     return {
+        "radiology": radiology,
         "mAP40": result["mAP40"],
         "AP40": result["AP40"],
         "per_class": result["mAP40_per_class"],
@@ -119,6 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also write DIR/ground_truth.json and DIR/predictions.json (COCO, for FiftyOne/CVAT)",
     )
     p.add_argument("--meta", help="meta CSV with the original image sizes (for --coco-out)")
+    p.add_argument(
+        "--readers",
+        action="store_true",
+        help="each radiologist scored against the others fused, the submission beside them",
+    )
+    p.add_argument(
+        "--froc", action="store_true", help="FROC: sensitivity at 1/8..8 FPs per image, CPM"
+    )
+    p.add_argument(
+        "--errors",
+        action="store_true",
+        help="TIDE-style error breakdown and the mAP40 each error type costs",
+    )
     a = p.parse_args(argv)
     try:
         r = score(
@@ -134,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             n_folds=a.n_folds,
             coco_out=a.coco_out,
             meta_csv=a.meta,
+            readers=a.readers,
+            froc=a.froc,
+            errors=a.errors,
         )
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -147,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     "AP40": r["AP40"],
                     "per_class": per_class,
                     "images": r["images"],
+                    **as_json(r["radiology"]),
                 }
             )
         )
@@ -160,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         coco = r["AP40_per_class"].get(c)
         coco_text = f"{coco:7.4f}" if coco is not None else f"{'-':>7s}"
         print(f"  {c:2d} {CLASS_NAMES[c]:<21s} {v:7.4f} {coco_text}")
+    tables = {"readers": readers_table, "froc": froc_table, "errors": errors_table}
+    for key, table in tables.items():
+        if key in r["radiology"]:
+            print()
+            print("\n".join(table(r["radiology"][key])))
     return 0
 
 

@@ -44,7 +44,7 @@ class PredictConfig:
     model_file: str | None = None  # or an exported .onnx / TorchScript file (cxrdet export)
     output: str = "submission.csv"
     ensemble_weights: list[float] | None = None
-    prepared_size: int = 512
+    prepared_size: int | None = None  # null: the size the (first) model trained at
     image_dir: str | None = None
     meta_csv: str | None = None
     dicom_dir: str | None = None

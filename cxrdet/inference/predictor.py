@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cxrdet.data.boxes import to_prepared
 from cxrdet.data.datamodule import worker_count
-from cxrdet.data.dataset import DicomDataset, ImageDataset, prediction_loader
+from cxrdet.data.dataset import DicomDataset, ImageDataset, load_png, prediction_loader
 from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
@@ -31,7 +31,7 @@ from cxrdet.evaluation.submission import (
     write_submission,
 )
 from cxrdet.inference.config import PredictConfig
-from cxrdet.inference.exported import ExportedDetector
+from cxrdet.inference.exported import ExportedDetector, load_exported
 from cxrdet.inference.nofinding_probs import (
     batch_probs,
     check_tta,
@@ -41,6 +41,7 @@ from cxrdet.inference.nofinding_probs import (
 )
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
 from cxrdet.models.precision import autocast, autocast_dtype, choose_precision
+from cxrdet.models.safe_load import safe_load
 from cxrdet.reports.draw import draw_boxes
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,32 @@ def has_class14_head(model) -> bool:
     if hasattr(model, "roi_heads"):
         return model.roi_heads.box_predictor.cls_score.out_features > NUM_FINDINGS + 1
     return bool(getattr(model, "class14", False))
+
+
+def trained_size(ckpt_path, model_file: str | None, trust: bool = False) -> int:
+    """The prepared size the (first) checkpoint, or the exported file, was trained at."""
+    if model_file:
+        return load_exported(model_file)[1]["prepared_size"]
+    first = ckpt_path if isinstance(ckpt_path, str | Path) else list(ckpt_path)[0]
+    hparams = safe_load(first, trust, mmap=True)["hyper_parameters"]
+    return int(hparams["model"].get("image_size", 512))
+
+
+def warn_other_size(dataset, image_size: int) -> None:
+    """Say so when the PNGs are not the size the model trained at (it rescales them)."""
+    if not isinstance(dataset, ImageDataset) or not dataset.ids:
+        return
+    side = max(load_png(dataset.image_dir / f"{dataset.ids[0]}.png").shape)
+    if side != image_size:
+        log.warning(
+            "%s holds %d-px PNGs and the model trained on %d-px ones: it rescales them; "
+            "prepared_size=%d (or null: the checkpoint's size) picks <prepared>/%d",
+            dataset.image_dir,
+            side,
+            image_size,
+            image_size,
+            image_size,
+        )
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -214,6 +241,7 @@ def predict(
         max_detections = max(caps) if caps else None  # an exported file's cap is built in
     if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
         dataset = DicomDataset(cfg.dicom_dir, image_size, cfg.keep_ratio, cfg.dicom_max_pixels)
+    warn_other_size(dataset, image_size)
     nofinding = cfg.nofinding
     if nofinding.probs and nofinding.ckpt_path:
         raise ValueError("nofinding.probs and nofinding.ckpt_path both given: pass one")

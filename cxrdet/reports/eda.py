@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.label_check import box_issues, issues_frame, mismatch
+from cxrdet.data.label_check import summary as issue_summary
 from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.reports.figures import plt, save_figure
@@ -178,6 +180,17 @@ def write_markdown(summary: dict, path: Path) -> None:
         f"- rows: {summary['rows']}",
         f"- images: {summary['images']}",
         f"- normal images (every reader: No finding): {summary['normal_images']}",
+    ]
+    if "label_issues" in summary:
+        li = summary["label_issues"]
+        lines.append(
+            f"- boxes outside their image (the meta's size): {li['boxes_clipped']} clipped, "
+            f"{li['boxes_dropped']} dropped, in {li['images_affected']} images "
+            "(label_issues.csv lists them)"
+        )
+    if "meta_mismatch" in summary:
+        lines.append(f"- **the meta does not fit the labels**: {summary['meta_mismatch']}")
+    lines += [
         "",
         "| class | rows | images | reader agreement (IoU) |",
         "|---|---:|---:|---:|",
@@ -196,6 +209,25 @@ def write_markdown(summary: dict, path: Path) -> None:
             f"{sp['val_images']} validation images.",
         ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def label_figures(labels: pd.DataFrame, meta: pd.DataFrame, meta_csv, out: Path) -> dict:
+    """What training would change in the labels to fit them to the meta's image sizes (boxes
+    clipped, dropped; ``label_issues.csv``), and whether the two belong together at all."""
+    issues = []
+    findings = labels[labels["class_id"] != NO_FINDING]
+    for image_id, rows in findings[findings["image_id"].isin(meta.index)].groupby("image_id"):
+        hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
+        boxes = rows[BOX_COLUMNS].to_numpy(np.float64)
+        issues += box_issues(image_id, "all", rows["class_id"].to_numpy(), boxes, hw)[2]
+    if issues:
+        issues_frame(issues).to_csv(out / "label_issues.csv", index=False)
+    figures = {"label_issues": issue_summary(issues)}
+    problem = mismatch(labels, meta, meta_csv)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+        figures["meta_mismatch"] = problem
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             meta = read_meta(a.meta)
         summary = summarise(labels)
         summary["skipped_rows"] = report.n_skipped
+        if meta is not None:
+            summary.update(label_figures(labels, meta, a.meta, out))
         summary.update(write_figures(labels, meta, out))
         if a.split:
             train, val = split_ids(labels, a.split, seed=a.seed, fold=a.fold)

@@ -5,8 +5,10 @@
 From ``RUN_DIR/csv/metrics.csv``: training vs validation loss (fig 10), AP40 and mAP40 over
 iterations (fig 11), per-class AP bars. Running the checkpoint on the run's own validation split
 (rebuilt from ``RUN_DIR/.hydra/config.yaml``): precision-recall curves at IoU 0.4 per class and
-a grid of validation images, ground truth beside predictions (fig 12). PNGs in
-``RUN_DIR/report/``.
+a grid of validation images, ground truth beside predictions (fig 12), and the radiology
+metrics (:mod:`cxrdet.evaluation.radiology`: the readers' baseline, FROC, the error breakdown)
+with a gallery of the worst false positives and missed findings per class. PNGs and one
+self-contained page, ``index.html`` (:mod:`cxrdet.reports.html`), in ``RUN_DIR/report/``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
 from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.reports.figures import plt, save_figure
+from cxrdet.reports.gallery import froc_figure, gallery_items
+from cxrdet.reports.html import write_html
 from cxrdet.training.callbacks import best_checkpoint
 
 
@@ -63,9 +68,10 @@ def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
 
 def validation_figures(
     run_dir: Path, ckpt: Path, out: Path, n_images: int, trust: bool = False
-) -> list[Path]:
+) -> tuple[list[Path], dict]:
     """PR curves per class and the GT-vs-prediction grid, on the run's validation split
-    (``trust``: load a checkpoint that needs full unpickling)."""
+    (``trust``: load a checkpoint that needs full unpickling); with the figures, what the page
+    shows of that split: ``scores``, ``radiology``, ``froc_figure``, ``gallery``."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -79,14 +85,15 @@ def validation_figures(
     datamodule = instantiate(cfg.data, augment=None, _recursive_=False)
     datamodule.setup("fit")
     if datamodule.val_set is None:
-        return []
+        return [], {}
     module = load_detector(str(ckpt), trust, "--trust")
     model = module.model.eval()
     class14 = len(module.class_names) > NUM_FINDINGS
-    evaluator, shown = DetectionEvaluator(class14_head=class14), []
+    evaluator, shown, where = DetectionEvaluator(class14_head=class14), [], {}
     with torch.inference_mode():
         for i in range(len(datamodule.val_set)):
             image, target = datamodule.val_set[i]
+            where[target["image_id"]] = i
             output = model([image])[0]
             evaluator.process([target], [output])
             classes = target["labels"].numpy() - 1
@@ -99,6 +106,27 @@ def validation_figures(
                 image8 = (image[0].numpy() * 255).astype(np.uint8)
                 shown.append((image8, target["boxes"].numpy(), classes, pred))
     evaluation = evaluator.evaluate(curves=True)
+    fusion = cfg.data.get("val_fusion", "none")
+    radiology = radiology_scores(
+        dict(sorted(evaluator.gt.items())),
+        evaluator.dets,
+        datamodule.val_labels,
+        fusion=fusion if fusion != "none" else READERS_FUSION,
+        fusion_iou=cfg.data.get("fusion_iou", 0.4),
+    )
+
+    def load(image_id):
+        image, target = datamodule.val_set[where[image_id]]
+        image8 = (image[0].numpy() * 255).astype(np.uint8)
+        boxes, classes = target["boxes"].numpy(), target["labels"].numpy() - 1
+        return image8, boxes, classes, target["orig_hw"], target["image_hw"], target["content"]
+
+    page = {
+        "scores": evaluation,
+        "radiology": radiology,
+        "froc_figure": froc_figure(radiology["froc"], out),
+        "gallery": gallery_items(radiology["errors"]["errors"], load),
+    }
     result = {"per_class": evaluation["mAP40_per_class"], "curves": evaluation["mAP40_curves"]}
     written = []
     classes = sorted(result["curves"])
@@ -133,11 +161,14 @@ def validation_figures(
                 ax.axis("off")
         fig.suptitle("Validation images (fig. 12)")
         written.append(save_figure(fig, out / "fig12_validation_images.png"))
-    return written
+    if page["froc_figure"] is not None:
+        written.append(page["froc_figure"])
+    return written, page
 
 
 def upload_figures(loggers, paths: list[Path]) -> int:
-    """Send the figures to every logger that takes images (W&B); returns how many were sent.
+    """Send the PNG figures to every logger that takes images (W&B); returns how many were
+    sent (the HTML page stays on disk).
 
     train.py calls this only with ``logger.wandb.log_images=true``: fig 12 shows X-rays, which
     are patient data.
@@ -146,7 +177,7 @@ def upload_figures(loggers, paths: list[Path]) -> int:
     for logger in loggers:
         if not hasattr(logger, "log_image"):
             continue
-        for path in paths:
+        for path in (p for p in paths if p.suffix == ".png"):
             logger.log_image(key=f"report/{path.stem}", images=[str(path)])
             sent += 1
     return sent
@@ -163,7 +194,8 @@ def write_report(
         raise FileNotFoundError(f"{metrics_csv} not found: is {run_dir} a train.py run directory?")
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    written = curve_figures(pd.read_csv(metrics_csv), out)
+    metrics = pd.read_csv(metrics_csv)
+    written = curve_figures(metrics, out)
     if ckpt == "best":
         best = best_checkpoint(run_dir / "checkpoints", trust, "--trust")
         path = best or run_dir / "checkpoints" / "last.ckpt"
@@ -171,9 +203,54 @@ def write_report(
         path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(ckpt)
+    page = {}
     if path.is_file() and (run_dir / ".hydra" / "config.yaml").is_file():
-        written += validation_figures(run_dir, path, out, n_images, trust)
+        figures, page = validation_figures(run_dir, path, out, n_images, trust)
+        written += figures
+    grid = out / "fig12_validation_images.png"
+    curves = [p for p in written if p.name not in ("froc.png", grid.name)]  # own sections
+    settings = run_settings(run_dir, metrics, path if path.is_file() else None)
+    title = f"cxrdet run {run_dir.name}"
+    images = grid if grid in written else None
+    written.append(
+        write_html(out / "index.html", title, settings, curves, **page, images_figure=images)
+    )
     return written
+
+
+def run_settings(run_dir: Path, metrics: pd.DataFrame, ckpt: Path | None) -> dict:
+    """The run's main settings and last figures, for the page (no paths, no image ids)."""
+    from omegaconf import OmegaConf
+
+    hydra_dir = run_dir / ".hydra"
+    config, hydra = hydra_dir / "config.yaml", hydra_dir / "hydra.yaml"
+    cfg = OmegaConf.load(config) if config.is_file() else OmegaConf.create({})
+    choices = OmegaConf.load(hydra).hydra.runtime.choices if hydra.is_file() else {}
+    settings = {
+        group: choices[group]
+        for group in ("experiment", "model", "data", "evaluation")
+        if choices.get(group) is not None
+    }
+    pick = {
+        "weights": "model.weights",
+        "image size": "data.image_size",
+        "batch size": "data.batch_size",
+        "training boxes fused": "data.fusion",
+        "validation truth fused": "data.val_fusion",
+        "steps": "trainer.max_steps",
+        "learning rate": "optim.lr",
+        "precision": "trainer.precision",
+        "seed": "seed",
+    }
+    for name, key in pick.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            settings[name] = Path(str(value)).name if name == "weights" else value
+    for column in ("val/mAP40", "val/AP40", "val/CPM", "val/mAP40_vs_readers"):
+        if column in metrics and metrics[column].notna().any():
+            settings[f"last {column}"] = float(metrics[column].dropna().iloc[-1])
+    settings["checkpoint"] = ckpt.name if ckpt else "none (curves only)"
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ class CheckpointOnSigterm(pl.Callback):
         if not isinstance(exception, SIGTERMException):
             return
         path = self.dirpath / "sigterm.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the whole training state
         log.warning(
             "SIGTERM at step %d: saved %s (resume with ckpt_path=%s)",
             trainer.global_step,
@@ -92,7 +92,7 @@ class LastCheckpointAtEnd(pl.Callback):
         if ckpt is None or not ckpt.save_last or ckpt.dirpath is None:
             return
         path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the whole training state
         ckpt.last_model_path = str(path)
 
 

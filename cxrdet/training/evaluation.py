@@ -10,6 +10,9 @@ epoch, give every DDP rank all ranks' images, score them and log:
 - :class:`CocoEvaluation` (``evaluation=coco``, which adds it to the competition set):
   COCO's ``val/AP``, ``val/AP50``, ``val/AP75``, ``val/APs``, ``val/APm``, ``val/APl`` by
   pycocotools (:mod:`cxrdet.evaluation.coco_eval`).
+- :class:`RadiologyEvaluation` (``evaluation=radiology``, which adds it to the competition
+  set): ``val/CPM`` (FROC, :mod:`cxrdet.evaluation.froc`), ``val/mAP40_vs_readers`` and
+  ``val/readers_mAP40`` (the readers' baseline, :mod:`cxrdet.evaluation.readers`).
 
 Each callback names what it logs (``LOGS``), so ``train.py`` can refuse at start a checkpoint
 monitor that no chosen evaluation logs.
@@ -17,12 +20,18 @@ monitor that no chosen evaluation logs.
 
 from __future__ import annotations
 
+import logging
+
 import pytorch_lightning as pl
 import torch.distributed as dist
 
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.evaluation.coco_eval import STATS, coco_stats
 from cxrdet.evaluation.evaluator import DetectionEvaluator
+from cxrdet.evaluation.froc import froc
+from cxrdet.evaluation.readers import leave_one_out, readers_baseline
+
+log = logging.getLogger(__name__)
 
 
 def all_ranks(table: dict) -> dict:
@@ -70,6 +79,16 @@ class ValidationScores(pl.Callback):
         raise NotImplementedError
 
 
+def submission_of(outputs: dict, pl_module, iou: float) -> DetectionEvaluator:
+    """The validation images' ground truth and detections as the submission of those images
+    would have them (``evaluator.gt``, ``evaluator.dets``)."""
+    names = list(getattr(pl_module, "class_names", CLASS_NAMES))
+    evaluator = DetectionEvaluator(iou, class14_head=len(names) > NUM_FINDINGS)
+    for image_id, (truth, prediction, _) in outputs.items():
+        evaluator.add(image_id, truth, prediction)
+    return evaluator
+
+
 class CompetitionEvaluation(ValidationScores):
     """``val/AP40``, ``val/mAP40`` and per class, as the submission of the images scores.
 
@@ -85,11 +104,9 @@ class CompetitionEvaluation(ValidationScores):
         self.evaluator = DetectionEvaluator(iou)  # kept after scoring, for the W&B overlays
 
     def scores(self, pl_module) -> dict[str, float]:
-        names = list(getattr(pl_module, "class_names", CLASS_NAMES))
-        self.evaluator = DetectionEvaluator(self.iou, class14_head=len(names) > NUM_FINDINGS)
-        for image_id, (truth, prediction, _) in self.outputs.items():
-            self.evaluator.add(image_id, truth, prediction)
+        self.evaluator = submission_of(self.outputs, pl_module, self.iou)
         result = self.evaluator.evaluate()
+        names = list(getattr(pl_module, "class_names", CLASS_NAMES))
         names = [*names, *CLASS_NAMES[len(names) :]]
         logged = {"val/images": float(result["images"])}
         for metric in ("AP40", "mAP40"):
@@ -121,6 +138,60 @@ class CocoEvaluation(ValidationScores):
         sizes = {i: tuple(self.outputs[i][2]) for i in ids}
         stats = coco_stats(gt, dets, sizes, self.backend)
         return {f"val/{name}": value for name, value in stats.items()}
+
+
+class RadiologyEvaluation(ValidationScores):
+    """``val/CPM`` (the mean sensitivity at 1/8 … 8 false positives per image over all
+    findings), ``val/mAP40_vs_readers`` (the model's mAP40 against each reader's
+    leave-one-out truth) and ``val/readers_mAP40`` (the readers' own, the baseline), on the
+    submission of the validation images. The readers' figures need the labels before fusion
+    (the datamodule's ``val_labels``) and images read by two or more radiologists; without
+    them only ``val/CPM`` is logged.
+
+    Args:
+        iou: the metrics' IoU threshold (the competition's 0.4).
+        readers_fusion: how the other readers' boxes are fused into a reader's truth.
+        fusion_iou: the IoU at which they merge.
+    """
+
+    LOGS = ("val/CPM", "val/mAP40_vs_readers", "val/readers_mAP40")
+
+    def __init__(self, iou: float = 0.4, readers_fusion: str = "wbf", fusion_iou: float = 0.4):
+        super().__init__()
+        self.iou, self.readers_fusion, self.fusion_iou = iou, readers_fusion, fusion_iou
+        self._sets: tuple | None = None  # (image ids, leave_one_out's result), made once
+
+    def reader_sets(self, pl_module, ids) -> dict:
+        if self._sets is None or self._sets[0] != ids:
+            datamodule = getattr(pl_module.trainer, "datamodule", None)
+            labels = getattr(datamodule, "val_labels", None)
+            sets = {}
+            if labels is not None:
+                labels = labels[labels["image_id"].isin(ids)]
+                sets = leave_one_out(labels, self.readers_fusion, self.fusion_iou)
+            if not sets:
+                log.warning(
+                    "evaluation=radiology: no validation image has two readers' labels: "
+                    "val/CPM only, no readers' baseline"
+                )
+            self._sets = (ids, sets)
+        return self._sets[1]
+
+    def scores(self, pl_module) -> dict[str, float]:
+        evaluator = submission_of(self.outputs, pl_module, self.iou)
+        gt = dict(sorted(evaluator.gt.items()))
+        logged = {"val/CPM": nan_as_zero(froc(gt, evaluator.dets, self.iou)["CPM"])}
+        sets = self.reader_sets(pl_module, frozenset(gt))
+        if sets:
+            r = readers_baseline(sets, evaluator.dets, self.iou)
+            logged["val/mAP40_vs_readers"] = nan_as_zero(r["mAP40_vs_readers"])
+            logged["val/readers_mAP40"] = nan_as_zero(r["readers_mAP40"])
+        return logged
+
+
+def nan_as_zero(value: float) -> float:
+    """A figure a monitor can compare (nan: nothing to score yet)."""
+    return value if value == value else 0.0
 
 
 def unlogged_monitor(monitor: str | None, logs: set[str]) -> bool:

@@ -144,7 +144,10 @@ def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(tiny_d
     dm = _tiny_datamodule(tiny_data, labels=path)
     assert len(dm.train_set) == 16 and dm.val_set is None and dm.val_dataloader() == []
     assert "skipped 1 image(s)" in caplog.text and "f" * 32 in caplog.text
-    assert "dropped 1 box(es) lying outside" in caplog.text
+    assert "0 box(es) clipped to their image, 1 dropped" in caplog.text
+    assert [(i["issue"], i["class_id"]) for i in dm.label_issues] == [
+        ("dropped", int(outside.class_id.iloc[0]))
+    ]
 
     meta = pd.read_csv(prepared / "64" / "train_meta.csv", dtype={"image_id": str}).set_index(
         "image_id"

@@ -1,5 +1,5 @@
 """Validation scoring as config-chosen callbacks: COCO's AP by pycocotools (faster-coco-eval
-agreeing), a tiny run with evaluation=coco, and a monitor no evaluation logs refused."""
+agreeing), a tiny run with evaluation=[coco,radiology], and a monitor no evaluation logs refused."""
 
 from __future__ import annotations
 
@@ -59,12 +59,16 @@ def test_pycocotools_and_faster_coco_eval_give_the_same_numbers():
         coco_stats(gt, dets, sizes, "detectron2")
 
 
-def test_a_tiny_run_with_evaluation_coco_logs_coco_ap_beside_ap40(tiny_data, tmp_path):
+def test_a_tiny_run_with_evaluation_coco_and_radiology_logs_them_beside_ap40(tiny_data, tmp_path):
+    from cxrdet.data.labels import read_labels
+    from cxrdet.data.splits import split_ids
+    from cxrdet.evaluation.readers import leave_one_out, readers_baseline
+
     run = tmp_path / "run"
     train_in_process(
         [
             *tiny_overrides(tiny_data, run),
-            "evaluation=coco",
+            "evaluation=[coco,radiology]",
             "callbacks.model_checkpoint.monitor=val/AP50",  # logged by the coco evaluation
             "trainer.max_steps=2",
             "trainer.val_check_interval=2",
@@ -75,6 +79,15 @@ def test_a_tiny_run_with_evaluation_coco_logs_coco_ap_beside_ap40(tiny_data, tmp
     for name in ("val/AP40", "val/mAP40", "val/AP", "val/AP50", "val/AP75", "val/APl"):
         assert -1 <= row[name] <= 1, name
     assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
+    # The radiology set: FROC's CPM and the readers' baseline on the validation split's
+    # readers (three per tiny train image), each reader against the other two fused.
+    assert 0 <= row["val/CPM"] <= 1 and 0 <= row["val/mAP40_vs_readers"] <= 1
+    labels, _ = read_labels(tiny_data["raw"] / "train.csv")
+    val_ids = set(split_ids(labels, "valid20", 0.2, 111)[1])
+    sets = leave_one_out(labels[labels.image_id.isin(val_ids)], "wbf", 0.4)
+    readers = readers_baseline(sets, {})["readers_mAP40"]
+    assert len(sets) >= 2 and 0 < readers < 1
+    assert row["val/readers_mAP40"] == pytest.approx(readers)
 
 
 def test_a_monitor_no_chosen_evaluation_logs_is_refused_at_start(tiny_data, tmp_path):

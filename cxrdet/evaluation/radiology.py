@@ -1,0 +1,147 @@
+"""The radiology metrics of one scored set, and their text tables (``cxrdet score --readers
+--froc --errors``, the demo's summary, the HTML report).
+
+- the readers' baseline (:mod:`cxrdet.evaluation.readers`): needs the labels before fusion;
+- FROC and the CPM (:mod:`cxrdet.evaluation.froc`);
+- the TIDE-style error breakdown (:mod:`cxrdet.evaluation.errors`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES, error_breakdown
+from cxrdet.evaluation.froc import froc
+from cxrdet.evaluation.readers import leave_one_out, readers_baseline
+
+READERS_FUSION = "wbf"  # how the other readers' boxes become the truth, unless told otherwise
+
+
+def radiology_scores(
+    gt: dict,
+    dets: dict,
+    labels: pd.DataFrame | None = None,
+    readers: bool = True,
+    froc_: bool = True,
+    errors: bool = True,
+    iou: float = 0.4,
+    fusion: str = READERS_FUSION,
+    fusion_iou: float = 0.4,
+) -> dict:
+    """The chosen metrics: ``{"readers", "froc", "errors"}`` (those asked for).
+
+    Args:
+        gt, dets: the scored ground truth and submission (original pixels, class 14 included).
+        labels: the same images' labels before fusion, one row per reader's box (train.csv
+            columns), for the readers' baseline.
+        fusion: how the other readers' boxes are fused into a reader's truth (``none`` keeps
+            them all).
+    """
+    out = {}
+    if readers:
+        if labels is None:
+            raise ValueError("the readers' baseline needs the labels before fusion")
+        out["readers"] = readers_baseline(leave_one_out(labels, fusion, fusion_iou), dets, iou)
+    if froc_:
+        out["froc"] = froc(gt, dets, iou)
+    if errors:
+        out["errors"] = error_breakdown(gt, dets, iou)
+    return out
+
+
+def fmt(value: float) -> str:
+    return (
+        "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    )
+
+
+def readers_table(r: dict) -> list[str]:
+    """The model beside each reader and the readers' mean, then per class."""
+    if not r["readers"]:
+        return ["readers' baseline: no image has two readers (nothing to compare with)"]
+    lines = [
+        f"readers' baseline on {r['images']} image(s) read by two or more radiologists: each "
+        "reader scored against the others fused, the model against the same truths",
+        f"  {'reader':<10s} {'images':>7s} {'reader mAP40':>13s} {'model mAP40':>12s}",
+    ]
+    for row in r["readers"]:
+        lines.append(
+            f"  {row['reader']:<10s} {row['images']:7d} {fmt(row['reader_mAP40']):>13s} "
+            f"{fmt(row['model_mAP40']):>12s}"
+        )
+    lines.append(
+        f"  {'mean':<10s} {'':7s} {fmt(r['readers_mAP40']):>13s} {fmt(r['mAP40_vs_readers']):>12s}"
+        "   (weighted by images)"
+    )
+    lines.append(f"  {'class (AP at IoU 0.4)':<24s} {'readers':>12s} {'model':>11s}")
+    for c, (human, model) in sorted(r["per_class"].items()):
+        mark = "  model >= readers" if model >= human and model > 0 else ""
+        lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s} {fmt(human):>12s} {fmt(model):>11s}{mark}")
+    return lines
+
+
+def froc_table(r: dict) -> list[str]:
+    """Sensitivity at each FP rate, all findings and per class, with the CPM."""
+    rates = "".join(f"{rate:>7g}" for rate in r["rates"])
+    lines = [
+        f"FROC at IoU 0.4 on {r['images']} image(s): sensitivity at mean false positives per image",
+        f"  {'':24s}{rates}    CPM",
+    ]
+    if r["sensitivity"]:
+        values = "".join(f"{s:7.3f}" for s in r["sensitivity"])
+        lines.append(f"  {'all findings':<24s}{values}  {r['CPM']:.3f}")
+    for c, v in sorted(r["per_class"].items()):
+        values = "".join(f"{s:7.3f}" for s in v["sensitivity"])
+        lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s}{values}  {v['CPM']:.3f}")
+    return lines
+
+
+def errors_table(r: dict) -> list[str]:
+    """Counts of each error type and the mAP40 fixing it would gain, then per class."""
+    head = "".join(f"{t:>7s}" for t in ERROR_TYPES)
+    lines = [
+        f"errors (TIDE-style, IoU 0.4, background 0.1) of mAP40 {fmt(r['mAP40'])}: "
+        + ", ".join(f"{t} {ERROR_NAMES[t]}" for t in ERROR_TYPES),
+        f"  {'mAP40 gained if fixed':<24s}" + "".join(f"{r['dAP'][t]:7.3f}" for t in ERROR_TYPES),
+        f"  {'count':<24s}{head}",
+    ]
+    classes = sorted({c for t in ERROR_TYPES for c in r["counts"][t]})
+    for c in classes:
+        counts = "".join(f"{r['counts'][t].get(c, 0):7d}" for t in ERROR_TYPES)
+        lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s}{counts}")
+    return lines
+
+
+def as_json(scores: dict) -> dict:
+    """The metrics as plain JSON values (class ids as strings; the error rows left out)."""
+    out = {}
+    if "readers" in scores:
+        r = scores["readers"]
+        out["readers"] = {
+            "readers_mAP40": r["readers_mAP40"],
+            "mAP40_vs_readers": r["mAP40_vs_readers"],
+            "images": r["images"],
+            "per_reader": [
+                {k: row[k] for k in ("reader", "images", "reader_mAP40", "model_mAP40")}
+                for row in r["readers"]
+            ],
+            "per_class": {str(c): list(v) for c, v in r["per_class"].items()},
+        }
+    if "froc" in scores:
+        f = scores["froc"]
+        out["froc"] = {
+            "rates": f["rates"],
+            "sensitivity": f["sensitivity"],
+            "CPM": f["CPM"],
+            "per_class": {str(c): v for c, v in f["per_class"].items()},
+        }
+    if "errors" in scores:
+        e = scores["errors"]
+        out["errors"] = {
+            "dAP": e["dAP"],
+            "counts": {t: {str(c): int(n) for c, n in v.items()} for t, v in e["counts"].items()},
+        }
+    return out

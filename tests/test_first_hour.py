@@ -1,0 +1,272 @@
+"""A newcomer's first hour with real data: labels changed only in the open, failures explained
+where the run lives, a smoke run, sizes that follow the checkpoint, and typos answered with the
+key that was meant."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import REPO, in_process, run_fails, tiny_datamodule, tiny_overrides, train_in_process
+
+
+def _with_boxes_outside(tiny_data, tmp_path) -> tuple:
+    """The tiny labels with one box past its image's edge (clipped) and one wholly outside it
+    (dropped); the image they belong to."""
+    labels = pd.read_csv(tiny_data["raw"] / "train.csv")
+    meta = pd.read_csv(tiny_data["prepared"] / "64" / "train_meta.csv").set_index("image_id")
+    row = labels[labels["class_id"] < 14].iloc[0].copy()
+    w = meta.at[row["image_id"], "dim1"]
+    past = row.copy()
+    past[["x_min", "y_min", "x_max", "y_max"]] = [w - 10, 5, w + 20, 30]
+    beyond = row.copy()
+    beyond[["x_min", "y_min", "x_max", "y_max"]] = [w + 5, 5, w + 40, 30]
+    path = tmp_path / "labels.csv"
+    pd.concat([labels, pd.DataFrame([past, beyond])]).to_csv(path, index=False)
+    return path, row["image_id"]
+
+
+def test_every_box_changed_to_fit_is_counted_logged_and_listed(tiny_data, tmp_path, caplog):
+    from cxrdet.data.label_check import summary
+
+    labels, image_id = _with_boxes_outside(tiny_data, tmp_path)
+    data = tiny_datamodule(tiny_data, labels_csv=labels, split="all_train")
+    with caplog.at_level("WARNING", logger="cxrdet.data.datamodule"):
+        data.setup("fit")
+    issues = [i for i in data.label_issues if i["image_id"] == image_id]
+    assert sorted(i["issue"] for i in issues) == ["clipped", "dropped"]
+    s = summary(data.label_issues)
+    assert s["boxes_clipped"] >= 1 and s["boxes_dropped"] >= 1 and image_id in s["worst_images"]
+    (line,) = [r.getMessage() for r in caplog.records if "changed to fit" in r.getMessage()]
+    assert "train:" in line and "clipped to their image" in line and "dropped" in line
+
+
+def test_sizes_that_do_not_belong_with_the_labels_stop_the_run_naming_image_meta_and_cause(
+    tiny_data, tmp_path
+):
+    from cxrdet.reports.eda import main as eda_main
+
+    meta = pd.read_csv(tiny_data["prepared"] / "64" / "train_meta.csv")
+    image_id = meta["image_id"][0]
+    labels = pd.DataFrame(  # two readers' boxes near the right edge of a 60 x 90 radiograph
+        {
+            "image_id": [image_id] * 2,
+            "class_name": ["Cardiomegaly"] * 2,
+            "class_id": [3, 3],
+            "rad_id": ["R1", "R2"],
+            "x_min": [70.0, 72],
+            "y_min": [5.0, 6],
+            "x_max": [88.0, 89],
+            "y_max": [30.0, 31],
+        }
+    )
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    cases = {
+        "swapped": ((90, 60), "its boxes fit its image only with dim0 and dim1 swapped"),
+        "resized": ((12, 12), "most of its boxes lie mostly outside the 12 x 12 image"),
+    }
+    for name, ((rows, cols), cause) in cases.items():
+        bad = meta.copy()
+        bad.loc[bad.image_id == image_id, ["dim0", "dim1"]] = [rows, cols]
+        path = tmp_path / f"{name}_meta.csv"
+        bad.to_csv(path, index=False)
+        data = tiny_datamodule(tiny_data, labels_csv=tmp_path / "labels.csv", split="all_train")
+        data.meta_csv = str(path)
+        with pytest.raises(ValueError) as e:
+            data.setup("fit")
+        assert str(e.value).startswith(f"image {image_id}: {cause}") and str(path) in str(e.value)
+    # The EDA says the same in its summary, beside the boxes it would clip or drop.
+    args = ["--labels", str(tmp_path / "labels.csv"), "--meta", str(tmp_path / "swapped_meta.csv")]
+    assert eda_main([*args, "--out", str(tmp_path / "eda")]) == 0
+    summary = json.loads((tmp_path / "eda" / "summary.json").read_text())
+    assert "dim0 and dim1 swapped" in summary["meta_mismatch"]
+    assert summary["label_issues"]["boxes_dropped"] == 2  # right of the 60 columns it was given
+    assert (tmp_path / "eda" / "label_issues.csv").is_file()
+
+
+def test_the_smoke_preset_finishes_and_the_run_folder_explains_itself(tiny_data, tmp_path):
+    labels, _ = _with_boxes_outside(tiny_data, tmp_path)
+    run = tmp_path / "outputs" / "smoke" / "now"
+    log = train_in_process(
+        [
+            "experiment=smoke",
+            *tiny_overrides(tiny_data, run),
+            f"data.labels_csv={labels}",
+            "data.split=valid20",
+        ]
+    )
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    assert metrics["train/loss"].notna().sum() == 4  # every one of the 4 steps logged
+    assert metrics.dropna(subset=["val/AP40"])["step"].tolist() == [1, 3]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    issues = pd.read_csv(run / "label_issues.csv")
+    assert {"clipped", "dropped"} <= set(issues["issue"])
+    assert "labels changed to fit their images" in log
+    assert "`weights_only` was not set" not in log  # saving the whole state, said as such
+    latest = run.parent / "latest"
+    assert latest.is_symlink() and latest.resolve() == run.resolve()
+
+
+def test_a_failed_run_says_why_in_its_own_log(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = [*tiny_overrides(tiny_data, run), "callbacks.model_checkpoint.monitor=val/AP50"]
+    with pytest.raises(SystemExit):
+        train_in_process(args)
+    log = (run / "train.log").read_text()
+    assert "callbacks.model_checkpoint.monitor=val/AP50 is logged by no chosen evaluation" in log
+    assert "the run ended before its first checkpoint" in log
+
+
+def test_predict_reads_the_png_size_the_checkpoint_trained_at_and_links_the_latest(
+    tiny_data, tmp_path, caplog
+):
+    import torch
+
+    from cxrdet.models.module import DetectorModule
+
+    optim = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
+    prepared = tiny_data["prepared"]
+    (prepared / "48").mkdir(exist_ok=True)  # another size's folder beside the 64-px one
+    for size, name in ((64, "m64.ckpt"), (48, "m48.ckpt")):
+        module = DetectorModule(model={"num_classes": 14, "image_size": size}, optim=optim)
+        state = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+        torch.save(state, tmp_path / name)
+    common = [f"paths.prepared_dir={prepared}", "num_workers=0", "progress=false"]
+    in_process(
+        "predict.py",
+        [f"ckpt_path={tmp_path / 'm64.ckpt'}", *common, f"hydra.run.dir={tmp_path / 'a'}"],
+    )  # no prepared_size: the 64-px folder the checkpoint trained on
+    assert (tmp_path / "latest" / "submission.csv").is_file()  # the newest prediction's folder
+    with caplog.at_level("WARNING", logger="cxrdet.inference.predictor"):
+        log = in_process(
+            "predict.py",
+            [
+                f"ckpt_path={tmp_path / 'm48.ckpt'}",
+                *common,
+                f"image_dir={prepared / '64' / 'test'}",  # a folder of another size
+                f"meta_csv={prepared / '64' / 'test_meta.csv'}",
+                f"hydra.run.dir={tmp_path / 'b'}",
+            ],
+        )
+    assert "holds 64-px PNGs and the model trained on 48-px ones" in log
+
+
+@pytest.mark.parametrize(
+    ("script", "override", "answer"),
+    [
+        (
+            "train.py",
+            "data.batch_sise=4",
+            "data has no key 'batch_sise'; did you mean data.batch_size?",
+        ),
+        ("train.py", "modle.weights=null", "the config has no key 'modle'; did you mean model?"),
+        (
+            "predict.py",
+            "score_threshold=0.1",
+            "the config has no key 'score_threshold'; did you mean score_thresh?",
+        ),
+    ],
+)
+def test_a_misspelt_key_is_answered_with_the_key_it_meant(script, override, answer, tmp_path):
+    done = run_fails([script, override, f"hydra.run.dir={tmp_path}"])
+    assert done.stderr.strip() == f"error: {override.split('=')[0]}: {answer}"
+
+
+def test_keys_of_chosen_groups_are_found_in_lists_and_sweeps():
+    from cxrdet.config import unknown_override
+
+    # A list of group options composes whole; a sweep is checked on its first option.
+    assert (
+        unknown_override(["train.py", "logger=[csv,wandb]", "logger.wandb.group=g"], "train")
+        is None
+    )
+    assert (
+        unknown_override(["train.py", "logger=wandb,csv", "logger.wandb.group=g"], "train") is None
+    )
+    assert "did you mean logger.wandb.group?" in unknown_override(
+        ["train.py", "logger=[csv,wandb]", "logger.wandb.grup=g"], "train"
+    )
+
+
+def test_a_key_the_model_or_trainer_does_not_take_is_refused_with_the_one_it_meant(
+    tiny_data, tmp_path
+):
+    for added, answer in (
+        ("+model.weight=null", "model.weight: build_fasterrcnn takes no such key; did you mean "
+         "model.weights?"),
+        ("+trainer.max_step=3", "trainer.max_step: Trainer takes no such key; did you mean "
+         "trainer.max_steps?"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            train_in_process([*tiny_overrides(tiny_data, tmp_path / "run"), added])
+        assert str(stopped.value.code) == f"error: {answer}"
+
+
+def test_the_help_offers_only_real_options():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    (data_line,) = [line for line in out.splitlines() if line.startswith("data:")]
+    assert data_line == "data: 256, 512, 1024, demo"  # not the typed schema they extend
+
+
+def test_score_on_a_held_out_file_suggests_the_split(tiny_data, tmp_path):
+    from cxrdet.data.labels import read_labels
+    from cxrdet.data.splits import split_ids
+    from cxrdet.evaluation.score import score
+
+    labels, _ = read_labels(tiny_data["raw"] / "train.csv")
+    _, val = split_ids(labels, "kfold", fold=1, n_folds=5)
+    sub = tmp_path / "holdout.csv"
+    pd.DataFrame({"image_id": val, "PredictionString": "14 1 0 0 1 1"}).to_csv(sub, index=False)
+    with pytest.raises(
+        ValueError, match=r"missing.*exactly the validation images of --split kfold --fold 1"
+    ):
+        score(str(tiny_data["raw"] / "train.csv"), str(sub))
+    assert score(str(tiny_data["raw"] / "train.csv"), str(sub), split="kfold", fold=1)["images"]
+
+
+def test_check_takes_a_submission_with_the_sample_s_ids_and_names_what_is_wrong(tmp_path, capsys):
+    from cxrdet.cli import main
+
+    ids = ["a" * 32, "b" * 32, "c" * 32]
+    sample = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"image_id": ids, "PredictionString": "14 1 0 0 1 1"}).to_csv(sample, index=False)
+    good, short, bad = (tmp_path / f"{n}.csv" for n in ("good", "short", "bad"))
+    rows = ["3 0.9 10 20 110 220", "14 1 0 0 1 1", "0 0.5 1 1 5 5 14 0.2 0 0 1 1"]
+    pd.DataFrame({"image_id": ids, "PredictionString": rows}).to_csv(good, index=False)
+    pd.DataFrame({"image_id": ids[:2], "PredictionString": rows[:2]}).to_csv(short, index=False)
+    rows[1] = "3 0.9 50 20 10 220"  # x_min > x_max
+    pd.DataFrame({"image_id": ids, "PredictionString": rows}).to_csv(bad, index=False)
+
+    assert main(["check", str(good), "--sample", str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert "ok:" in out and "3 rows" in out and "4 predictions" in out
+    assert (
+        f"kaggle competitions submit -c vinbigdata-chest-xray-abnormalities-detection -f {good}"
+        in out
+    )
+    assert main(["check", str(short), "--sample", str(sample)]) == 1
+    assert f"{short}: 1 image_id(s) missing, e.g. {ids[2]}" in capsys.readouterr().err
+    assert main(["check", str(bad), "--sample", str(sample)]) == 1
+    assert f"{bad}, line 3 ({ids[1]})" in capsys.readouterr().err
+
+
+def test_git_ignores_what_the_readme_s_steps_create():
+    import subprocess
+
+    paths = [
+        "data/vinbigdata/train.csv",
+        "weights/hub/checkpoints/x.pth",
+        "outputs/a",
+        "multirun/b",
+    ]
+    done = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.split() == paths, done.stdout + done.stderr
+    ours = ["cxrdet/data/a_new_module.py", "tests/data/test_new.py", "docs/outputs/x.md"]
+    done = subprocess.run(["git", "check-ignore", *ours], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout == "", f"the project's own files ignored: {done.stdout}"
