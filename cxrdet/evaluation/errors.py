@@ -84,7 +84,8 @@ def error_breakdown(gt: dict, dets: dict, iou: float = 0.4, background: float = 
         gt, dets: as :func:`cxrdet.evaluation.competition.competition_map` takes them.
 
     Returns:
-        ``{"mAP40", "per_class", "counts": {type: {class: n}}, "dAP": {type: mAP40 gained},
+        ``{"mAP40", "per_class", "counts": {type: {class: n}} (a Cls error under the class
+        of the box it hit, whose AP fixing it raises), "dAP": {type: mAP40 gained},
         "dAP_per_class": {type: {class: AP gained}}, "errors": DataFrame}`` with one row per
         error: ``type``, ``image_id``, ``class_id``, ``score`` (nan for Miss), the box
         (``x_min``..``y_max``), and for Cls/Loc the class of the box it points at.
@@ -147,10 +148,12 @@ def error_breakdown(gt: dict, dets: dict, iou: float = 0.4, background: float = 
         ],
     )
     errors.insert(1, "image_id", [m.image_ids[i] for i in errors.pop("image")])
-    counts = {
-        t: errors[errors.type == t].class_id.value_counts().sort_index().to_dict()
-        for t in ERROR_TYPES
-    }
+    # Per class: where fixing them raises the AP. A Cls error counts under its box's class.
+    counts = {}
+    for t in ERROR_TYPES:
+        rows_t = errors[errors.type == t]
+        by = rows_t.target_class if t == "Cls" else rows_t.class_id
+        counts[t] = {int(c): int(n) for c, n in by.value_counts().sort_index().items()}
     return {
         "mAP40": mean(base),
         "per_class": base,

@@ -19,6 +19,7 @@ import numpy as np
 
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES
+from cxrdet.evaluation.radiology import error_cell
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -126,15 +127,15 @@ def froc_section(f: dict, figure: Path | None) -> str:
 def errors_section(e: dict) -> str:
     out = (
         "<h2>Where the errors are</h2><p>Each false positive's type (TIDE's definitions at IoU "
-        "0.4, background 0.1) and each ground-truth box no detection found; the first row is "
-        "the mAP40 the oracle's fix of that type would gain.</p>"
+        "0.4, background 0.1) and each ground-truth box no detection found. The first row is "
+        "the mAP40 the oracle's fix of each type would gain; per class, each type's count and "
+        "the class's AP fixing them would gain.</p>"
     )
     header = ["", *(ERROR_NAMES[t] for t in ERROR_TYPES)]
     rows = [["mAP40 gained if fixed", *(e["dAP"][t] for t in ERROR_TYPES)]]
     classes = sorted({c for t in ERROR_TYPES for c in e["counts"][t]})
     rows += [
-        [f"{c} {CLASS_NAMES[c]}", *(int(e["counts"][t].get(c, 0)) for t in ERROR_TYPES)]
-        for c in classes
+        [f"{c} {CLASS_NAMES[c]}", *(error_cell(e, t, c) for t in ERROR_TYPES)] for c in classes
     ]
     return out + table(header, rows)
 

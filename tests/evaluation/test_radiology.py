@@ -68,7 +68,7 @@ def test_each_error_type_and_what_fixing_it_gains_by_hand():
     counts = {t: dict(v) for t, v in r["counts"].items()}
     assert counts == {
         "Dupe": {0: 1},  # A again, after the TP took it
-        "Cls": {0: 1},  # on B, which is class 1
+        "Cls": {1: 1},  # a class-0 detection on B, counted under B's class 1
         "Loc": {3: 1},  # IoU 0.25 with its class's box
         "Bkg": {4: 1},  # nothing there
         "Both": {4: 1},  # IoU 0.25 with a box of another class
@@ -218,6 +218,13 @@ def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
     # Against all readers' boxes (--fusion none): A, A', B on p and C twice on s.
     assert out["froc"]["per_class"]["1"]["CPM"] == 0.0
     assert out["errors"]["counts"]["Bkg"] == {"4": 1} and out["errors"]["counts"]["Miss"]["1"] == 1
+    # Class 0: A and one C found of A, A', C, C (AP 0.5); class 1: B missed (AP 0). Leaving the
+    # missed boxes out makes class 0 perfect and class 1 leave the mean: mAP40 0.25 -> 1.
+    assert out["errors"]["dAP"]["Miss"] == pytest.approx(0.75)
+    assert out["errors"]["dAP_per_class"]["Miss"]["0"] == pytest.approx(0.5)
+    assert main([*args, "--errors"]) == 0
+    rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[-3:]}
+    assert rows == {"0": "+0.500", "1": "1", "4": "0"}  # the Miss column: count, AP gained
     assert main([*args, "--froc"]) == 0
     text = capsys.readouterr().out
     assert "FROC at IoU 0.4 on 2 image(s)" in text and "readers' baseline" not in text
