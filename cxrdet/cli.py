@@ -15,8 +15,11 @@ TOOLS = {
     "prepare": ("cxrdet.data.prepare", "convert DICOMs to PNGs at one or more sizes + meta CSV"),
     "eda": ("cxrdet.reports.eda", "the dataset's figures and tables from train.csv"),
     "weights": ("cxrdet.models.weights", "list or save the pretrained weights for offline use"),
-    "report": ("cxrdet.reports.report", "result figures of a finished training run"),
-    "score": ("cxrdet.evaluation.score", "score a submission.csv (mAP40, AP40) against labels"),
+    "report": ("cxrdet.reports.report", "result figures and report/index.html of a training run"),
+    "score": (
+        "cxrdet.evaluation.score",
+        "score a submission.csv (mAP40, AP40; FROC, readers, errors)",
+    ),
     "check": ("cxrdet.evaluation.check", "check a submission.csv against sample_submission.csv"),
     "cv": ("cxrdet.inference.cv", "out-of-fold scores of a k-fold sweep, and its ensemble command"),
     "export": (

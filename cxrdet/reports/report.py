@@ -1,4 +1,4 @@
-"""Result figures of a finished training run (the report's figs 10-12 and more).
+"""Result figures and one HTML page of a finished training run (figs 10-12 and more).
 
     cxrdet report RUN_DIR [--images 8] [--ckpt best|last|PATH]
 
