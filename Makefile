@@ -40,7 +40,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(STAMP) ## Run every benchmark (training, validation, input pipeline, boxes, prepare, EDA, metrics, prediction, export; the demo variants take ~25 min)
+bench: $(STAMP) ## Run every benchmark (training, validation, input pipeline, boxes, prepare, EDA, metrics, start-up, prediction, export; the demo variants take ~25 min)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/validation.py
 	$(PY) benchmarks/input_pipeline.py
@@ -48,6 +48,7 @@ bench: $(STAMP) ## Run every benchmark (training, validation, input pipeline, bo
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/eda.py
 	$(PY) benchmarks/metrics.py
+	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/demo_variants.py
