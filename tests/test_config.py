@@ -72,6 +72,30 @@ def test_demo_experiment_overlays_only_what_it_changes():
     assert set(demo.evaluation) == {"competition", "radiology"}
 
 
+def test_demo_summary_takes_the_readers_baseline_and_the_cpm_from_the_run(tmp_path):
+    import pandas as pd
+
+    from cxrdet.demo.run import training_figures
+
+    (tmp_path / "csv").mkdir()
+    pd.DataFrame(
+        {
+            "step": [49, 99],
+            "val/mAP40": [0.08, 0.09],
+            "val/CPM": [0.05, 0.077],
+            "val/mAP40_vs_readers": [0.3, 0.402],
+            "val/readers_mAP40": [0.88, 0.88],
+        }
+    ).to_csv(tmp_path / "csv" / "metrics.csv", index=False)
+    figures = training_figures(tmp_path)
+    assert figures == {
+        "val_mAP40": 0.09,
+        "val_CPM": 0.077,
+        "val_mAP40_vs_readers": 0.402,
+        "val_readers_mAP40": 0.88,
+    }  # the last validation's
+
+
 def test_demo_classifier_trains_on_the_demo_detector_s_data_and_split():
     detector = _compose("train", ["experiment=demo"])
     classifier = _compose("train", ["experiment=demo_nofinding"])

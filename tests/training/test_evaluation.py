@@ -102,3 +102,35 @@ def test_a_monitor_no_chosen_evaluation_logs_is_refused_at_start(tiny_data, tmp_
         "(evaluation=competition)"
     )
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
+def test_the_radiology_callback_scores_the_readers_of_the_validated_images_or_says_why_not(caplog):
+    from types import SimpleNamespace
+
+    from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS
+    from cxrdet.evaluation.readers import leave_one_out, readers_baseline
+    from cxrdet.training.evaluation import RadiologyEvaluation
+
+    box = [0.0, 0.0, 10.0, 10.0]
+    rows = [["p", CLASS_NAMES[0], 0, r, *box] for r in ("R1", "R2")]
+    rows += [["p", CLASS_NAMES[14], 14, "R3", *[np.nan] * 4]]
+    rows += [["q", CLASS_NAMES[0], 0, r, *box] for r in ("R1", "R2")]  # not validated now
+    labels = pd.DataFrame(rows, columns=LABEL_COLUMNS)
+    truth = (np.array([box]), np.array([0]))
+    found = (np.array([box]), np.array([0.9]), np.array([0]))
+
+    def logged(val_labels):
+        callback = RadiologyEvaluation()
+        callback.outputs = {"p": (truth, found, (100, 100))}
+        datamodule = SimpleNamespace(val_labels=val_labels)
+        module = SimpleNamespace(trainer=SimpleNamespace(datamodule=datamodule))
+        return callback.scores(module)
+
+    scores = logged(labels)
+    expected = readers_baseline(leave_one_out(labels[labels.image_id == "p"]), {"p": found})
+    assert scores["val/CPM"] == 1.0  # the one box found at the first score
+    assert scores["val/readers_mAP40"] == pytest.approx(2 / 3)  # R3 missed it
+    assert scores["val/mAP40_vs_readers"] == pytest.approx(expected["mAP40_vs_readers"])
+    # One reader per image: nothing to compare with, said once; the CPM is still logged.
+    assert logged(labels[labels.rad_id == "R1"]).keys() == {"val/CPM"}
+    assert "no validation image has two readers' labels" in caplog.text
