@@ -58,6 +58,11 @@ def fmt(value: float) -> str:
     )
 
 
+def matches_readers(human: float, model: float) -> bool:
+    """Whether the model's AP matches or beats the readers' on a class (0 = 0 does not)."""
+    return model >= human and model > 0
+
+
 def readers_table(r: dict) -> list[str]:
     """The model beside each reader and the readers' mean, then per class."""
     if not r["readers"]:
@@ -78,7 +83,7 @@ def readers_table(r: dict) -> list[str]:
     )
     lines.append(f"  {'class (AP at IoU 0.4)':<24s} {'readers':>12s} {'model':>11s}")
     for c, (human, model) in sorted(r["per_class"].items()):
-        mark = "  model >= readers" if model >= human and model > 0 else ""
+        mark = "  model >= readers" if matches_readers(human, model) else ""
         lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s} {fmt(human):>12s} {fmt(model):>11s}{mark}")
     return lines
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES
-from cxrdet.evaluation.radiology import error_cell
+from cxrdet.evaluation.radiology import error_cell, matches_readers
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -44,11 +44,6 @@ def png_data(image: np.ndarray | Path) -> str:
             raise ValueError("could not encode a gallery image as PNG")
         raw = buffer.tobytes()
     return "data:image/png;base64," + base64.b64encode(raw).decode("ascii")
-
-
-def matches_readers(human: float, model: float) -> bool:
-    """Whether the model's AP matches or beats the readers' on a class (0 = 0 does not)."""
-    return model >= human and model > 0
 
 
 def cell(value) -> str:
