@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import iou_matrix
+from cxrdet.data.labels import BOX_COLUMNS
 from cxrdet.evaluation.competition import Matches, match_detections, voc_ap
 
 ERROR_TYPES = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
@@ -46,27 +47,33 @@ def classify_false_positives(m: Matches, iou: float, background: float) -> tuple
     target = np.full(len(m.cls), -1)
     taken = np.zeros(len(m.g_cls), bool)
     taken[m.best_gt[m.tp == 1]] = True
-    for image in np.unique(m.image[m.tp == 0]):
-        dets = np.flatnonzero((m.image == image) & (m.tp == 0))
-        gts = np.flatnonzero(m.g_image == image)
+    # The false positives and the ground truth grouped by image once (index order within each).
+    false = np.flatnonzero(m.tp == 0)
+    false = false[np.argsort(m.image[false], kind="stable")]
+    images, starts = np.unique(m.image[false], return_index=True)
+    g_order = np.argsort(m.g_image, kind="stable")
+    g_sorted = m.g_image[g_order]
+    g_bounds = zip(
+        np.searchsorted(g_sorted, images, "left"), np.searchsorted(g_sorted, images, "right")
+    )
+    for dets, (g_start, g_end) in zip(np.split(false, starts[1:]), g_bounds):
+        gts = g_order[g_start:g_end]
         if len(gts) == 0:
             kind[dets] = "Bkg"
             continue
         ious = iou_matrix(m.box[dets], m.g_box[gts])
         same = m.cls[dets][:, None] == m.g_cls[gts][None, :]
         own, other = np.where(same, ious, 0.0), np.where(same, 0.0, ious)
-        for row, d in enumerate(dets):
-            best_own, best_other = own[row].argmax(), other[row].argmax()
-            if background <= own[row, best_own] < iou:
-                kind[d], target[d] = "Loc", gts[best_own]
-            elif other[row, best_other] >= iou:
-                kind[d], target[d] = "Cls", gts[best_other]
-            elif own[row, best_own] >= iou and taken[gts[best_own]]:
-                kind[d] = "Dupe"
-            elif ious[row].max() <= background:
-                kind[d] = "Bkg"
-            else:
-                kind[d] = "Both"
+        rows = np.arange(len(dets))
+        best_own, best_other = own.argmax(1), other.argmax(1)
+        own_iou, other_iou = own[rows, best_own], other[rows, best_other]
+        loc = (background <= own_iou) & (own_iou < iou)
+        cls = ~loc & (other_iou >= iou)
+        dupe = ~loc & ~cls & (own_iou >= iou) & taken[gts[best_own]]
+        bkg = ~loc & ~cls & ~dupe & (ious.max(1) <= background)
+        kind[dets] = np.select([loc, cls, dupe, bkg], ["Loc", "Cls", "Dupe", "Bkg"], "Both")
+        target[dets[loc]] = gts[best_own[loc]]
+        target[dets[cls]] = gts[best_other[cls]]
     return kind, target, taken
 
 
@@ -119,35 +126,21 @@ def error_breakdown(gt: dict, dets: dict, iou: float = 0.4, background: float = 
     fixes["Miss"] = class_aps(m.cls, m.score, m.tp, fewer)
 
     mean = lambda aps: float(np.mean(list(aps.values()))) if aps else float("nan")  # noqa: E731
-    rows = [
-        (
-            kind[d],
-            m.image[d],
-            m.cls[d],
-            m.score[d],
-            *m.box[d],
-            m.g_cls[target[d]] if target[d] >= 0 else -1,
-        )
-        for d in np.flatnonzero(kind != "")
-    ]
-    rows += [
-        ("Miss", m.g_image[g], m.g_cls[g], np.nan, *m.g_box[g], -1) for g in np.flatnonzero(missed)
-    ]
+    # One row per error: the false positives, then the missed boxes.
+    fp, miss = np.flatnonzero(kind != ""), np.flatnonzero(missed)
+    pointed_class = np.full(len(fp), -1)
+    aimed = target[fp] >= 0
+    pointed_class[aimed] = m.g_cls[target[fp][aimed]]
     errors = pd.DataFrame(
-        rows,
-        columns=[
-            "type",
-            "image",
-            "class_id",
-            "score",
-            "x_min",
-            "y_min",
-            "x_max",
-            "y_max",
-            "target_class",
-        ],
+        {
+            "type": np.r_[kind[fp].astype(str), np.full(len(miss), "Miss")],
+            "image_id": np.asarray(m.image_ids, object)[np.r_[m.image[fp], m.g_image[miss]]],
+            "class_id": np.r_[m.cls[fp], m.g_cls[miss]],
+            "score": np.r_[m.score[fp], np.full(len(miss), np.nan)],
+            **{c: np.r_[m.box[fp, k], m.g_box[miss, k]] for k, c in enumerate(BOX_COLUMNS)},
+            "target_class": np.r_[pointed_class, np.full(len(miss), -1)],
+        }
     )
-    errors.insert(1, "image_id", [m.image_ids[i] for i in errors.pop("image")])
     # Per class: where fixing them raises the AP. A Cls error counts under its box's class.
     counts = {}
     for t in ERROR_TYPES:

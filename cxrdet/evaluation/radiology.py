@@ -129,6 +129,11 @@ def errors_table(r: dict) -> list[str]:
     return lines
 
 
+def by_name(table: dict, value=lambda v: v) -> dict:
+    """``table`` with its class ids as JSON keys (strings), each value through ``value``."""
+    return {str(c): value(v) for c, v in table.items()}
+
+
 def as_json(scores: dict) -> dict:
     """The metrics as plain JSON values (class ids as strings; the error rows left out)."""
     out = {}
@@ -142,7 +147,7 @@ def as_json(scores: dict) -> dict:
                 {k: row[k] for k in ("reader", "images", "reader_mAP40", "model_mAP40")}
                 for row in r["readers"]
             ],
-            "per_class": {str(c): list(v) for c, v in r["per_class"].items()},
+            "per_class": by_name(r["per_class"], list),
         }
     if "froc" in scores:
         f = scores["froc"]
@@ -150,15 +155,13 @@ def as_json(scores: dict) -> dict:
             "rates": f["rates"],
             "sensitivity": f["sensitivity"],
             "CPM": f["CPM"],
-            "per_class": {str(c): v for c, v in f["per_class"].items()},
+            "per_class": by_name(f["per_class"]),
         }
     if "errors" in scores:
         e = scores["errors"]
         out["errors"] = {
             "dAP": e["dAP"],
-            "dAP_per_class": {
-                t: {str(c): g for c, g in v.items()} for t, v in e["dAP_per_class"].items()
-            },
-            "counts": {t: {str(c): int(n) for c, n in v.items()} for t, v in e["counts"].items()},
+            "dAP_per_class": {t: by_name(v) for t, v in e["dAP_per_class"].items()},
+            "counts": {t: by_name(v, int) for t, v in e["counts"].items()},
         }
     return out

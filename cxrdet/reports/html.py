@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from pathlib import Path
 
 import cv2
@@ -19,7 +18,7 @@ import numpy as np
 
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES
-from cxrdet.evaluation.radiology import error_cell, matches_readers
+from cxrdet.evaluation.radiology import error_cell, fmt, matches_readers
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -47,13 +46,9 @@ def png_data(image: np.ndarray | Path) -> str:
 
 
 def cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "<td>-</td>"
-    return (
-        f"<td>{value:.3f}</td>"
-        if isinstance(value, float)
-        else f"<td>{html.escape(str(value))}</td>"
-    )
+    if value is None or isinstance(value, float):
+        return f"<td>{fmt(value)}</td>"
+    return f"<td>{html.escape(str(value))}</td>"
 
 
 def table(header: list[str], rows: list[list], row_class: list[str] | None = None) -> str:

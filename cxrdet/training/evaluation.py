@@ -111,7 +111,7 @@ class CompetitionEvaluation(ValidationScores):
         logged = {"val/images": float(result["images"])}
         for metric in ("AP40", "mAP40"):
             value = result[metric]
-            logged[f"val/{metric}"] = value if value == value else 0.0
+            logged[f"val/{metric}"] = nan_as_zero(value)
             for c, v in result[f"{metric}_per_class"].items():
                 logged[f"val/{metric}/{names[c]}"] = v
         return logged
