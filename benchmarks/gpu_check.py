@@ -1,21 +1,29 @@
 """The one GPU check: cxrdet's CUDA paths and their figures, ending with one JSON line.
 
-    python benchmarks/gpu_check.py                 # with a CUDA GPU (~3 minutes on an H200)
+    python benchmarks/gpu_check.py                 # with a CUDA GPU (about 8 minutes on an H200)
     python benchmarks/gpu_check.py --device cpu --size 64 --steps 2 --images 8   # a dry run
 
 Run through ``bash benchmarks/gpu_check.sh`` (which first installs carried wheels, if any).
-In order, each step a subprocess with its own time limit, so that one failure costs only its
-own figures:
+In order of importance, each step a subprocess with its own time limit, all within
+``--budget`` seconds (a step that would start past it is skipped and says so), so that one
+failure or a slow machine costs only the last figures:
 
 1. the GPU's name and compute capability, and what ``precision=auto`` picks there;
-2. the tests marked ``gpu`` (training, validation and prediction on CUDA, fp32 / fp16 / bf16);
-3. training images/s at ``--size`` px, batch 8, for ``32-true``, ``16-mixed`` and, where the
-   GPU computes it natively, ``bf16-mixed``, with the peak CUDA memory of each;
-4. validation images/s, one backbone pass against two (``benchmarks/validation.py``);
-5. prediction images/s through ``predict.py``'s pipeline at fp32 and at auto's precision;
-6. ONNX Runtime (its CUDA provider when onnxruntime-gpu is installed) against PyTorch eager;
-7. fp16-vs-fp32 and bf16-vs-fp32 box agreement (``benchmarks/box_agreement.py``);
-8. with two or more GPUs, a 20-step DDP training run (``trainer.devices=2``).
+2. training images/s at ``--size`` px, batch 16, the batched detector, for ``32-true``,
+   ``16-mixed`` and, where native, ``bf16-mixed`` (3 rounds of 50 steps, loader workers),
+   each one's peak CUDA memory, the GPU's busy share and its top 10 kernels;
+3. host synchronisations per training step, batch 4 and 8, batched and torchvision's
+   implementation (``benchmarks/syncs.py``: the profiler's sync operators, and the syncs
+   ``torch.cuda.set_sync_debug_mode`` counts);
+4. the tests marked ``gpu`` (training, validation and prediction on CUDA, fp32 / fp16 / bf16);
+5. torchvision's implementation at the same size and precision, for the ratio;
+6. training at twice ``--size`` (1,024 px), batch 8, fp32 and auto's precision;
+7. validation images/s, one backbone pass against two (``benchmarks/validation.py``);
+8. prediction images/s through ``predict.py``'s pipeline at fp32 and at auto's precision;
+9. fp16-vs-fp32 and bf16-vs-fp32 box agreement (``benchmarks/box_agreement.py``);
+10. ``model.compile=true`` (inductor) at ``--size`` and auto's precision;
+11. ONNX Runtime (its CUDA provider when onnxruntime-gpu is installed) against PyTorch eager;
+12. with two or more GPUs, a 20-step DDP training run (``trainer.devices=2``).
 """
 
 from __future__ import annotations
@@ -33,9 +41,18 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "offline"}
 
 
+DEADLINE = [float("inf")]  # perf_counter() past which no step starts (main sets it)
+
+
 def step(name: str, args: list[str], limit: int, results: dict, json_last: bool = True):
-    """Run ``python ARGS`` in the repository for at most ``limit`` s; keep its last JSON line."""
+    """Run ``python ARGS`` in the repository for at most ``limit`` s (and never past the
+    deadline); keep its last JSON line."""
     print(f"== {name}", flush=True)
+    limit = int(min(limit, DEADLINE[0] - time.perf_counter()))
+    if limit < 20:
+        results[name] = {"skipped": "out of the check's time budget"}
+        print("   skipped: out of the check's time budget", flush=True)
+        return None
     start = time.perf_counter()
     try:
         done = subprocess.run(
@@ -86,57 +103,76 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default) | cpu: a dry run")
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per precision")
-    p.add_argument("--images", type=int, default=64, help="prediction images")
+    p.add_argument("--steps", type=int, default=50, help="timed training steps per round")
+    p.add_argument("--images", type=int, default=256, help="prediction images")
+    p.add_argument("--budget", type=int, default=450, help="seconds for all the steps")
     a = p.parse_args()
     start = time.perf_counter()
+    DEADLINE[0] = start + a.budget
     cuda = a.device == "cuda"
     info = gpu_info(a.device)
     print(json.dumps(info), flush=True)
     results: dict = {"gpu": info}
-    size, batch = str(a.size), "8"
-    if cuda:
-        step("tests", ["-m", "pytest", "-q", "-m", "gpu", "tests"], 240, results, False)
+    size, big = str(a.size), str(2 * a.size)
+    auto = info["auto_precision"]
+    accelerator = "gpu" if cuda else "cpu"
     precisions = ["32-true", "16-mixed"] + (["bf16-mixed"] if info.get("native_bf16") else [])
+    rounds = "3" if cuda else "1"
+
+    def train(name, train_size, batch, precs, limit, *extra):
+        step(
+            name,
+            ["benchmarks/train_throughput.py", "--size", train_size, "--batch", batch,
+             "--steps", str(a.steps), "--warmup", "5" if cuda else "1", "--rounds", rounds,
+             "--frozen-bn", "--accelerator", accelerator, "--precisions", ",".join(precs),
+             *extra],
+            limit,
+            results,
+        )  # fmt: skip
+
+    train("train", size, "16", precisions if cuda else ["32-true"], 240)
     step(
-        "train",
-        ["benchmarks/train_throughput.py", "--size", size, "--batch", batch, "--steps",
-         str(a.steps), "--warmup", "3", "--rounds", "1", "--frozen-bn",
-         "--accelerator", "gpu" if cuda else "cpu",
-         "--precisions", ",".join(precisions) if cuda else "32-true"],
-        420,
+        "syncs",
+        ["benchmarks/syncs.py", "--accelerator", accelerator, "--size", size,
+         "--batches", "4,8"],
+        150,
         results,
     )  # fmt: skip
-    auto = info["auto_precision"]
+    if cuda:
+        step("tests", ["-m", "pytest", "-q", "-m", "gpu", "tests"], 150, results, False)
+    one_round = ("--rounds", "1")
+    train("train_torchvision_impl", size, "16", [auto], 90, "--impl", "torchvision", *one_round)
+    train("train_1024", big, "8", list(dict.fromkeys(["32-true", auto])), 120, *one_round)
     step(
         "validation",
         ["benchmarks/validation.py", "--size", size, "--images", str(max(8, a.images // 2)),
-         "--batch", batch, "--device", a.device, "--precision", auto],
-        240,
+         "--batch", "16", "--device", a.device, "--precision", auto],
+        90,
         results,
     )  # fmt: skip
     for precision in dict.fromkeys(["32-true", auto]):
         step(
             f"predict_{precision}",
-            ["benchmarks/predict.py", "--images", str(a.images), "--size", size, "--batch", batch,
+            ["benchmarks/predict.py", "--images", str(a.images), "--size", size, "--batch", "16",
              "--device", a.device, "--precision", precision, "--rounds", "1",
              "--arch", "resnet18"],
-            300,
+            120,
             results,
         )  # fmt: skip
+    step(
+        "boxes", ["benchmarks/box_agreement.py", "--device", a.device, "--size", size], 90, results
+    )
+    train("train_compiled", size, "16", [auto], 240, "--compile", *one_round)
     step(
         "onnx",
         ["benchmarks/export.py", "--images", "8", "--size", size, "--device", a.device,
          "--threads", str(os.cpu_count() or 2)],
-        300,
+        120,
         results,
     )  # fmt: skip
-    step(
-        "boxes", ["benchmarks/box_agreement.py", "--device", a.device, "--size", size], 180, results
-    )
     if cuda and info["gpus"] >= 2:
         with tempfile.TemporaryDirectory() as tmp:
-            step("ddp", ["benchmarks/gpu_ddp.py", tmp, size], 300, results, json_last=False)
+            step("ddp", ["benchmarks/gpu_ddp.py", tmp, size], 200, results, json_last=False)
     else:
         results["ddp"] = {"skipped": "one GPU" if cuda else "dry run"}
     results["seconds"] = round(time.perf_counter() - start, 1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one GPU check (about 3 minutes on an H200; benchmarks/gpu_check.py lists its steps): the
-# CUDA + AMP paths and their figures, ending with one JSON line.
+# The one GPU check (about 8 minutes on an H200, within --budget; benchmarks/gpu_check.py lists
+# its steps): the CUDA + AMP paths and their figures, ending with one JSON line.
 #
 #   bash benchmarks/gpu_check.sh                      # on a machine with a CUDA GPU
 #   bash benchmarks/gpu_check.sh --device cpu --size 64 --steps 2 --images 8   # a dry run

@@ -23,8 +23,8 @@ import torch
 
 from cxrdet.inference.export import smooth_images
 from cxrdet.models.detector import build_fasterrcnn
-from cxrdet.models.module import loss_mode, losses_and_detections
 from cxrdet.models.precision import autocast
+from cxrdet.models.rcnn.validation import loss_mode, losses_and_detections
 
 
 def batches(n: int, size: int, batch: int, device) -> list[tuple[list, list]]:

@@ -72,6 +72,7 @@ def tiny_overrides(data: dict, run_dir: Path) -> list[str]:
         "trainer=cpu",
         "model.roi_batch_size_per_image=32",
         "model.weights=null",  # random init: nothing to download
+        "model.channels_last=false",  # NHWC is the GPU's layout: slower on the CPU
         "data.empty_images=keep",  # every tiny image, so that epochs are 6 batches long
         f"hydra.run.dir={run_dir}",
     ]

@@ -16,8 +16,8 @@ STAGES = ["data", "evaluation", "models", "training", "reports", "inference", "d
 
 def test_packages_import_only_earlier_stages():
     found = set()
-    for path in sorted((REPO / "cxrdet").glob("*/*.py")):
-        stage = path.parent.name
+    for path in sorted((REPO / "cxrdet").glob("*/**/*.py")):
+        stage = path.relative_to(REPO / "cxrdet").parts[0]
         found.add(stage)
         for imported in re.findall(r"^\s*(?:from|import) cxrdet\.(\w+)", path.read_text(), re.M):
             if imported in STAGES:

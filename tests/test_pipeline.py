@@ -522,7 +522,13 @@ def test_nonfinite_loss_stops_with_step_and_losses_and_keeps_checkpoints(tiny_da
     assert (run / "checkpoints" / "last.ckpt").is_file()  # written before the blow-up
 
 
-def test_a_skipped_nonfinite_step_moves_no_weight_and_no_batchnorm_statistic(tiny_data, tmp_path):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-sgd", "plain-sgd"])
+def test_a_skipped_nonfinite_step_moves_no_weight_and_no_batchnorm_statistic(
+    tiny_data, tmp_path, fused
+):
+    """A fused optimiser skips the step on the device (the flag handed to it as ``found_inf``),
+    a plain one by the host reading the flag; either way nothing moves. Fails if the flag is
+    not set, not agreed, or not read before the update."""
     import pytorch_lightning as pl
 
     from cxrdet.models.module import DetectorModule
@@ -536,6 +542,7 @@ def test_a_skipped_nonfinite_step_moves_no_weight_and_no_batchnorm_statistic(tin
             "lr": 0.01,
             "momentum": 0.9,  # a real step with zero gradients would still move the weights
             "weight_decay": 1e-4,
+            "fused": fused,
         },
         on_nonfinite="skip",
     )
@@ -570,14 +577,19 @@ def test_a_skipped_nonfinite_step_moves_no_weight_and_no_batchnorm_statistic(tin
     changed = lambda a, b: [k for k in a if not torch.equal(a[k], b[k])]  # noqa: E731
     assert changed(weights[0], weights[1]) == []  # step 1 skipped: nothing moved
     assert changed(weights[1], weights[2])  # step 2 trained again
-    module.hparams.on_nonfinite = "stop"
-    images = (torch.full((3, 64, 64), float("nan")),)
-    targets = (
-        {"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([2]), "image_id": "x"},
-    )
+    module.nonfinite.mode = "stop"
     module.model.forward = real
+    images = (torch.zeros((1, 64, 64), dtype=torch.uint8),)
+    targets = (
+        {"boxes": torch.tensor([[4.0, 4, 30, float("nan")]]), "labels": torch.tensor([2]),
+         "image_id": "x"},
+    )  # fmt: skip
+    losses = module.model(list(images), list(targets))  # training_step without Lightning's log
+    module.nonfinite.record(sum(losses.values()), losses, ["x"])
+    sum(losses.values()).backward()
+    module.on_before_optimizer_step(trainer.optimizers[0])
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(loss_.*images x"):
-        module.training_step((images, targets), 0)
+        module.nonfinite.review()
 
 
 def test_wandb_logger_runs_offline_without_a_key(tiny_data, tmp_path):

@@ -1,9 +1,12 @@
 """Torch datasets over prepared PNGs: detection samples for training, bare images for predicting.
 
-Samples follow torchvision's detection convention: ``(image [3, H, W] float in [0, 1],
-{"boxes": float32 [N, 4] xyxy, "labels": int64 [N], ...})`` with labels = class id + 1
-(0 is torchvision's background). Boxes are kept in original DICOM pixels and scaled to the
-loaded image at load time, so any prepared size (or a public PNG dataset) works.
+Samples follow torchvision's detection convention: ``(image, {"boxes": float32 [N, 4] xyxy,
+"labels": int64 [N], ...})`` with labels = class id + 1 (0 is torchvision's background). The
+image is the PNG's grey pixels as read, uint8 ``[1, H, W]``: a twelfth of the bytes of a float
+three-channel image to copy between processes and to the GPU; the models scale, normalise and
+expand it on their device (:func:`unit_float`, :mod:`cxrdet.models.rcnn.transform`). Boxes are
+kept in original DICOM pixels and scaled to the loaded image at load time, so any prepared size
+(or a public PNG dataset) works.
 """
 
 from __future__ import annotations
@@ -63,13 +66,22 @@ def load_png(path: Path) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W] → float [3, H, W] in [0, 1] (grey repeated for ImageNet-style backbones).
+    """uint8 [H, W] → uint8 [1, H, W], owning its memory (a CUDA loader pins each batch into
+    page-locked memory of the same strides: an expanded view could not be written there)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).unsqueeze(0)
 
-    A copy, not an expanded view: a CUDA loader pins each batch into page-locked memory of the
-    same strides, and a view whose three channels share memory cannot be written there.
-    """
-    grey = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255)
-    return grey.unsqueeze(0).repeat(3, 1, 1)
+
+def unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Images as the loader ships them (uint8) as float32 in [0, 1] (``x / 255``, what the
+    loader computed before it shipped uint8); float images are returned as they are."""
+    return images if images.is_floating_point() else images.to(torch.float32).div(255.0)
+
+
+def grey_pixels(image: torch.Tensor) -> np.ndarray:
+    """The grey uint8 pixels [H, W] of a loader image (uint8, or float in [0, 1])."""
+    if image.is_floating_point():
+        return (image[0] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return image[0].cpu().numpy()
 
 
 def build_records(
@@ -174,6 +186,11 @@ class DetectionDataset(Dataset):
                 self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
             out = self.transform(image=image, bboxes=boxes, labels=classes)
             image, boxes, classes = out["image"], out["bboxes"], out["labels"]
+            # What torchvision's training would refuse (the batched model reads no flag back
+            # from the device to check it): a box the transform left without width or height.
+            boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, classes = boxes[keep], np.asarray(classes, np.int64).reshape(-1)[keep]
         if no_finding.any():
             boxes = np.vstack([np.asarray(boxes, np.float64).reshape(-1, 4), NO_FINDING_BOX])
             classes = np.append(np.asarray(classes, np.int64), NO_FINDING)
@@ -247,7 +264,7 @@ def prediction_loader(dataset, batch_size: int, num_workers: int, device) -> Dat
 
 
 def batch_size(batch) -> int:
-    """Images in a collated batch (for Lightning's ThroughputMonitor)."""
+    """Images in a collated batch."""
     return len(batch[0])
 
 

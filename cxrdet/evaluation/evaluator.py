@@ -9,7 +9,7 @@ from cxrdet.data.labels import NO_FINDING, NUM_FINDINGS
 from cxrdet.evaluation.coco import coco_ap
 from cxrdet.evaluation.competition import competition_map
 from cxrdet.evaluation.nofinding import with_no_finding
-from cxrdet.evaluation.submission import as_read_back, prediction_of, to_original_prediction
+from cxrdet.evaluation.submission import as_read_back, predictions_of, to_original_prediction
 
 
 def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False) -> dict:
@@ -53,8 +53,8 @@ def original_predictions(targets: list[dict], outputs: list[dict]) -> list:
     """A batch's model outputs as the submission has them before its No-finding line: boxes
     mapped to original pixels and clipped, class ids 0..14, class 14 as one line."""
     return [
-        to_original_prediction(prediction_of(o), t["orig_hw"], t["image_hw"], t["content"])
-        for t, o in zip(targets, outputs)
+        to_original_prediction(p, t["orig_hw"], t["image_hw"], t["content"])
+        for t, p in zip(targets, predictions_of(outputs))
     ]
 
 

@@ -67,7 +67,7 @@ def export(
             import onnxruntime  # noqa: F401  (the parity check runs the file in it)
         except ImportError as e:
             raise ValueError(f"ONNX export needs {e.name}: pip install 'cxrdet[onnx]'") from e
-    module = load_detector(ckpt, trust, "--trust")
+    module = load_detector(ckpt, trust, "--trust", for_export=True)
     model = GreyImageDetector(module.model.eval()).eval()
     info = {
         "prepared_size": int(module.hparams.model.get("image_size", size)),

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrdet.data.dataset import grey_pixels
+
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +100,7 @@ class ExportedDetector:
     def __call__(self, images: list[torch.Tensor]) -> list[dict]:
         outputs = []
         for image in images:
-            grey = image[0].mul(255).round().to(torch.uint8).cpu().numpy()
+            grey = grey_pixels(image)
             boxes, scores, classes = self.run(np.ascontiguousarray(grey))
             keep = scores >= (self.score_thresh or 0.0)
             outputs.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -19,13 +20,19 @@ from tqdm import tqdm
 
 from cxrdet.data.boxes import to_prepared
 from cxrdet.data.datamodule import worker_count
-from cxrdet.data.dataset import DicomDataset, ImageDataset, load_png, prediction_loader
+from cxrdet.data.dataset import (
+    DicomDataset,
+    ImageDataset,
+    grey_pixels,
+    load_png,
+    prediction_loader,
+)
 from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
     EMPTY_PREDICTION,
     format_prediction,
-    prediction_of,
+    predictions_of,
     read_submission,
     to_original_prediction,
     write_submission,
@@ -134,9 +141,14 @@ def predict_dataset(
     precision: str = "32",
     classifiers: list | None = None,
     classifier_tta: str = "none",
+    on_result=None,
 ) -> tuple[dict, dict, dict]:
     """Run every model (and its flipped view with ``tta="hflip"``) over ``dataset``, and the
     "No finding" classifiers, if any, on the same batches (each image is read once).
+
+    Each batch's detections come to the host in one copy per model and view; ``on_result``,
+    if given, is called with each image's id, prediction and P(abnormal) (None without
+    classifiers) as soon as the image is done.
 
     Returns:
         image id → (boxes in original pixels, scores, class ids), fused with WBF when there is
@@ -152,32 +164,36 @@ def predict_dataset(
     device = torch.device(device)
     results, errors, probs = {}, {}, {}
     for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-        batch = [im.to(device) for im in images]
-        views = []  # (outputs per image, flipped?, weight)
+        batch = [im.to(device, non_blocking=True) for im in images]
+        views = []  # (outputs per image on the host, flipped?, weight)
         with autocast(device, precision):
             for model, weight in zip(models, weights):
-                views.append((model(batch), False, weight))
+                views.append((predictions_of(model(batch)), False, weight))
                 if tta == "hflip":
-                    views.append((model([im.flip(-1) for im in batch]), True, weight))
+                    flipped = model([im.flip(-1) for im in batch])
+                    views.append((predictions_of(flipped), True, weight))
             p_abnormal = batch_probs(classifiers, batch, classifier_tta) if classifiers else None
         for k, (image, info) in enumerate(zip(images, infos)):
+            image_id = info["image_id"]
             if info.get("error"):
-                errors[info["image_id"]] = info["error"]
+                errors[image_id] = info["error"]
                 continue
             if p_abnormal is not None:
-                probs[info["image_id"]] = float(p_abnormal[k])
+                probs[image_id] = float(p_abnormal[k])
             hw = tuple(image.shape[-2:])
             sets = []
             for outputs, flipped, _ in views:
-                boxes, scores, classes = prediction_of(outputs[k])
+                boxes, scores, classes = outputs[k]
                 sets.append((hflip_boxes(boxes, hw[1]) if flipped else boxes, scores, classes))
             boxes, scores, classes = fuse_predictions(
                 sets, hw, [w for *_, w in views], fusion_iou, fusion_skip
             )
             top = np.argsort(-scores, kind="stable")[:max_detections]
-            results[info["image_id"]] = to_original_prediction(
+            results[image_id] = to_original_prediction(
                 (boxes[top], scores[top], classes[top]), info["orig_hw"], hw, info["content"]
             )
+            if on_result is not None:
+                on_result(image_id, results[image_id], probs.get(image_id))
     return results, errors, probs
 
 
@@ -190,7 +206,7 @@ def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 
             continue
         boxes, scores, classes = results[info["image_id"]]
         hw = tuple(image.shape[-2:])
-        small = (image[0].numpy() * 255).astype(np.uint8)
+        small = grey_pixels(image)
         drawn = draw_boxes(
             small,
             to_prepared(boxes, info["orig_hw"], hw, info["content"]),
@@ -249,40 +265,46 @@ def predict(
     classifiers = None
     if nofinding.ckpt_path:
         classifiers = load_classifiers(nofinding.ckpt_path, dev, cfg.trust_checkpoint, opt_in)
+    class14 = any(has_class14_head(m) for m in models)  # the line's one source
+    rows = {}  # formatted in a thread of their own while the models run
+
+    def row(pred, p_abnormal):
+        if p_abnormal is not None:
+            pred = nofinding_filter(pred, p_abnormal, nofinding.low, nofinding.high)
+        elif cfg.nofinding_line:
+            pred = with_no_finding(*pred, class14_head=class14)
+        return format_prediction(*pred)
+
     start = time.perf_counter()
-    results, errors, classifier_probs = predict_dataset(
-        models,
-        dataset,
-        dev,
-        batch_size=cfg.batch_size,
-        num_workers=workers,
-        tta=cfg.tta,
-        weights=cfg.ensemble_weights,
-        fusion_iou=cfg.fusion_iou,
-        fusion_skip=cfg.fusion_skip,
-        max_detections=max_detections,
-        progress=cfg.progress,
-        precision=precision,
-        classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
-        classifier_tta=nofinding.tta,
-    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="submission") as writer:
+
+        def on_result(image_id, pred, p_abnormal):
+            p = probs[image_id] if probs is not None else p_abnormal
+            rows[image_id] = writer.submit(row, pred, p)
+
+        results, errors, classifier_probs = predict_dataset(
+            models,
+            dataset,
+            dev,
+            batch_size=cfg.batch_size,
+            num_workers=workers,
+            tta=cfg.tta,
+            weights=cfg.ensemble_weights,
+            fusion_iou=cfg.fusion_iou,
+            fusion_skip=cfg.fusion_skip,
+            max_detections=max_detections,
+            progress=cfg.progress,
+            precision=precision,
+            classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
+            classifier_tta=nofinding.tta,
+            on_result=on_result,
+        )
+        rows = {i: EMPTY_PREDICTION if i in errors else rows[i].result() for i in dataset.ids}
     seconds = time.perf_counter() - start
     if classifiers:
         probs = classifier_probs
     for image_id, error in errors.items():
         log.warning("%s: written as '%s': %s", image_id, EMPTY_PREDICTION, error)
-    class14 = any(has_class14_head(m) for m in models)  # the line's one source
-    rows = {}
-    for image_id in dataset.ids:
-        if image_id in errors:
-            rows[image_id] = EMPTY_PREDICTION
-            continue
-        pred = results[image_id]
-        if probs is not None:
-            pred = nofinding_filter(pred, probs[image_id], nofinding.low, nofinding.high)
-        elif cfg.nofinding_line:
-            pred = with_no_finding(*pred, class14_head=class14)
-        rows[image_id] = format_prediction(*pred)
     path = write_submission(rows, cfg.output)
     read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"
     if probs is not None:  # what the filter used, beside the submission

@@ -24,6 +24,7 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 from torchvision import models
 
+from cxrdet.data.dataset import unit_float
 from cxrdet.models.module import read_checkpoint
 from cxrdet.models.schedule import lightning_optimizers
 from cxrdet.models.weights import load_weights, no_source
@@ -128,8 +129,9 @@ class NoFindingModule(pl.LightningModule):
         self.val_labels: list[torch.Tensor] = []
 
     def forward(self, images) -> torch.Tensor:
-        """Logits of P(abnormal), one per image (a batch of same-sized images in [0, 1])."""
-        x = (torch.stack(list(images)) - self.mean) / self.std
+        """Logits of P(abnormal), one per image (a batch of same-sized images: uint8 as the
+        loader ships them, or float in [0, 1]); grey images are expanded to three channels."""
+        x = (unit_float(torch.stack(list(images))) - self.mean) / self.std
         return self.net(x).squeeze(1)
 
     @staticmethod

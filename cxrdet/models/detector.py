@@ -24,40 +24,24 @@ from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cxrdet.models.fp32_boxes import Float32AnchorGenerator, Float32Predictor, Float32RPNHead
+from cxrdet.models.fp32_boxes import (
+    Float32AnchorGenerator,
+    Float32Predictor,
+    Float32RPNHead,
+    InputDtypeFrozenBatchNorm2d,
+)
+from cxrdet.models.rcnn.batched_rcnn import BatchedFasterRCNN
+from cxrdet.models.rcnn.compile import compile_dense_part
+from cxrdet.models.rcnn.transform import ResizeTransform
 from cxrdet.models.weights import frozen_bn_eps as weights_bn_eps
 from cxrdet.models.weights import load_weights, no_source
 
 ROI_SIZE = 7  # the box head's ROIAlign output side (torchvision's MultiScaleRoIAlign default)
 REPRESENTATION = 1024  # the box head's two FC layers (Detectron2: 2x FC 1024)
 HEAD_INITS = ("torchvision", "detectron2")  # model.head_init
-
-
-class ResizeTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform with a test size of its own.
-
-    Training resizes each image's shortest edge to one of ``train_sizes`` drawn per image
-    (Detectron2's ResizeShortestEdge "choice"); evaluation resizes it to ``test_size``; the
-    longest edge never exceeds ``max_size``. Detections come back in the input image's pixels.
-
-    torchvision evaluates at the last of ``min_size`` and trains at a draw from all of them, so
-    ``min_size`` is the training sizes followed by the test size, and the draw leaves the last
-    one out. torchvision's own resize does the rest, and the model stays scriptable
-    (TorchScript export).
-    """
-
-    def __init__(self, train_sizes, max_size, test_size, image_mean, image_std):
-        super().__init__((*train_sizes, test_size), max_size, image_mean, image_std)
-        self.train_sizes = tuple(int(s) for s in train_sizes)
-        self.test_size = int(test_size)
-
-    def torch_choice(self, k: list[int]) -> int:
-        """One of ``k`` but the last (the test size), drawn as torchvision draws."""
-        index = int(torch.empty(1).uniform_(0.0, float(len(k) - 1)).item())
-        return k[index]
+RCNN_IMPLS = ("batched", "torchvision")  # model.rcnn_impl
 
 
 def build_fasterrcnn(
@@ -81,6 +65,11 @@ def build_fasterrcnn(
     frozen_bn: bool | None = None,
     frozen_bn_eps: float | None = None,
     head_init: str = "torchvision",
+    rcnn_impl: str = "batched",
+    box_candidates_per_class: int | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    compile_backend: str = "inductor",
     trust_weights: bool = False,
 ) -> FasterRCNN:
     """Faster R-CNN R50-FPN for ``num_classes`` foreground classes (+ background).
@@ -111,14 +100,26 @@ def build_fasterrcnn(
         head_init: how a box predictor not loaded from ``weights`` starts: ``torchvision``
             (nn.Linear's default, uniform within ±1/√1024) or ``detectron2`` (class weights
             N(0, 0.01), box weights N(0, 0.001), biases 0: FastRCNNOutputLayers').
+        rcnn_impl: ``batched`` (:mod:`cxrdet.models.rcnn`: the RPN and box head over whole
+            batches, the host out of the GPU's way) or ``torchvision`` (its per-image
+            reference); the same modules and weights either way.
+        box_candidates_per_class: at inference, each image's best boxes per class kept for NMS
+            (``batched`` only; None: all).
+        channels_last: the convolutions' weights in channels-last memory order (NHWC), what
+            tensor cores read; on the CPU it is about 10 % slower.
+        compile: ``torch.compile`` backbone + FPN and the RPN head
+            (:mod:`cxrdet.models.rcnn.compile`).
+        compile_backend: ``inductor`` (the default) | ``aot_eager`` | ``eager``.
         trust_weights: load a local weights file that needs full unpickling instead of
             refusing it (:mod:`cxrdet.models.safe_load`).
     """
+    if rcnn_impl not in RCNN_IMPLS:
+        raise ValueError(f"model.rcnn_impl={rcnn_impl!r}: expected one of {', '.join(RCNN_IMPLS)}")
     weights = None if no_source(weights) else weights
     weights_backbone = None if no_source(weights_backbone) else weights_backbone
     pretrained = weights is not None or weights_backbone is not None
     frozen_bn = pretrained if frozen_bn is None else frozen_bn
-    body = resnet50(norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+    body = resnet50(norm_layer=InputDtypeFrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
     if weights_backbone is not None and weights is None:  # the detector's weights cover it
         load_weights(
             body, weights_backbone, ResNet50_Weights, "model.weights_backbone", trust_weights
@@ -133,7 +134,10 @@ def build_fasterrcnn(
     rpn_head = Float32RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
     box_head = TwoMLPHead(backbone.out_channels * ROI_SIZE**2, REPRESENTATION)
     box_predictor = Float32Predictor(REPRESENTATION, num_classes + 1)
-    model = FasterRCNN(
+    detector, extra = FasterRCNN, {}
+    if rcnn_impl == "batched":
+        detector, extra = BatchedFasterRCNN, {"candidates_per_class": box_candidates_per_class}
+    model = detector(
         backbone,
         rpn_anchor_generator=anchors,
         rpn_head=rpn_head,
@@ -150,6 +154,7 @@ def build_fasterrcnn(
         box_score_thresh=box_score_thresh,
         box_nms_thresh=box_nms_thresh,
         box_detections_per_img=box_detections_per_img,
+        **extra,
     )
     t = model.transform
     model.transform = ResizeTransform(
@@ -172,6 +177,10 @@ def build_fasterrcnn(
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
             m.eps = eps
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        compile_dense_part(model, compile_backend)
     return model
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-from torch import nn
 
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.evaluator import original_predictions
 from cxrdet.models.detector import build_fasterrcnn, resolved_batchnorm
+from cxrdet.models.nonfinite import NonFiniteGuard, zero_momentum
+from cxrdet.models.rcnn.validation import losses_and_detections
 from cxrdet.models.safe_load import safe_load
 from cxrdet.models.schedule import lightning_optimizers
 
@@ -20,77 +19,6 @@ log = logging.getLogger(__name__)
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 # What the detector logs itself; the evaluation callbacks log the rest (AP40, mAP40, COCO AP).
 DETECTOR_LOGS = ("train/loss", "val/loss", *(f"{s}/{k}" for s in ("train", "val") for k in LOSSES))
-
-
-@contextmanager
-def loss_mode(model: nn.Module):
-    """Train mode (so torchvision returns losses) with every BatchNorm in eval mode.
-
-    This is how the seed's LossEvalHook measured validation loss, minus its trap: in train mode
-    BatchNorm would normalise with batch statistics and update its running buffers from
-    validation images. Restores each module's previous mode on exit.
-    """
-    modes = {m: m.training for m in model.modules()}
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
-
-
-@contextmanager
-def rpn_head_once(rpn: nn.Module):
-    """The RPN head's outputs computed once per set of features and reused: its two convolution
-    layers have no mode-dependent part, so the train-mode and eval-mode RPN passes over the same
-    features would compute the same thing twice (a 3x3 convolution over every FPN level)."""
-    head, cache = rpn.head, {}
-
-    def forward(x):
-        key = tuple(id(t) for t in x)
-        if key not in cache:
-            cache[key] = type(head).forward(head, x)
-        return cache[key]
-
-    head.forward = forward  # an instance attribute: nn.Module calls it instead
-    try:
-        yield
-    finally:
-        del head.forward
-
-
-def losses_and_detections(model: nn.Module, images: list, targets: list) -> tuple[dict, list]:
-    """The validation losses (as :func:`loss_mode` measures them) and the detections of the same
-    images, from one backbone + FPN pass where the two can share it (``model`` in eval mode, as
-    Lightning validates).
-
-    The RPN and the ROI heads run twice on the shared features: in train mode for the losses,
-    in eval mode for the detections (the RPN head's convolutions once: :func:`rpn_head_once`).
-    BatchNorm is in eval mode in both, so the features are the same either way. They are
-    shared when training and testing resize to the same size (one training size equal to the
-    test size: the default); with several training sizes, or a test size of its own, the loss
-    is measured at a drawn training size as in training, and the detections take a second pass
-    at the test size. The random draws (resize, ROI sampling) come in the same order as in two
-    separate calls.
-    """
-    transform = model.transform
-    original_sizes = [tuple(im.shape[-2:]) for im in images]
-    with rpn_head_once(model.rpn):
-        with loss_mode(model):
-            image_list, loss_targets = transform(images, targets)
-            features = model.backbone(image_list.tensors)
-            proposals, rpn_losses = model.rpn(image_list, features, loss_targets)
-            sizes = image_list.image_sizes
-            _, roi_losses = model.roi_heads(features, proposals, sizes, loss_targets)
-        losses = {**rpn_losses, **roi_losses}
-        if set(transform.train_sizes) != {transform.test_size}:
-            return losses, model(images)
-        proposals, _ = model.rpn(image_list, features)
-        detections, _ = model.roi_heads(features, proposals, sizes)
-    return losses, transform.postprocess(detections, sizes, original_sizes)
 
 
 class DetectorModule(pl.LightningModule):
@@ -103,8 +31,10 @@ class DetectorModule(pl.LightningModule):
         scheduler: LR scheduler config with ``_target_`` and ``_partial_: true``, called with the
             optimiser and ``total_steps``; or None for a constant LR.
         class_names: names of the trained classes, for per-class logging.
-        on_nonfinite: a NaN/inf training loss ``stop``s the run (naming the step and the
-            losses; the checkpoints written so far stay) or is ``skip``ped (no update).
+        on_nonfinite: a NaN/inf training loss or gradient is never applied, and ``stop``s the
+            run (naming the step, the losses and the images; the checkpoints written so far
+            stay) or is ``skip``ped (logged); checked on the device, read every
+            ``log_every_n_steps`` (:mod:`cxrdet.models.nonfinite`).
         trust_weights: a local ``model.weights`` file that needs full unpickling is loaded
             (train.py's ``trust_checkpoint=true``) instead of refused; not a hyper-parameter.
     """
@@ -121,88 +51,49 @@ class DetectorModule(pl.LightningModule):
         trust_weights: bool = False,
     ):
         super().__init__()
-        if on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"on_nonfinite must be stop or skip, got {on_nonfinite!r}")
         model = resolved_batchnorm(model)  # recorded in the checkpoint as resolved
         self.save_hyperparameters(ignore=["trust_weights"])
         self.model = build_fasterrcnn(**model, trust_weights=trust_weights)
         self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
         self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
         self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
-        self.skip_update = False  # on_nonfinite=skip: this step's gradients are dropped
+        self.nonfinite = NonFiniteGuard(on_nonfinite)
 
     def forward(self, images, targets=None):
         return self.model(images, targets)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        skip = self.hparams.on_nonfinite == "skip"
-        statistics = [b.clone() for b in self.batchnorm_statistics()] if skip else []
+        self.nonfinite.before_forward(self.model)
         losses = self.model(list(images), list(targets))
         loss = sum(losses.values())
+        self.nonfinite.record(loss, losses, [t["image_id"] for t in targets])
         n = len(images)
-        finite = bool(torch.isfinite(loss))
-        if not self.everywhere(finite):  # under DDP every rank takes the same decision
-            message = self.nonfinite_message(None if finite else losses, targets)
-            if skip:  # the forward pass updated trainable BatchNorm's statistics: undo it
-                for kept, now in zip(statistics, self.batchnorm_statistics()):
-                    now.copy_(kept)
-                log.warning("%s: batch skipped", message)
-                return self.skipped_step_loss()
-            raise FloatingPointError(
-                f"{message}. Lower optim.lr, set trainer.gradient_clip_val, or "
-                "on_nonfinite=skip; the checkpoints written so far are intact."
-            )
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
         return loss
 
-    def batchnorm_statistics(self) -> list[torch.Tensor]:
-        """The running statistics of trainable BatchNorm (random init), which every training
-        forward pass updates."""
-        return [
-            b
-            for m in self.model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-        ]
-
-    def everywhere(self, finite: bool) -> bool:
-        """Whether the loss is finite on every rank (one process: on this one)."""
-        trainer = self._trainer
-        if trainer is None:
-            return finite
-        return trainer.strategy.reduce_boolean_decision(finite, all=True)
-
-    def nonfinite_message(self, losses: dict | None, targets) -> str:
-        """The step, the losses and the images of every rank whose loss is not finite
-        (``losses`` None: this rank's is)."""
-        detail = None
-        if losses is not None:
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            detail = f"{values}; images {', '.join(t['image_id'] for t in targets)}"
-        details = [detail]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            details = [None] * dist.get_world_size()
-            dist.all_gather_object(details, detail)
-            details = [f"rank {r}: {d}" for r, d in enumerate(details) if d is not None]
-        return f"non-finite loss at step {self.global_step} ({'; '.join(d for d in details if d)})"
-
-    def skipped_step_loss(self) -> torch.Tensor:
-        """A zero loss over every trainable parameter, and no update from it.
-
-        Under DDP every rank must run backward (the gradient all-reduce waits for all) and
-        Lightning refuses a ``None`` loss, so a skipped step backpropagates zeros, and
-        :meth:`on_before_optimizer_step` then drops the gradients, so that the optimiser leaves
-        the weights, momentum and weight decay as they were.
-        """
-        self.skip_update = True
-        return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+    def on_train_start(self) -> None:
+        for optimizer in self.trainer.optimizers:
+            zero_momentum(optimizer)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.skip_update:
-            optimizer.zero_grad(set_to_none=True)
-            self.skip_update = False
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        self.nonfinite.after_backward(
+            self.global_step, self.model, optimizer, check_gradients=scaler is None
+        )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        for optimizer in self.trainer.optimizers:
+            self.nonfinite.clear_optimizer(optimizer)
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.nonfinite.review()
+
+    def on_validation_start(self) -> None:
+        self.nonfinite.review()  # nothing is scored or saved after an unreported bad step
+
+    def on_train_end(self) -> None:
+        self.nonfinite.review()
 
     def validation_step(self, batch, batch_idx) -> dict:
         """Logs the validation losses; returns each image's id, original size, ground truth and
@@ -248,6 +139,7 @@ class DetectorModule(pl.LightningModule):
         return total
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite.review()  # stop before a checkpoint of a run that went bad is written
         checkpoint["schedule_steps"] = self.schedule_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -271,17 +163,24 @@ def read_checkpoint(
 
 
 def load_detector(
-    ckpt_path: str, trust: bool = False, opt_in: str = "trust_checkpoint=true"
+    ckpt_path: str,
+    trust: bool = False,
+    opt_in: str = "trust_checkpoint=true",
+    for_export: bool = False,
 ) -> DetectorModule:
     """Load a trained DetectorModule (on the CPU) for inference, never fetching weights again.
 
     The checkpoint holds every trained tensor; the weight sources training started from are
     dropped (keeping the BatchNorm kind and eps they implied) so that loading works offline.
-    ``trust`` and ``opt_in``: :func:`read_checkpoint`.
+    ``trust`` and ``opt_in``: :func:`read_checkpoint`. ``for_export``: torchvision's reference
+    implementation, eager and in NCHW, which TorchScript and the ONNX exporter take (the
+    weights are the same whichever implementation trained them).
     """
     hparams, state, model_cfg = read_checkpoint(ckpt_path, trust, opt_in)
     model_cfg = resolved_batchnorm(model_cfg)  # older checkpoints did not record it
     model_cfg.update(weights=None, weights_backbone=None, head_init="torchvision")
+    if for_export:
+        model_cfg.update(rcnn_impl="torchvision", compile=False, channels_last=False)
     module = DetectorModule(
         model=model_cfg,
         optim=hparams["optim"],

@@ -17,9 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from cxrdet.data.dataset import grey_pixels
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
 from cxrdet.models.safe_load import TRUST_HELP
@@ -103,7 +103,7 @@ def validation_figures(
                     output["scores"].numpy(),
                     output["labels"].numpy() - 1,
                 )
-                image8 = (image[0].numpy() * 255).astype(np.uint8)
+                image8 = grey_pixels(image)
                 shown.append((image8, target["boxes"].numpy(), classes, pred))
     evaluation = evaluator.evaluate(curves=True)
     fusion = cfg.data.get("val_fusion", "none")
@@ -117,7 +117,7 @@ def validation_figures(
 
     def load(image_id):
         image, target = datamodule.val_set[where[image_id]]
-        image8 = (image[0].numpy() * 255).astype(np.uint8)
+        image8 = grey_pixels(image)
         boxes, classes = target["boxes"].numpy(), target["labels"].numpy() - 1
         return image8, boxes, classes, target["orig_hw"], target["image_hw"], target["content"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -125,41 +124,61 @@ def _step_of(path: Path) -> int:
     return int(digits[-1]) if digits else -1
 
 
-class DataWaitMonitor(pl.Callback):
-    """How long training waits for data: logs ``time/data_wait_share`` and warns once when the
-    loader cannot keep up.
+class StepTimeMonitor(pl.Callback):
+    """Training speed without making the host wait every step: logs ``time/images_per_s`` and
+    ``time/data_wait_share`` every ``trainer.log_every_n_steps`` steps (rank 0), and warns once
+    when the loader cannot keep up.
 
     A step's wait is the time from the end of the previous batch to the start of this one (the
-    loader's next batch, and Lightning's own bookkeeping); its work is the time from its start
-    to its end (forward, backward, optimiser). The share is wait / (wait + work) over the last
-    ``window`` steps. The first ``warmup`` steps (workers starting) and the step after each
-    validation are not counted. Once a full window waits more than ``warn_share``, one warning
-    names ``data.num_workers``.
+    loader's next batch, and Lightning's own bookkeeping). Over each logging interval, images/s
+    is the images trained divided by the interval's wall time, read after one wait for the
+    device (so that queued GPU work is counted), and the share is the summed waits over that
+    wall time. The first ``warmup`` steps (workers starting) and the step after each validation
+    are not counted. Once an interval waits more than ``warn_share``, one warning names
+    ``data.num_workers``.
     """
 
-    def __init__(self, warn_share: float = 0.2, window: int = 20, warmup: int = 5, clock=None):
+    def __init__(self, warn_share: float = 0.2, warmup: int = 5, clock=None):
         self.warn_share, self.warmup = warn_share, warmup
-        self.steps: deque[tuple[float, float]] = deque(maxlen=window)
         self.clock = clock or time.perf_counter
-        self.start: float | None = None
         self.end: float | None = None
         self.wait: float | None = None
+        self.since: float | None = None  # the start of the interval being measured
+        self.waited = 0.0
+        self.images = 0
         self.seen = 0
         self.warned = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.start = self.clock()
-        self.wait = None if self.end is None else self.start - self.end
+        if not trainer.is_global_zero:
+            return
+        now = self.clock()
+        self.wait = None if self.end is None else now - self.end
+        if self.since is None and self.end is not None and self.seen >= self.warmup:
+            self.since, self.waited, self.images = self.end, 0.0, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.end = self.clock()
-        self.seen += 1
-        if self.wait is None or self.seen <= self.warmup:
+        if not trainer.is_global_zero:
             return
-        self.steps.append((self.wait, self.end - self.start))
-        share = self.share()
-        pl_module.log("time/data_wait_share", share)
-        if len(self.steps) == self.steps.maxlen and share > self.warn_share and not self.warned:
+        self.seen += 1
+        if self.since is not None and self.wait is not None:
+            self.waited += self.wait
+            self.images += len(batch[0])
+        if trainer.global_step % max(1, trainer.log_every_n_steps) or self.since is None:
+            self.end = self.clock()
+            return
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # once per interval: its queued steps are counted
+        self.end = self.clock()
+        seconds = self.end - self.since
+        if seconds <= 0 or not self.images:
+            return
+        share = self.waited / seconds
+        pl_module.log("time/images_per_s", self.images / seconds, rank_zero_only=True)
+        pl_module.log("time/data_wait_share", share, rank_zero_only=True)
+        self.since, self.waited, self.images = self.end, 0.0, 0
+        if share > self.warn_share and not self.warned:
             self.warned = True
             loader = getattr(trainer, "train_dataloader", None)
             workers = getattr(loader, "num_workers", "?")
@@ -167,16 +186,10 @@ class DataWaitMonitor(pl.Callback):
                 "training waited for data %.0f%% of the time over the last %d steps: the loader "
                 "cannot keep up; raise data.num_workers (now %s; this process may use %d CPUs)",
                 100 * share,
-                len(self.steps),
+                trainer.log_every_n_steps,
                 workers,
                 usable_cpus(),
             )
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self.end = None  # the gap around validation is not waiting for training data
-
-    def share(self) -> float:
-        """The share of the window's time spent waiting for data."""
-        wait = sum(w for w, _ in self.steps)
-        total = wait + sum(b for _, b in self.steps)
-        return wait / total if total > 0 else 0.0
+        self.end = self.since = None  # the gap around validation is not training time

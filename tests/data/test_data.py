@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from cxrdet.config import CONF_DIR
 from cxrdet.data.boxes import to_original, to_prepared
 from cxrdet.data.datamodule import CXRDataModule
+from cxrdet.data.dataset import load_png
 from cxrdet.data.labels import read_labels
 from cxrdet.data.splits import split_ids
 
@@ -154,7 +155,10 @@ def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(tiny_d
     )
     n_empty = 0
     for image, target in dm.train_set:
-        assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+        # The loader ships the PNG's pixels as read (the model normalises them on its device).
+        assert image.shape == (1, 64, 64) and image.dtype == torch.uint8
+        png = load_png(prepared / "64" / "train" / f"{target['image_id']}.png")
+        assert np.array_equal(image[0].numpy(), png)
         assert target["labels"].dtype == torch.int64 and target["boxes"].shape[1] == 4
         rows = labels[(labels.image_id == target["image_id"]) & (labels.class_id < 14)]
         if rows.empty:
@@ -394,5 +398,5 @@ def test_every_image_tensor_can_be_pinned_for_a_cuda_loader(tiny_data):
         DicomDataset(tiny_data["raw"] / "test", size=64)[0][0],
     )
     for image in images:
-        assert image.shape[0] == 3 and torch.equal(image[0], image[2])
-        torch.empty_strided(image.size(), image.stride()).copy_(image)  # pin_memory's write
+        assert image.shape[0] == 1 and image.dtype == torch.uint8  # grey, as read
+        torch.empty_strided(image.size(), image.stride(), dtype=image.dtype).copy_(image)  # pinning

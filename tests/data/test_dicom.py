@@ -159,5 +159,5 @@ def test_predicting_from_dicoms_refuses_what_the_limit_refuses_and_says_why(tmp_
     assert PredictConfig().dicom_max_pixels == MAX_PIXELS  # one limit, two settings
     image, info = DicomDataset(tmp_path, 16, max_pixels=10)[0]
     assert "8 x 8 pixels" in info["error"] and "limit of 10 (dicom_max_pixels)" in info["error"]
-    assert image.shape == (3, 16, 16) and float(image.max()) == 0.0  # blank: row 14 1 0 0 1 1
+    assert image.shape == (1, 16, 16) and int(image.max()) == 0  # blank: row 14 1 0 0 1 1
     assert DicomDataset(tmp_path, 16)[0][1]["error"] is None

@@ -1,5 +1,5 @@
 """Box geometry stays in float32 under autocast (bf16 on the CPU; fp16 and bf16 on CUDA, marked
-gpu); the layers keep mixed precision.
+gpu); the layers keep mixed precision but for the four prediction layers, which run in float32.
 
 Under bf16 a random-init detector's detections differ from its fp32 ones through the layers'
 rounding (which proposals survive top-k and NMS), so the check compares what the geometry does
@@ -52,14 +52,16 @@ def bf16_and_replay(request):
     torch.manual_seed(0)
     model = build_fasterrcnn(image_size=SIZE, rpn_post_nms_top_n_test=100).eval().to(device)
     image = torch.from_numpy(smooth_images(1, SIZE, seed=1)[0]).float().div(255)
-    images = [image.expand(3, -1, -1).to(device)]
+    images = [image[None].to(device)]
     with torch.inference_mode():
         image_list, _ = model.transform(images)
         features = model.backbone(image_list.tensors)  # fp32 once; the heads see them as bf16
-        rpn_out, predictor_out = [], []
+        rpn_out, predictor_out, conv_out, head_out = [], [], [], []
         hooks = [
             _record(model.rpn.head, rpn_out),
             _record(model.roi_heads.box_predictor, predictor_out),
+            _record(model.rpn.head.conv, conv_out),
+            _record(model.roi_heads.box_head, head_out),
         ]
         with torch.autocast(device, dtype=dtype):
             half = {k: v.to(dtype) for k, v in features.items()}
@@ -72,19 +74,32 @@ def bf16_and_replay(request):
         _replay(model.roi_heads.box_predictor, tuple(as_fp32(o) for o in predictor_out[0]))
         replay_proposals, _ = model.rpn(image_list, features)
         fp32, _ = model.roi_heads(features, replay_proposals, image_list.image_sizes)
+        inner = (conv_out[0], head_out[0])  # the RPN's 3x3 convolution at level 0; the FC head
     outputs = (proposals[0], replay_proposals[0], bf16[0], fp32[0], rpn_out[0], predictor_out[0])
-    return dtype, *outputs
+    return dtype, *outputs, inner, model
 
 
-def test_layers_run_in_half_precision_and_boxes_come_out_in_float32(bf16_and_replay):
-    dtype, proposals, _, bf16, _, rpn_out, predictor_out = bf16_and_replay
+def test_the_layers_run_in_half_precision_the_prediction_layers_and_boxes_in_float32(
+    bf16_and_replay,
+):
+    """Fails if the RPN head's objectness/delta layers or the box predictor run under autocast
+    (their outputs would hold only half-precision values), or if the rest stops running in it."""
+    dtype, proposals, _, bf16, _, rpn_out, predictor_out, inner, model = bf16_and_replay
     assert proposals.dtype == bf16["boxes"].dtype == torch.float32
-    # The layers did run in half precision: their float32 outputs hold only its values.
-    assert on_grid(rpn_out[1][0], dtype) == on_grid(predictor_out[1], dtype) == 1.0
+    conv, head = inner
+    assert conv.dtype == head.dtype == dtype  # the 3x3 convolution and the FC head: half
+    logits, deltas = predictor_out
+    assert logits.dtype == deltas.dtype == rpn_out[0][0].dtype == rpn_out[1][0].dtype
+    assert logits.dtype == torch.float32
+    assert on_grid(logits, dtype) < 0.5 and on_grid(rpn_out[1][0], dtype) < 0.5
+    with torch.inference_mode():  # exactly the float32 layers applied to the half inputs
+        torch.testing.assert_close(logits, model.roi_heads.box_predictor.cls_score(head.float()))
+        rpn_deltas = model.rpn.head.bbox_pred(conv.float())  # level 0
+    torch.testing.assert_close(rpn_out[1][0], rpn_deltas)
 
 
 def test_boxes_under_autocast_are_off_its_grid_and_equal_the_fp32_geometry(bf16_and_replay):
-    dtype, proposals, replay_proposals, bf16, fp32, _, _ = bf16_and_replay
+    dtype, proposals, replay_proposals, bf16, fp32, *_ = bf16_and_replay
     coords = upper_half(bf16["boxes"])
     assert len(coords) > 20
     assert on_grid(coords, dtype) < 0.1  # torchvision's own heads under bf16: 1.0

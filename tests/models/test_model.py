@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cxrdet.models.detector import build_fasterrcnn, trainable_parameter_groups
-from cxrdet.models.module import loss_mode, losses_and_detections
+from cxrdet.models.rcnn.validation import loss_mode, losses_and_detections
 from cxrdet.models.schedule import warmup_cosine, warmup_cosine_scheduler
 
 

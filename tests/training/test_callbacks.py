@@ -1,5 +1,5 @@
 """cxrdet's callbacks: the best checkpoint of a run (the one ModelCheckpoint rated best, not the
-last name), and the data-wait monitor."""
+last name), and the step-time monitor."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def test_best_checkpoint_follows_the_recorded_best_and_numeric_steps(tmp_path):
 
 
 class _Trainer:
+    is_global_zero = True
+    log_every_n_steps = 10
+    global_step = 0
+
+    class strategy:  # noqa: N801 (stands in for the strategy object)
+        root_device = torch.device("cpu")
+
     class train_dataloader:  # noqa: N801 (stands in for the loader object)
         num_workers = 2
 
@@ -39,16 +46,18 @@ class _Module:
     def __init__(self):
         self.logged = []
 
-    def log(self, name, value):
+    def log(self, name, value, **kwargs):
         self.logged.append((name, value))
 
 
-def _steps(monitor, module, n, wait, work, clock):
+def _steps(monitor, trainer, module, n, wait, work, clock, images=4):
+    batch = ([None] * images, None)
     for i in range(n):
         clock.now += wait
-        monitor.on_train_batch_start(_Trainer(), module, None, i)
+        monitor.on_train_batch_start(trainer, module, batch, i)
         clock.now += work
-        monitor.on_train_batch_end(_Trainer(), module, None, None, i)
+        trainer.global_step += 1  # Lightning counts the step before on_train_batch_end
+        monitor.on_train_batch_end(trainer, module, None, batch, i)
 
 
 class _Clock:
@@ -58,22 +67,29 @@ class _Clock:
         return self.now
 
 
-def test_data_wait_share_is_logged_and_a_starved_model_warns_once_naming_num_workers(caplog):
-    from cxrdet.training.callbacks import DataWaitMonitor
+def test_step_times_are_logged_every_log_interval_and_a_starved_model_warns_once(caplog):
+    """Fails if the figures are logged every step (each read makes a CUDA host wait), if the
+    warm-up or the gap around validation is counted, or if images/s is not images over wall
+    time."""
+    from cxrdet.training.callbacks import StepTimeMonitor
 
-    clock, module = _Clock(), _Module()
-    monitor = DataWaitMonitor(warn_share=0.2, window=10, warmup=3, clock=clock)
+    clock, module, trainer = _Clock(), _Module(), _Trainer()
+    monitor = StepTimeMonitor(warn_share=0.2, warmup=3, clock=clock)
     with caplog.at_level("WARNING", logger="cxrdet.training.callbacks"):
-        _steps(monitor, module, 20, wait=0.01, work=0.09, clock=clock)  # a fed model: 10 %
+        _steps(monitor, trainer, module, 20, wait=0.01, work=0.09, clock=clock)  # fed: 10 %
         assert not caplog.records
-        assert [n for n, _ in module.logged] == ["time/data_wait_share"] * 17  # after the warm-up
+        # Steps 10 and 20 log (the first interval starts after the 3 warm-up steps).
+        assert [n for n, _ in module.logged] == ["time/images_per_s", "time/data_wait_share"] * 2
+        assert dict(module.logged[-2:])["time/images_per_s"] == pytest.approx(4 / 0.1)
         assert module.logged[-1][1] == pytest.approx(0.1)
-        monitor.on_validation_start(_Trainer(), module)
+        monitor.on_validation_start(trainer, module)
         clock.now += 100.0  # validation: not waiting for training data
-        _steps(monitor, module, 30, wait=0.06, work=0.04, clock=clock)  # starved: 60 %
-    assert module.logged[-1][1] == pytest.approx(0.6)
-    assert max(v for _, v in module.logged) < 0.7  # the validation gap was never counted
-    (warning,) = caplog.records  # once, when the window first went over 20 %
+        _steps(monitor, trainer, module, 30, wait=0.06, work=0.04, clock=clock)  # starved: 60 %
+    assert len(module.logged) == 2 * 5
+    shares = [v for n, v in module.logged if n == "time/data_wait_share"]
+    assert shares[-1] == pytest.approx(0.6)
+    assert max(shares) < 0.7  # the validation gap was never counted
+    (warning,) = caplog.records  # once, when an interval first went over 20 %
     share = re.search(
         r"waited for data (\d+)% of the time over the last 10 steps", warning.msg % warning.args
     )
