@@ -144,6 +144,7 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
 def train(cfg: DictConfig) -> float | None:
     """Build data, model, callbacks and loggers from ``cfg``; fit; return the best metric."""
     import pytorch_lightning as pl
+    import torch
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import LearningRateMonitor
 
@@ -155,9 +156,10 @@ def train(cfg: DictConfig) -> float | None:
     from cxrdet.training.overlays import WandbBoxOverlays
 
     pl.seed_everything(cfg.seed, workers=True)
-    cfg.trainer.precision = choose_precision(
-        cfg.trainer.precision, trainer_device(cfg.trainer), "trainer.precision"
-    )
+    device = trainer_device(cfg.trainer)
+    if device == "cuda":  # TF32 matmuls; the CPU's float32 stays as it is
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    cfg.trainer.precision = choose_precision(cfg.trainer.precision, device, "trainer.precision")
     augment = instantiate(cfg.augment) if cfg.augment else None
     datamodule = instantiate(cfg.data, augment=augment, seed=cfg.seed, _recursive_=False)
     try:  # pretrained weights that cannot load stop here, before any data loads

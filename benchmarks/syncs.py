@@ -4,7 +4,7 @@
 
 For each implementation (``model.rcnn_impl``) and batch size, ``python train.py`` trains a few
 steps on synthetic phantoms (random init, CPU) with cxrdet's usual callbacks and loggers, and a
-callback of this script's (:class:`SyncCounter`, added with ``+callbacks.sync_count``) profiles
+callback (``cxrdet.models.rcnn.syncs.SyncCounter``, added with ``+callbacks.sync_count``) profiles
 one whole step, from the start of one batch to the start of the next (the model, the
 optimiser, Lightning's loop, every callback and the loader). It counts the operators that make a
 CUDA host wait for the GPU (``cxrdet.models.rcnn.syncs.SYNC_OPS``: ``nonzero``, ``.item()``,
@@ -21,63 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import warnings
-from collections import Counter
 from pathlib import Path
-
-import pytorch_lightning as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 12
-
-
-class SyncCounter(pl.Callback):
-    """Profile training step ``step`` (batch start to the next batch start); write the counts
-    as JSON to ``out``. On a GPU it also counts the synchronisations themselves
-    (``torch.cuda.set_sync_debug_mode("warn")`` warns at each)."""
-
-    def __init__(self, out: str, step: int = 3):
-        self.out, self.step, self.prof = Path(out), step, None
-        self.caught = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-
-        if self.prof is not None:
-            self.finish()
-        elif trainer.global_step == self.step:
-            if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda":
-                torch.cuda.synchronize()
-                self.caught = warnings.catch_warnings(record=True)
-                self.warned = self.caught.__enter__()
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
-            self.prof = profile(activities=[ProfilerActivity.CPU])
-            self.prof.__enter__()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.prof is not None:
-            self.finish()
-
-    def finish(self) -> None:
-        import torch
-
-        from cxrdet.models.rcnn.syncs import SYNC_OPS
-
-        cuda_syncs = None
-        if self.caught is not None:
-            torch.cuda.set_sync_debug_mode(0)
-            cuda_syncs = sum("synchroniz" in str(w.message) for w in self.warned)
-            self.caught.__exit__(None, None, None)
-            self.caught = None
-        self.prof.__exit__(None, None, None)
-        names = Counter(e.name for e in self.prof.events())
-        self.prof = None
-        by_op = {k: names[k] for k in SYNC_OPS if names[k]}
-        ops = sum(n for k, n in names.items() if k.startswith(("aten::", "torchvision::")))
-        counts = {"syncs": sum(by_op.values()), "ops": ops, "by_op": by_op}
-        self.out.write_text(json.dumps({**counts, "cuda_syncs": cuda_syncs}))
 
 
 def make_data(root: Path, size: int) -> Path:
@@ -107,11 +54,11 @@ def count(root: Path, size: int, impl: str, batch: int, accelerator: str = "cpu"
         "model.weights=null",
         f"model.rcnn_impl={impl}",
         f"model.channels_last={accelerator == 'gpu'}",
-        "+callbacks.sync_count._target_=syncs.SyncCounter",
+        "+callbacks.sync_count._target_=cxrdet.models.rcnn.syncs.SyncCounter",
         f"+callbacks.sync_count.out={out}",
         f"hydra.run.dir={root / 'runs' / f'{impl}-{batch}'}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks"), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     done = subprocess.run(
         [sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True, env=env
     )

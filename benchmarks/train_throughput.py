@@ -51,7 +51,7 @@ from cxrdet.demo.synth import synthesize  # noqa: E402
 from cxrdet.models.classifier import NoFindingModule, build_classifier  # noqa: E402
 from cxrdet.models.detector import build_fasterrcnn  # noqa: E402
 from cxrdet.models.module import DetectorModule  # noqa: E402
-from cxrdet.training.callbacks import StepTimeMonitor  # noqa: E402
+from cxrdet.training.callbacks import ProgressBar, StepTimeMonitor  # noqa: E402
 
 TARGET = {"detector": 0.97, "classifier": 0.95}  # cxrdet / plain images/s
 OPTIM = {  # the optimiser both loops use (conf/optim/sgd.yaml)
@@ -211,7 +211,7 @@ def lightning_loop(
         callbacks=[
             clock,
             *extra,
-            cb.TQDMProgressBar(refresh_rate=LOG_EVERY),
+            ProgressBar(refresh_rate=LOG_EVERY),
             cb.LearningRateMonitor(logging_interval="step"),
             StepTimeMonitor(),
         ],

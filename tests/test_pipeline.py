@@ -920,3 +920,40 @@ def test_prediction_reads_images_in_worker_processes_by_default(tiny_data, tmp_p
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: pytest.fail("models loaded"))
     with pytest.raises(ValueError, match="num_workers='many': expected auto or a number"):
         predictor.predict(PredictConfig(ckpt_path="unused.ckpt", num_workers="many"))
+
+
+def test_the_default_score_floor_and_pre_nms_cap_keep_the_validation_mAP40(
+    tiny_data, trained, tmp_path
+):
+    """model.box_score_thresh 0.001 and model.box_candidates_per_class 100 (the defaults, which
+    keep NMS small) against keeping every box, on the fixture run's validation images: mAP40
+    within 0.001. Seen failing with a floor of 0.5 and a cap of 1; this two-step model's
+    scores are too flat to catch a cap of 2 (benchmarks/prediction_floor.py measures the
+    defaults on the demo's trained detector)."""
+    from cxrdet.data.dataset import ImageDataset
+    from cxrdet.data.labels import read_labels
+    from cxrdet.data.splits import split_ids
+    from cxrdet.evaluation.nofinding import with_no_finding
+    from cxrdet.evaluation.submission import format_prediction, write_submission
+    from cxrdet.inference.predictor import load_models, predict_dataset
+
+    labels = str(tiny_data["raw"] / "train.csv")
+    _, val = split_ids(read_labels(labels)[0], "kfold", fold=1, n_folds=2)
+    prepared = tiny_data["prepared"] / "64"
+    dataset = ImageDataset(prepared / "train", prepared / "train_meta.csv", val)
+    models, _ = load_models([str(trained / "checkpoints" / "last.ckpt")], "cpu", None, None)
+    heads = models[0].roi_heads
+    assert (heads.score_thresh, heads.candidates_per_class) == (0.001, 100)  # the defaults
+    scores = []
+    for floor, cap in [(0.001, 100), (0.0, None)]:
+        heads.score_thresh, heads.candidates_per_class = floor, cap
+        results, _, _ = predict_dataset(models, dataset, "cpu", progress=False)
+        rows = {
+            i: format_prediction(*with_no_finding(*results[i], class14_head=False))
+            for i in dataset.ids
+        }
+        csv = tmp_path / f"floor-{floor}-{cap}.csv"
+        write_submission(rows, csv)
+        scores.append(score(labels, str(csv), split="kfold", fold=1, n_folds=2)["mAP40"])
+    assert 0 < scores[1] < 1
+    assert scores[0] == pytest.approx(scores[1], abs=0.001)

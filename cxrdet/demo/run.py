@@ -123,9 +123,8 @@ def training_figures(train_dir: Path = TRAIN) -> dict:
             out[f"val_{metric}"] = float(m[f"val/{metric}"].dropna().iloc[-1])
     if "val/AUC" in m:  # the classifier's checkpoint is the one with the best AUC
         out["val_AUC"] = float(m["val/AUC"].max())
-    rate = [c for c in m.columns if c.endswith("samples_per_sec") and c.startswith("train")]
-    if rate and m[rate[0]].notna().any():
-        out["train_images_per_s"] = float(m[rate[0]].dropna().mean())
+    if "time/images_per_s" in m and m["time/images_per_s"].notna().any():
+        out["train_images_per_s"] = float(m["time/images_per_s"].dropna().mean())
     return out
 
 

@@ -142,7 +142,7 @@ class NoFindingModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         images, targets = batch
         loss = self.loss(self(images), self.labels(targets).to(self.device))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.log("train/loss", loss, batch_size=len(images))  # ProgressBar shows it
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -69,7 +69,7 @@ class DetectorModule(pl.LightningModule):
         loss = sum(losses.values())
         self.nonfinite.record(loss, losses, [t["image_id"] for t in targets])
         n = len(images)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, batch_size=n)  # shown by ProgressBar: prog_bar would sync
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
         return loss
 

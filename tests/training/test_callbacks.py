@@ -95,3 +95,30 @@ def test_step_times_are_logged_every_log_interval_and_a_starved_model_warns_once
     )
     assert share and 20 <= int(share.group(1)) <= 60
     assert "raise data.num_workers (now 2;" in warning.getMessage()
+
+
+def test_a_whole_train_py_step_waits_for_the_device_only_in_the_model(tiny_data, tmp_path):
+    """One step of train.py with its default callbacks and loggers, profiled from one batch's
+    start to the next (cxrdet.models.rcnn.syncs.SyncCounter): at most the batched model's own
+    waits. Fails if the progress bar's loss, the throughput monitor, the finite-loss check or a
+    per-image loop makes the host wait every step (torchvision's path with them: ~120)."""
+    import json
+
+    from conftest import tiny_overrides, train_in_process
+
+    out = tmp_path / "syncs.json"
+    train_in_process(
+        [
+            *tiny_overrides(tiny_data, tmp_path / "run"),
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=100",
+            "+callbacks.sync_count._target_=cxrdet.models.rcnn.syncs.SyncCounter",
+            f"+callbacks.sync_count.out={out}",
+            "+callbacks.sync_count.step=2",
+        ]
+    )
+    counts = json.loads(out.read_text())
+    assert counts["ops"] > 1000  # a whole step was profiled
+    # The model's own: ROI pooling's four FPN levels (nonzero) and the RPN's one NMS; no
+    # .item() anywhere (seen failing with train/loss logged with prog_bar=True).
+    assert counts["by_op"] == {"aten::nonzero": 4, "torchvision::nms": 1}
