@@ -27,9 +27,10 @@ from cxrdet.data.splits import split_ids  # noqa: E402
 from cxrdet.evaluation.nofinding import with_no_finding  # noqa: E402
 from cxrdet.evaluation.score import score  # noqa: E402
 from cxrdet.evaluation.submission import format_prediction, write_submission  # noqa: E402
-from cxrdet.inference.predictor import load_models, predict_dataset  # noqa: E402
+from cxrdet.inference.predictor import PassOptions, load_models, predict_dataset  # noqa: E402
 
 DEMO = Path("outputs/demo")
+QUIET = PassOptions(batch_size=4, progress=False)
 PAIRS = [(0.0, None), (0.001, None), (0.0, 100), (0.001, 100), (0.001, 50), (0.01, None)]
 
 
@@ -46,14 +47,14 @@ def main() -> None:
     dataset = ImageDataset(prepared / "train", prepared / "train_meta.csv", val)
     models, _ = load_models([a.ckpt], "cpu", None, None)
     heads = models[0].roi_heads
-    predict_dataset(models, dataset, "cpu", batch_size=4, progress=False)  # warm-up
+    predict_dataset(models, dataset, "cpu", QUIET)  # warm-up
     rows, base = [], None
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "val.csv"
         for thresh, cap in PAIRS:
             heads.score_thresh, heads.candidates_per_class = thresh, cap
             start = time.perf_counter()
-            results, _, _ = predict_dataset(models, dataset, "cpu", batch_size=4, progress=False)
+            results, _, _ = predict_dataset(models, dataset, "cpu", QUIET)
             seconds = time.perf_counter() - start
             preds = {i: with_no_finding(*results[i], class14_head=False) for i in dataset.ids}
             write_submission({i: format_prediction(*v) for i, v in preds.items()}, csv)

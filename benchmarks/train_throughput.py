@@ -160,8 +160,9 @@ def plain_loop(
     model, compute_loss = plain_model(kind, model_cfg, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=1e-4, fused=True)
     start, done = 0.0, 0
+    loader = dm.train_dataloader()  # one loader, its workers kept across epochs (as Lightning)
     while done < steps + warmup:
-        for images, targets in dm.train_dataloader():
+        for images, targets in loader:
             images = [im.to(device, non_blocking=True) for im in images]
             move = lambda v: v.to(device, non_blocking=True) if torch.is_tensor(v) else v  # noqa: E731
             targets = [{k: move(v) for k, v in t.items()} for t in targets]

@@ -50,20 +50,22 @@ def test_fp16_prediction_on_cuda_runs_in_fp16_and_matches_fp32_on_cpu(tiny_data)
     from torchvision.ops import box_iou
 
     from cxrdet.data.dataset import ImageDataset
-    from cxrdet.inference.predictor import predict_dataset
+    from cxrdet.inference.predictor import PassOptions, predict_dataset
 
     torch.manual_seed(0)
     module = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)
     prepared = tiny_data["prepared"] / "64"
     dataset = ImageDataset(prepared / "test", prepared / "test_meta.csv")
     cpu_model = module.model.eval()
-    fp32, _, _ = predict_dataset([cpu_model], dataset, "cpu", progress=False)
+    fp32, _, _ = predict_dataset([cpu_model], dataset, "cpu", PassOptions(progress=False))
     gpu_model = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM).model
     gpu_model.load_state_dict(cpu_model.state_dict())
     gpu_model = gpu_model.cuda().eval()
     dtypes = []
     gpu_model.backbone.body.conv1.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
-    fp16, _, _ = predict_dataset([gpu_model], dataset, "cuda", precision="16-mixed", progress=False)
+    fp16, _, _ = predict_dataset(
+        [gpu_model], dataset, "cuda", PassOptions(precision="16-mixed", progress=False)
+    )
     assert dtypes and set(dtypes) == {torch.float16}  # the layers ran in fp16
     assert fp16.keys() == fp32.keys()
     matched, total = 0, 0

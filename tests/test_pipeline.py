@@ -243,7 +243,7 @@ def test_an_ensemble_fuses_every_member_with_its_weight(tiny_data, trained, tmp_
 
 
 def test_ensemble_weights_follow_weighted_boxes_fusion(tmp_path):
-    from cxrdet.inference.predictor import predict_dataset
+    from cxrdet.inference.predictor import PassOptions, predict_dataset
 
     class OneBox(torch.nn.Module):
         def __init__(self, box, score):
@@ -263,7 +263,9 @@ def test_ensemble_weights_follow_weighted_boxes_fusion(tmp_path):
     pd.DataFrame({"image_id": ["a"], "dim0": [64], "dim1": [64]}).to_csv(tmp_path / "m.csv")
     dataset = ImageDataset(tmp_path / "img", tmp_path / "m.csv")
     members = [OneBox([10.0, 10, 30, 30], 0.8), OneBox([14.0, 10, 34, 30], 0.4)]
-    results, _, _ = predict_dataset(members, dataset, "cpu", weights=[2.0, 1.0], progress=False)
+    results, _, _ = predict_dataset(
+        members, dataset, "cpu", PassOptions(weights=[2.0, 1.0], progress=False)
+    )
     boxes, scores, classes = results["a"]
     # WBF: coordinates weighted by score x weight (1.6 and 0.4): x0 = (1.6*10 + 0.4*14) / 2;
     # score: the mean of score x weight over the two, times 2 boxes / 3 of total weight.
@@ -316,7 +318,7 @@ def test_hflip_tta_fuses_each_box_with_its_flipped_view_s_mirror(trained, tmp_pa
     import cv2
 
     from cxrdet.data.dataset import ImageDataset
-    from cxrdet.inference.predictor import predict_dataset
+    from cxrdet.inference.predictor import PassOptions, predict_dataset
     from cxrdet.models.module import load_detector
 
     image = np.zeros((64, 64), np.uint8)  # no two blobs mirror each other
@@ -328,8 +330,10 @@ def test_hflip_tta_fuses_each_box_with_its_flipped_view_s_mirror(trained, tmp_pa
     meta = pd.DataFrame({"image_id": ["s"], "dim0": [640], "dim1": [640]})
     meta.to_csv(tmp_path / "m.csv", index=False)
     dataset = ImageDataset(tmp_path / "img", tmp_path / "m.csv")
-    plain, _, _ = predict_dataset([BlobDetector()], dataset, "cpu", progress=False)
-    results, _, _ = predict_dataset([BlobDetector()], dataset, "cpu", tta="hflip", progress=False)
+    plain, _, _ = predict_dataset([BlobDetector()], dataset, "cpu", PassOptions(progress=False))
+    results, _, _ = predict_dataset(
+        [BlobDetector()], dataset, "cpu", PassOptions(tta="hflip", progress=False)
+    )
     # The flipped view's boxes, flipped back, land on the plain ones; its scores differ (the
     # stand-in scores blobs by their order from the left), so each fused score is the mean.
     tensor = dataset[0][0]
@@ -352,7 +356,9 @@ def test_hflip_tta_fuses_each_box_with_its_flipped_view_s_mirror(trained, tmp_pa
     assert classes.tolist() == [3, 3, 3]
     # The real detector goes through the same TTA path.
     model = load_detector(str(trained / "checkpoints" / "last.ckpt")).model.eval()
-    results, _, _ = predict_dataset([model], dataset, "cpu", tta="hflip", progress=False)
+    results, _, _ = predict_dataset(
+        [model], dataset, "cpu", PassOptions(tta="hflip", progress=False)
+    )
     assert results["s"][0].shape[1] == 4 and len(results["s"][0]) <= 100
 
 
@@ -935,7 +941,7 @@ def test_the_default_score_floor_and_pre_nms_cap_keep_the_validation_mAP40(
     from cxrdet.data.splits import split_ids
     from cxrdet.evaluation.nofinding import with_no_finding
     from cxrdet.evaluation.submission import format_prediction, write_submission
-    from cxrdet.inference.predictor import load_models, predict_dataset
+    from cxrdet.inference.predictor import PassOptions, load_models, predict_dataset
 
     labels = str(tiny_data["raw"] / "train.csv")
     _, val = split_ids(read_labels(labels)[0], "kfold", fold=1, n_folds=2)
@@ -947,7 +953,7 @@ def test_the_default_score_floor_and_pre_nms_cap_keep_the_validation_mAP40(
     scores = []
     for floor, cap in [(0.001, 100), (0.0, None)]:
         heads.score_thresh, heads.candidates_per_class = floor, cap
-        results, _, _ = predict_dataset(models, dataset, "cpu", progress=False)
+        results, _, _ = predict_dataset(models, dataset, "cpu", PassOptions(progress=False))
         rows = {
             i: format_prediction(*with_no_finding(*results[i], class14_head=False))
             for i in dataset.ids

@@ -36,12 +36,28 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpus_per_process(processes: int = 1) -> int:
+    """The CPUs one training process may give its loader workers.
+
+    Under SLURM with one task per training process (``srun``, ``SLURM_NTASKS`` > 1), each task
+    has its own allocation (``--cpus-per-task``): all of it. Otherwise the CPUs this process
+    may run on (its affinity: a container's or a one-task job's allocation) are shared
+    between the ``processes`` that Lightning starts on this machine. Divided once, either way.
+    """
+    cpus = usable_cpus()
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if per_task.isdigit():
+        cpus = min(cpus, int(per_task))
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return cpus
+    return max(1, cpus // max(processes, 1))
+
+
 def worker_count(num_workers, processes: int = 1, key: str = "data.num_workers") -> int:
-    """``data.num_workers`` (or ``key``) as a number: ``auto`` is the CPUs this process may use,
-    shared between the training processes of this machine, capped at 16 (a number passes
-    through)."""
+    """``data.num_workers`` (or ``key``) as a number: ``auto`` is :func:`cpus_per_process`,
+    capped at 16 (a number passes through)."""
     if str(num_workers) == "auto":
-        return max(1, min(MAX_AUTO_WORKERS, usable_cpus() // max(processes, 1)))
+        return max(1, min(MAX_AUTO_WORKERS, cpus_per_process(processes)))
     try:
         workers = int(num_workers)
     except (TypeError, ValueError):
@@ -49,6 +65,34 @@ def worker_count(num_workers, processes: int = 1, key: str = "data.num_workers")
     if workers < 0 or str(workers) != str(num_workers).strip():
         raise ValueError(f"{key}={num_workers!r}: expected auto or a number >= 0")
     return workers
+
+
+def check_shared_memory(workers: int, batch_bytes: int, prefetch: int = 2, path="/dev/shm"):
+    """Batches travel from the loader's workers through shared memory (``/dev/shm``); Docker
+    gives a container 64 MB of it, and workers that cannot place a batch there die with a bus
+    error that names nothing. When ``workers x prefetch`` batches of ``batch_bytes`` would take
+    more than half of what is free, tensors go through files instead (torch's ``file_system``
+    sharing), and one line says why and how to give the container more."""
+    if workers <= 0:
+        return
+    try:
+        stat = os.statvfs(path)
+    except OSError:  # no /dev/shm (macOS): torch shares another way
+        return
+    free, need = stat.f_bavail * stat.f_frsize, workers * prefetch * batch_bytes
+    if need <= free / 2:
+        return
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    log.warning(
+        "%s has %d MB free; %d loader workers x %d batches in flight need about %d MB: batches "
+        "now go through files (slower); give the container more shared memory (docker run "
+        "--shm-size=8g, or a Kubernetes emptyDir medium: Memory) or lower data.num_workers",
+        path,
+        free // 2**20,
+        workers,
+        prefetch,
+        need // 2**20,
+    )
 
 
 def normal_share(empty_images) -> float:
@@ -293,7 +337,9 @@ class CXRDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         workers = worker_count(self.num_workers, trainer.num_devices if trainer else 1)
         cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        if log_it:
+        if log_it:  # the training loader's: check shared memory for it and validation's once
+            images = self.batch_size + self.val_batch_size  # uint8, one channel, + targets
+            check_shared_memory(workers, int(1.2 * images * self.image_size**2))
             log.info(
                 "data loader: %d worker process(es) (data.num_workers=%s; %d CPUs usable)%s",
                 workers,

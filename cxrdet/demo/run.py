@@ -67,7 +67,7 @@ def make_data() -> dict[str, float]:
 
 
 def best_checkpoint(train_dir: Path = TRAIN) -> Path | None:
-    from cxrdet.training.callbacks import (
+    from cxrdet.training.checkpoints import (
         best_checkpoint as best_in,  # imports torch: not at start-up
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -20,20 +21,37 @@ from cxrdet.data.dataset import grey_pixels
 log = logging.getLogger(__name__)
 
 
-def onnx_providers(device: torch.device, available: list[str]) -> list[str]:
-    """ONNX Runtime's execution providers for ``device``: CUDA first on a CUDA device when
-    ``available`` has it; else the CPU, saying so in one line when a GPU was asked for."""
+def onnx_providers(device: torch.device, available: list[str]) -> list:
+    """ONNX Runtime's execution providers for ``device``: on a CUDA device its CUDA provider on
+    that GPU (``cuda:N``, or this process's ``LOCAL_RANK`` under DDP), then the CPU's; a CUDA
+    device without a CUDA provider is refused, naming the package to install."""
     if device.type != "cuda":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    log.warning(
-        "ONNX Runtime has no CUDA provider here (it has %s): the exported model runs on the CPU; "
-        "for the GPU install onnxruntime-gpu in place of onnxruntime: pip install "
-        "'cxrdet[onnx-gpu]'",
-        ", ".join(available) or "none",
-    )
-    return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise ValueError(
+            f"device={device}: this ONNX Runtime has no CUDA provider (it has "
+            f"{', '.join(available) or 'none'}); install the GPU build in place of the CPU one "
+            "(pip uninstall onnxruntime; pip install 'cxrdet[onnx-gpu]'), or predict with "
+            "device=cpu"
+        )
+    index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", 0))
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+def check_one_runtime(installed=None) -> None:
+    """``onnxruntime`` and ``onnxruntime-gpu`` installed together overwrite each other's files
+    (which one loads is an accident): refuse, naming the one to remove. ``installed``: the
+    distribution names (default: this environment's)."""
+    if installed is None:
+        from importlib.metadata import distributions
+
+        installed = {d.metadata["Name"].lower() for d in distributions()}
+    if {"onnxruntime", "onnxruntime-gpu"} <= set(installed):
+        raise ValueError(
+            "onnxruntime and onnxruntime-gpu are both installed and shadow each other: pip "
+            "uninstall -y onnxruntime onnxruntime-gpu, then install one (pip install "
+            "'cxrdet[onnx]' for the CPU, 'cxrdet[onnx-gpu]' for a GPU)"
+        )
 
 
 def load_exported(path: str | Path, device: torch.device | str = "cpu"):
@@ -49,8 +67,15 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu"):
             import onnxruntime
         except ImportError as e:
             raise ValueError(f"{path}: ONNX needs onnxruntime: pip install 'cxrdet[onnx]'") from e
+        check_one_runtime()
         providers = onnx_providers(device, onnxruntime.get_available_providers())
         session = onnxruntime.InferenceSession(str(path), providers=providers)
+        if device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            raise ValueError(  # its libraries failed to load: ONNX Runtime fell back to the CPU
+                f"{path}: ONNX Runtime could not start its CUDA provider (the session runs on "
+                f"{', '.join(session.get_providers())}); its log above says why (often a "
+                "CUDA/cuDNN version it was not built for), or predict with device=cpu"
+            )
         meta = session.get_modelmeta().custom_metadata_map
         info = {k.removeprefix("cxrdet."): v for k, v in meta.items() if k.startswith("cxrdet.")}
         return (lambda image: tuple(session.run(None, {"image": image}))), export_info(info)

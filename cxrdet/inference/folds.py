@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from cxrdet.data.config import fold_index
 from cxrdet.data.splits import split_ids
 from cxrdet.evaluation.nofinding import Prediction
-from cxrdet.training.callbacks import best_checkpoint
+from cxrdet.training.checkpoints import best_checkpoint
 
 SHARED = ("labels_csv", "split_seed", "n_folds")  # what makes two sweeps' folds the same
 

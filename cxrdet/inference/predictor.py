@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -125,26 +126,45 @@ def load_models(
     return models, image_size
 
 
+@dataclass
+class PassOptions:
+    """How :func:`predict_dataset` runs its models over a dataset.
+
+    Attributes:
+        batch_size: images per batch.
+        num_workers: loader worker processes reading the images.
+        tta: ``none`` or ``hflip`` (each model also sees the flipped image; views fused by WBF).
+        weights: each model's weight in the WBF fusion (None: equal).
+        fusion_iou, fusion_skip: WBF's IoU and the score below which it drops boxes first.
+        max_detections: boxes kept per image after the fusion (None: all).
+        progress: show a progress bar.
+        precision: the autocast precision (``32-true``, ``16-mixed``, ``bf16-mixed``).
+        classifier_tta: the No-finding classifiers' own TTA (``none`` or ``hflip``).
+    """
+
+    batch_size: int = 4
+    num_workers: int = 0
+    tta: str = "none"
+    weights: list[float] | None = None
+    fusion_iou: float = 0.55
+    fusion_skip: float = 0.0
+    max_detections: int | None = 100
+    progress: bool = True
+    precision: str = "32"
+    classifier_tta: str = "none"
+
+
 @torch.inference_mode()
 def predict_dataset(
     models,
     dataset,
     device,
-    batch_size: int = 4,
-    num_workers: int = 0,
-    tta: str = "none",
-    weights: list[float] | None = None,
-    fusion_iou: float = 0.55,
-    fusion_skip: float = 0.0,
-    max_detections: int | None = 100,
-    progress: bool = True,
-    precision: str = "32",
+    options: PassOptions | None = None,
     classifiers: list | None = None,
-    classifier_tta: str = "none",
     on_result=None,
 ) -> tuple[dict, dict, dict]:
-    """Run every model (and its flipped view with ``tta="hflip"``) over ``dataset``, and the
-    "No finding" classifiers, if any, on the same batches (each image is read once).
+    """Run every model (and its flipped view with ``options.tta="hflip"``) over ``dataset``,
+    and the "No finding" classifiers, if any, on the same batches (each image is read once).
 
     Each batch's detections come to the host in one copy per model and view; ``on_result``,
     if given, is called with each image's id, prediction and P(abnormal) (None without
@@ -155,24 +175,25 @@ def predict_dataset(
         more than one view; image id → error for images that could not be read; and image id →
         the classifiers' mean P(abnormal) (:func:`batch_probs`; empty without classifiers).
     """
-    check_tta(tta, "tta")
-    check_tta(classifier_tta)
-    weights = list(weights) if weights else [1.0] * len(models)
+    o = options or PassOptions()
+    check_tta(o.tta, "tta")
+    check_tta(o.classifier_tta)
+    weights = list(o.weights) if o.weights else [1.0] * len(models)
     if len(weights) != len(models):
         raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
-    loader = prediction_loader(dataset, batch_size, num_workers, device)
+    loader = prediction_loader(dataset, o.batch_size, o.num_workers, device)
     device = torch.device(device)
     results, errors, probs = {}, {}, {}
-    for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+    for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not o.progress):
         batch = [im.to(device, non_blocking=True) for im in images]
         views = []  # (outputs per image on the host, flipped?, weight)
-        with autocast(device, precision):
+        with autocast(device, o.precision):
             for model, weight in zip(models, weights):
                 views.append((predictions_of(model(batch)), False, weight))
-                if tta == "hflip":
+                if o.tta == "hflip":
                     flipped = model([im.flip(-1) for im in batch])
                     views.append((predictions_of(flipped), True, weight))
-            p_abnormal = batch_probs(classifiers, batch, classifier_tta) if classifiers else None
+            p_abnormal = batch_probs(classifiers, batch, o.classifier_tta) if classifiers else None
         for k, (image, info) in enumerate(zip(images, infos)):
             image_id = info["image_id"]
             if info.get("error"):
@@ -186,9 +207,9 @@ def predict_dataset(
                 boxes, scores, classes = outputs[k]
                 sets.append((hflip_boxes(boxes, hw[1]) if flipped else boxes, scores, classes))
             boxes, scores, classes = fuse_predictions(
-                sets, hw, [w for *_, w in views], fusion_iou, fusion_skip
+                sets, hw, [w for *_, w in views], o.fusion_iou, o.fusion_skip
             )
-            top = np.argsort(-scores, kind="stable")[:max_detections]
+            top = np.argsort(-scores, kind="stable")[: o.max_detections]
             results[image_id] = to_original_prediction(
                 (boxes[top], scores[top], classes[top]), info["orig_hw"], hw, info["content"]
             )
@@ -282,10 +303,7 @@ def predict(
             p = probs[image_id] if probs is not None else p_abnormal
             rows[image_id] = writer.submit(row, pred, p)
 
-        results, errors, classifier_probs = predict_dataset(
-            models,
-            dataset,
-            dev,
+        options = PassOptions(
             batch_size=cfg.batch_size,
             num_workers=workers,
             tta=cfg.tta,
@@ -295,8 +313,14 @@ def predict(
             max_detections=max_detections,
             progress=cfg.progress,
             precision=precision,
-            classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
             classifier_tta=nofinding.tta,
+        )
+        results, errors, classifier_probs = predict_dataset(
+            models,
+            dataset,
+            dev,
+            options,
+            classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
             on_result=on_result,
         )
         rows = {i: EMPTY_PREDICTION if i in errors else rows[i].result() for i in dataset.ids}

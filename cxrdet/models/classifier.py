@@ -43,12 +43,16 @@ ARCHS = {
 
 
 def build_classifier(
-    arch: str = "resnet50", weights: str | None = None, trust_weights: bool = False
+    arch: str = "resnet50",
+    weights: str | None = None,
+    channels_last: bool = False,
+    trust_weights: bool = False,
 ) -> nn.Module:
     """A torchvision backbone with one output logit; ``weights`` a torchvision name of that
     architecture (read from the cache, as for the detector: :mod:`cxrdet.models.weights`), a
     local file (one that needs full unpickling only with ``trust_weights``), or None (random
-    init)."""
+    init); ``channels_last``: its convolutions' weights in NHWC order (the GPU's tensor
+    cores'; slower on the CPU)."""
     if arch not in ARCHS:
         raise ValueError(f"model.arch={arch!r}: expected one of {', '.join(ARCHS)}")
     builder, weights_enum = ARCHS[arch]
@@ -59,7 +63,7 @@ def build_classifier(
         net.fc = nn.Linear(net.fc.in_features, 1)
     else:  # EfficientNet and ConvNeXt end in a Sequential whose last layer is the Linear
         net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, 1)
-    return net
+    return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
 def filter_figures(probs: torch.Tensor, abnormal: torch.Tensor, low: float, high: float) -> dict:

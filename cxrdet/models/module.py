@@ -69,8 +69,10 @@ class DetectorModule(pl.LightningModule):
         loss = sum(losses.values())
         self.nonfinite.record(loss, losses, [t["image_id"] for t in targets])
         n = len(images)
-        self.log("train/loss", loss, batch_size=n)  # shown by ProgressBar: prog_bar would sync
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n)
+        # The mean over DDP ranks (an all-reduce queued on the device); shown by ProgressBar:
+        # prog_bar=True would make the host wait every step.
+        self.log("train/loss", loss, batch_size=n, sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=n, sync_dist=True)
         return loss
 
     def on_train_start(self) -> None:

@@ -14,6 +14,7 @@ self-contained page, ``index.html`` (:mod:`cxrdet.reports.html`), in ``RUN_DIR/r
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.reports.gallery import froc_figure, gallery_items
 from cxrdet.reports.html import write_html
-from cxrdet.training.callbacks import best_checkpoint
+from cxrdet.training.checkpoints import best_checkpoint
+
+log = logging.getLogger("cxrdet.train")
 
 
 def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
@@ -164,6 +167,18 @@ def validation_figures(
     if page["froc_figure"] is not None:
         written.append(page["froc_figure"])
     return written, page
+
+
+def report_run(run_dir: str | Path, wandb_loggers: list) -> None:
+    """After training: the result figures and index.html in ``<run dir>/report/`` (and to the
+    W&B loggers given); a report that cannot be made only warns (the checkpoints are written)."""
+    try:
+        figures = write_report(run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        log.warning("no report: %s (the figures need the csv logger: logger=[csv,wandb])", e)
+        return
+    log.info("report: %d files in %s (open index.html)", len(figures), figures[0].parent)
+    upload_figures(wandb_loggers, figures)
 
 
 def upload_figures(loggers, paths: list[Path]) -> int:

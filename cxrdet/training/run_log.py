@@ -11,10 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
 log = logging.getLogger("cxrdet.train")
+
+
+def quiet_library_noise() -> None:
+    """Filter what the libraries print on every run that is no user's business."""
+    # torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+    # Lightning advertises its cloud services on every run ("💡 Tip: ... litlogger").
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: "💡 Tip" not in record.getMessage()
+    )
 
 
 def to_run_log(level: int, message: str, exc_info=None) -> None:

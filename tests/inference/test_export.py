@@ -105,15 +105,20 @@ def test_predict_with_the_onnx_file_matches_the_checkpoint(checkpoint, tiny_data
         np.testing.assert_allclose(got_scores[got_classes == 14], scores[classes == 14], atol=2e-4)
 
 
-def test_onnx_runtime_takes_the_cuda_provider_on_a_gpu_and_says_when_it_cannot(caplog):
-    from cxrdet.inference.exported import onnx_providers
+def test_onnx_runtime_takes_the_cuda_provider_of_the_chosen_gpu_or_refuses(monkeypatch):
+    """The CUDA provider on cuda:N (or this rank's GPU under DDP), never a silent fall-back to
+    the CPU, and never both runtimes at once. Fails if device_id is dropped (every rank on GPU
+    0) or the fall-back comes back."""
+    from cxrdet.inference.exported import check_one_runtime, onnx_providers
 
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    with caplog.at_level("WARNING", logger="cxrdet.inference.exported"):
-        assert onnx_providers(cuda, gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        assert onnx_providers(cpu, gpu_build) == ["CPUExecutionProvider"]
-        assert not caplog.records
-        assert onnx_providers(cuda, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    (line,) = caplog.records
-    assert "runs on the CPU" in line.getMessage() and "cxrdet[onnx-gpu]" in line.getMessage()
+    cuda_provider = lambda i: [("CUDAExecutionProvider", {"device_id": i}), "CPUExecutionProvider"]  # noqa: E731
+    assert onnx_providers(torch.device("cuda:1"), gpu_build) == cuda_provider(1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert onnx_providers(torch.device("cuda"), gpu_build) == cuda_provider(3)
+    assert onnx_providers(torch.device("cpu"), gpu_build) == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match=r"no CUDA provider .*cxrdet\[onnx-gpu\].*device=cpu"):
+        onnx_providers(torch.device("cuda"), ["CPUExecutionProvider"])
+    check_one_runtime({"onnxruntime", "numpy"})
+    with pytest.raises(ValueError, match="both installed.*pip uninstall -y onnxruntime"):
+        check_one_runtime({"onnxruntime", "onnxruntime-gpu"})

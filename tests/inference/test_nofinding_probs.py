@@ -104,7 +104,7 @@ def test_the_classifier_shares_the_detector_s_pass_and_gives_what_it_gives_alone
 ):
     from cxrdet.data.dataset import ImageDataset
     from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs
-    from cxrdet.inference.predictor import load_models, predict_dataset
+    from cxrdet.inference.predictor import PassOptions, load_models, predict_dataset
 
     prepared = tiny_data["prepared"] / "64"
 
@@ -118,9 +118,8 @@ def test_the_classifier_shares_the_detector_s_pass_and_gives_what_it_gives_alone
     dataset = CountingDataset(prepared / "test", prepared / "test_meta.csv")
     classifiers = load_classifiers(str(checkpoints[1]), "cpu")
     models, _ = load_models([str(checkpoints[0])], "cpu", None, None)
-    results, _, probs = predict_dataset(
-        models, dataset, "cpu", progress=False, classifiers=classifiers, classifier_tta="hflip"
-    )
+    options = PassOptions(progress=False, classifier_tta="hflip")
+    results, _, probs = predict_dataset(models, dataset, "cpu", options, classifiers=classifiers)
     assert CountingDataset.reads == len(dataset) == len(results)  # each image read once
     alone = predict_probs(classifiers, dataset, "cpu", tta="hflip", progress=False)
     assert probs == pytest.approx(alone, abs=1e-6) and sorted(probs) == sorted(results)

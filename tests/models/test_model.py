@@ -164,7 +164,7 @@ def _stand_in_heads(model, seen: list):
 
 def test_min_size_list_and_test_size_map_boxes_back_to_original_pixels(tiny_data):
     from cxrdet.data.dataset import ImageDataset
-    from cxrdet.inference.predictor import predict_dataset
+    from cxrdet.inference.predictor import PassOptions, predict_dataset
 
     torch.manual_seed(0)
     model = build_fasterrcnn(image_size=64, min_size=[96, 128], max_size=1333, test_size=160)
@@ -178,7 +178,9 @@ def test_min_size_list_and_test_size_map_boxes_back_to_original_pixels(tiny_data
     model.eval()
     prepared = tiny_data["prepared"] / "64"
     dataset = ImageDataset(prepared / "test", prepared / "test_meta.csv")
-    results, errors, _ = predict_dataset([model], dataset, "cpu", batch_size=2, progress=False)
+    results, errors, _ = predict_dataset(
+        [model], dataset, "cpu", PassOptions(batch_size=2, progress=False)
+    )
     assert not errors and {tuple(s) for batch in seen for s in batch} == {(160, 160)}
     for image_id, (boxes, _, classes) in results.items():
         h, w = dataset.meta.at[image_id, "dim0"], dataset.meta.at[image_id, "dim1"]

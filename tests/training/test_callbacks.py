@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from cxrdet.training.callbacks import best_checkpoint
+from cxrdet.training.checkpoints import best_checkpoint
 
 
 def _ckpt(path, best):

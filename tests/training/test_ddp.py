@@ -114,3 +114,28 @@ def test_a_local_sweep_on_two_processes_is_refused_at_start_in_one_line(tiny_dat
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "on 2 processes (DDP)" in errors[0], done.stderr[-2000:]
     assert "add hydra/launcher=slurm" in errors[0]
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(ddp_run, tiny_data, tmp_path):
+    """The checkpoint holds both ranks' RNG states; one process takes rank 0's, says once that
+    the run will not repeat exactly, and trains on (it used to index states by GPU)."""
+    from conftest import train_in_process
+
+    ckpt = ddp_run[0] / "checkpoints" / "last.ckpt"
+    import torch
+
+    assert len(torch.load(ckpt, weights_only=True)["rng_states"]["ranks"]) == 2
+    log = train_in_process(
+        [
+            *tiny_overrides(tiny_data, tmp_path / "one"),
+            f"ckpt_path={ckpt}",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+            "data.val_fraction=0.5",
+        ]
+    )
+    assert "saved by 2 process(es), this run has 1" in log
+    assert (
+        torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        == 4
+    )
