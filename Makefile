@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench clean
+.PHONY: help install demo test check-tests test-all lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ demo: $(STAMP) ## Synthetic data -> prepare -> train -> predict -> score, under 
 
 test: $(STAMP) ## Run the test suite (no network, CPU only)
 	$(PY) -m pytest -q
+
+check-tests: $(STAMP) ## Mutation pass over the metric, box mapping and fusion: do the tests notice? (~5 min)
+	$(PY) tests/mutate.py
 
 lint: $(STAMP) ## ruff check and format check
 	$(PY) -m ruff check .

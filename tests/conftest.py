@@ -20,9 +20,28 @@ PY = sys.executable
 TINY = 64
 
 
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder``: its size and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_unchanged(folder: Path, before: dict) -> None:
+    """Fail (the session, from a fixture's teardown) if anything under ``folder`` was added,
+    removed or changed since ``before``: a session fixture is shared, and a test that writes
+    into it changes what later tests see (a test that needs to write copies first)."""
+    after = snapshot(folder)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the shared fixture {folder}: {changed[:5]}"
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """Raw DICOMs + labels (16 train / 4 test, 64–96 px) and PNGs prepared at 64 px."""
+    """Raw DICOMs + labels (16 train / 4 test, 64–96 px) and PNGs prepared at 64 px; read-only
+    (the session fails if a test changes it)."""
     from cxrdet.data.prepare import prepare
     from cxrdet.demo.synth import synthesize
 
@@ -31,7 +50,9 @@ def tiny_data(tmp_path_factory):
     synthesize(raw, 16, 4, seed=3, normal_share=0.4, min_px=64, max_px=96, progress=False)
     for split in ("train", "test"):
         prepare(raw / split, prepared, [TINY], progress=False)
-    return {"root": root, "raw": raw, "prepared": prepared, "size": TINY}
+    before = snapshot(root)
+    yield {"root": root, "raw": raw, "prepared": prepared, "size": TINY}
+    assert_unchanged(root, before)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +97,14 @@ def tiny_overrides(data: dict, run_dir: Path) -> list[str]:
         "data.empty_images=keep",  # every tiny image, so that epochs are 6 batches long
         f"hydra.run.dir={run_dir}",
     ]
+
+
+def cannot_run(reason: str):
+    """A test that cannot run here: skipped, except in CI (``CI`` set), where what it needs is
+    installed (``.ci/run``) and a skip would hide that it never ran."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def run_ok(args: list[str], timeout: int = 600, env: dict | None = None):

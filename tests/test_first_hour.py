@@ -5,6 +5,7 @@ key that was meant."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -126,8 +127,9 @@ def test_predict_reads_the_png_size_the_checkpoint_trained_at_and_links_the_late
     from cxrdet.models.module import DetectorModule
 
     optim = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
-    prepared = tiny_data["prepared"]
-    (prepared / "48").mkdir(exist_ok=True)  # another size's folder beside the 64-px one
+    prepared = tmp_path / "prepared"  # a copy: the session's tiny dataset is read-only
+    shutil.copytree(tiny_data["prepared"] / "64", prepared / "64")
+    (prepared / "48").mkdir()  # another size's folder beside the 64-px one
     for size, name in ((64, "m64.ckpt"), (48, "m48.ckpt")):
         module = DetectorModule(model={"num_classes": 14, "image_size": size}, optim=optim)
         state = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}

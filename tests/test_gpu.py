@@ -40,10 +40,17 @@ def test_training_and_validation_on_cuda(tiny_data, tmp_path, precision):
         default_root_dir=tmp_path,
         callbacks=[CompetitionEvaluation()],  # evaluation=competition, as train.py adds it
     )
+    dtypes = set()
+    body = module.model.backbone.body
+    body.layer2.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype) if m.training else None)
+    before = body.layer2[0].conv1.weight.detach().clone()
     trainer.fit(module, datamodule=_data(tiny_data))
     metrics = trainer.callback_metrics
     assert np.isfinite(float(metrics["train/loss"])) and np.isfinite(float(metrics["val/loss"]))
     assert "val/AP40" in metrics and float(metrics["val/images"]) > 0
+    expected = {"32-true": torch.float32, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+    assert dtypes == {expected[precision]}  # the steps really ran in that precision
+    assert not torch.equal(before.cpu(), body.layer2[0].conv1.weight.detach().cpu())  # trained
 
 
 def test_fp16_prediction_on_cuda_runs_in_fp16_and_matches_fp32_on_cpu(tiny_data):

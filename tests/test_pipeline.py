@@ -55,13 +55,25 @@ def test_all_train_without_logger_still_checkpoints(tiny_data, tmp_path):
 
 
 def test_bf16_mixed_training_runs_on_cpu(tiny_data, tmp_path):
-    run = tmp_path / "run"
+    """The backbone's activations are bfloat16 in the training steps (a forward hook) and the
+    steps moved the weights; fails if the precision is only echoed in the config."""
+    import json
+
+    run, probe = tmp_path / "run", tmp_path / "probe.json"
     overrides = [*tiny_overrides(tiny_data, run), "trainer.precision=bf16-mixed"]
-    train_in_process([*overrides, "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    train_in_process(
+        [
+            *overrides,
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "+callbacks.probe._target_=dtype_probe.DtypeProbe",
+            f"+callbacks.probe.out={probe}",
+        ]
+    )
+    seen = json.loads(probe.read_text())
+    assert seen == {"dtypes": ["torch.bfloat16"], "moved": True}
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
     assert np.isfinite(metrics["val/loss"].dropna()).all() and len(metrics["val/loss"].dropna())
-    hparams = (run / "csv" / "hparams.yaml").read_text()
-    assert "precision: bf16-mixed" in hparams
 
 
 def test_bad_labels_path_fails_before_training_with_the_file_named(tiny_data, tmp_path):
@@ -78,6 +90,7 @@ def trained(tiny_data, module_tmp):
             "data.split=kfold",  # 8 validation images, normal ones among them
             "data.n_folds=2",
             "data.fold=1",
+            "data.val_fusion=wbf",  # validation against the readers fused, as the demo's
             "trainer.max_steps=2",
             "trainer.val_check_interval=2",
             "scheduler.warmup_steps=1",
@@ -211,6 +224,16 @@ def _same(a: dict, b: dict, atol=1e-3):
 
 
 def test_dicom_folder_and_png_folder_predictions_agree(tiny_data, trained, tmp_path):
+    """The on-the-fly DICOM conversion gives prepare's PNG pixels (within one grey level: the
+    PNG is the same uint8 array), so the same predictions."""
+    from cxrdet.data.dataset import DicomDataset, ImageDataset
+
+    prepared = tiny_data["prepared"] / "64"
+    pngs = ImageDataset(prepared / "test", prepared / "test_meta.csv")
+    dicoms = DicomDataset(tiny_data["raw"] / "test", size=64)
+    for image, info in (dicoms[i] for i in range(len(dicoms))):
+        png = pngs[pngs.ids.index(info["image_id"])][0]
+        assert (image.int() - png.int()).abs().max() <= 1, info["image_id"]
     png = _predict(trained, tiny_data, tmp_path / "png.csv")
     dicom = _predict(
         trained, tiny_data, tmp_path / "dicom.csv", dicom_dir=str(tiny_data["raw"] / "test")
@@ -277,11 +300,27 @@ def test_ensemble_weights_follow_weighted_boxes_fusion(tmp_path):
 def test_bf16_prediction_on_cpu_is_close_to_fp32_and_a_bad_precision_is_named(
     tiny_data, trained, tmp_path
 ):
+    """Most bf16 detections are an fp32 one (the same class, every coordinate within a pixel
+    of the 64-px image: 1.5 px of the 64-96-px originals, + 0.1 for the CSV's rounding), and
+    those score within 0.02 of it (the prediction layers run in float32). A barely trained
+    model's near-tied scores let bf16's rounding change which boxes survive NMS, hence "most".
+    Seen failing when predict_dataset ignored the precision (fp32 twice). On these flat scores
+    bf16's effect hides below the CSV's 4 decimals: the prediction layers' float32 is shown
+    exactly in tests/models/test_fp32_boxes.py."""
     fp32 = _predict(trained, tiny_data, tmp_path / "fp32.csv")
     bf16 = _predict(trained, tiny_data, tmp_path / "bf16.csv", precision="bf16-mixed")
     assert fp32.keys() == bf16.keys()
-    top = lambda sub: np.array([s.max(initial=0) for _, s, _ in sub.values()])  # noqa: E731
-    np.testing.assert_allclose(top(bf16), top(fp32), atol=0.05)
+    matched = total = 0
+    for i in fp32:
+        (fb, fs, fc), (bb, bs, bc) = fp32[i], bf16[i]
+        finding = (bc < 14) & (bs > 0.05)
+        total += int(finding.sum())
+        for box, s, c in zip(bb[finding], bs[finding], bc[finding]):
+            same = np.flatnonzero((fc == c) & (np.abs(fb - box).max(axis=1) <= 1.6))
+            if len(same):
+                matched += 1
+                assert np.abs(fs[same] - s).min() <= 0.02, (i, s, fs[same])
+    assert total > 20 and matched >= 0.5 * total, (matched, total)
     assert any(
         len(fp32[i][1]) != len(bf16[i][1]) or not np.array_equal(fp32[i][1], bf16[i][1])
         for i in fp32
@@ -299,7 +338,7 @@ class BlobDetector(torch.nn.Module):
 
         out = []
         for image in images:
-            mask = (image[0].numpy() > 0.5).astype(np.uint8)
+            mask = (image[0].numpy() > 127).astype(np.uint8)  # the loader's uint8 pixels
             n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
             x, y, w, h = (stats[1:, k].astype(np.float32) for k in range(4))
             boxes = np.stack([x, y, x + w, y + h], axis=1)
@@ -374,8 +413,11 @@ def test_nofinding_classifier_filter_regimes(tiny_data, trained, tmp_path):
     )
     low, mid, high = ids[0], ids[1], ids[2]
     assert list(sub[low][2]) == [14] and list(sub[low][1]) == [1.0]
-    assert sub[mid][2][-1] == 14 or 14 in sub[mid][2]
-    assert len(sub[mid][1]) == len(plain[mid][1]) + 1 and 0.5 in sub[mid][1]
+    # Between the thresholds: the detector's boxes unchanged, and one "14 0.5 0 0 1 1" added.
+    line = sub[mid][2] == 14
+    assert line.sum() == 1 and sub[mid][1][line].tolist() == [0.5]
+    assert sub[mid][0][line].tolist() == [[0.0, 0.0, 1.0, 1.0]]
+    _same({mid: tuple(a[~line] for a in sub[mid])}, {mid: plain[mid]}, atol=0)
     _same({high: sub[high]}, {high: plain[high]}, atol=0)
     pd.DataFrame({"image_id": ids[:1], "p_abnormal": [0.5]}).to_csv(probs, index=False)
     with pytest.raises(ValueError, match="no p_abnormal"):
@@ -445,15 +487,15 @@ CHROMIUM = next(
 )
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium: the report's browser test needs it (Debian/Ubuntu: apt install chromium)",
-)
 def test_report_page_renders_in_a_headless_browser(report_page, tmp_path):
     """The page loads without a console message, and its screenshot shows the tables (their
-    grey header cells) and the gallery (its blue panel holding the X-ray images)."""
+    grey header cells) and the gallery (its blue panel holding the X-ray images). Without
+    Chromium it is skipped, and fails in CI (.ci/run installs Debian's chromium)."""
     import cv2
+    from conftest import cannot_run
 
+    if CHROMIUM is None:
+        cannot_run("no Chromium: the report's browser test needs it (apt install chromium)")
     probe = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "about:blank"],
         capture_output=True,
@@ -461,7 +503,7 @@ def test_report_page_renders_in_a_headless_browser(report_page, tmp_path):
         timeout=120,
     )
     if probe.returncode != 0:  # installed but unable to start here (a snap stub, no sandbox)
-        pytest.skip(f"{CHROMIUM} does not start headless: {probe.stderr.strip()[-300:]}")
+        cannot_run(f"{CHROMIUM} does not start headless: {probe.stderr.strip()[-300:]}")
     shot = tmp_path / "page.png"
     done = subprocess.run(
         [
@@ -813,31 +855,80 @@ def test_a_split_s_validation_images_are_predicted_and_scored_in_two_commands(
 
 def test_val_map40_is_the_score_of_the_checkpoint_s_submission(tiny_data, trained, tmp_path):
     """The metric that picks the best checkpoint is the one its submission gets: predict.py's
-    default threshold, No-finding line, original pixels and rounding, scored by cxrdet score."""
+    default threshold, No-finding line, original pixels and rounding, scored by cxrdet score
+    against the readers fused as validation fused them (the fixture validates with
+    data.val_fusion=wbf).
+
+    Beyond the two figures, which a barely trained model can match by accident, every row:
+    validation's detections of each image (read back from their PredictionString) are the
+    submission's row; validation's ground truth is the scorer's; and the submission's boxes
+    are the model's own, mapped to original pixels here by hand. Seen failing with the
+    read-back rounding removed from validation, with validation's class-14 line made as if
+    the head scored "No finding", with validation scoring the unfused readers, and with the
+    box mapping's scale swapped (x for y)."""
+    import pytorch_lightning as pl
+
+    from cxrdet.data.fusion import fuse_readers
+    from cxrdet.data.labels import ground_truth, read_labels
+    from cxrdet.data.splits import split_ids
+    from cxrdet.inference.predictor import predict
+    from cxrdet.models.module import load_detector
+    from cxrdet.training.evaluation import CompetitionEvaluation
+
     out = tmp_path / "val.csv"
     prepared = tiny_data["prepared"] / "64"
-    run_ok(
-        [
-            "predict.py",
-            f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",  # the validated weights
-            f"image_dir={prepared / 'train'}",
-            f"meta_csv={prepared / 'train_meta.csv'}",
-            f"paths.raw_dir={tiny_data['raw']}",
-            "split.mode=kfold",  # the fixture's split
-            "split.n_folds=2",
-            "split.fold=1",
-            f"output={out}",
-            "num_workers=0",
-            f"hydra.run.dir={tmp_path / 'predict'}",
-        ]
+    labels_csv = str(tiny_data["raw"] / "train.csv")
+    labels, _ = read_labels(labels_csv)
+    ids = split_ids(labels, "kfold", fold=1, n_folds=2)[1]  # the fixture's validation images
+    config = PredictConfig(
+        ckpt_path=str(trained / "checkpoints" / "last.ckpt"),  # the validated weights
+        image_dir=str(prepared / "train"),
+        meta_csv=str(prepared / "train_meta.csv"),
+        output=str(out),
+        device="cpu",
+        num_workers=0,
+        progress=False,
     )
-    labels = str(tiny_data["raw"] / "train.csv")
-    scored = score(labels, str(out), split="kfold", fold=1, n_folds=2)
+    predict(config, image_ids=ids)
+    rows = read_submission(out)
+    scored = score(labels_csv, str(out), fusion="wbf", split="kfold", fold=1, n_folds=2)
     logged = pd.read_csv(trained / "csv" / "metrics.csv")
-    assert scored["images"] == logged["val/images"].dropna().iloc[-1] == 8
+    assert scored["images"] == logged["val/images"].dropna().iloc[-1] == 8 == len(rows)
     assert np.isfinite(scored["AP40"]) and 0 < scored["mAP40"] < 1
     assert logged["val/mAP40"].dropna().iloc[-1] == pytest.approx(scored["mAP40"], abs=1e-6)
     assert logged["val/AP40"].dropna().iloc[-1] == pytest.approx(scored["AP40"], abs=1e-6)
+    # Row by row: validation of the same checkpoint, its evaluator's detections and truth.
+    module = load_detector(str(trained / "checkpoints" / "last.ckpt"))
+    evaluation = CompetitionEvaluation()
+    data = tiny_datamodule(tiny_data, split="kfold", n_folds=2, fold=1, val_fusion="wbf")
+    pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[evaluation]
+    ).validate(module, datamodule=data)
+    dets, gt = evaluation.evaluator.dets, evaluation.evaluator.gt
+    assert sorted(dets) == sorted(rows)
+    for image_id, row in rows.items():
+        for mine, theirs in zip(dets[image_id], row):
+            np.testing.assert_array_equal(mine, theirs)
+    truth = ground_truth(fuse_readers(labels[labels.image_id.isin(ids)], "wbf", 0.4), ids)
+    for image_id in ids:
+        for mine, theirs in zip(gt[image_id], truth[image_id]):
+            np.testing.assert_array_equal(mine, theirs)
+    # The boxes are the model's, scaled from the 64-px PNG to the original by hand.
+    meta = pd.read_csv(prepared / "train_meta.csv", dtype={"image_id": str}).set_index("image_id")
+    model = module.model.eval()
+    checked = 0
+    for image, target in data.val_set:
+        with torch.no_grad():
+            raw = model([image])[0]
+        keep = raw["scores"] >= raw["scores"].max() - 1e-6  # the top box: clear of ties
+        box = raw["boxes"][keep][0].numpy().astype(float)
+        dim0, dim1 = meta.loc[target["image_id"], ["dim0", "dim1"]]
+        expected = box * np.array([dim1 / 64, dim0 / 64] * 2)
+        expected = np.clip(expected, 0, [dim1, dim0, dim1, dim0])
+        boxes = rows[target["image_id"]][0]
+        assert np.abs(boxes - expected).max(axis=1).min() <= 0.05 + 1e-6, target["image_id"]
+        checked += 1
+    assert checked == 8
 
 
 class NoFindingDetector(torch.nn.Module):

@@ -93,3 +93,21 @@ def test_one_meaning_of_normal_in_training_fusion_scoring_and_eda(tmp_path):
     a, b = build_records(labels, meta, tmp_path, ["a", "b"], use_class14=True)
     assert a.classes.tolist() == [3] and a.has_finding
     assert b.classes.tolist() == [14] and not b.has_finding
+
+
+def test_wide_boxes_keep_their_place_and_the_default_iou_is_0_4():
+    """Boxes far wider than tall (scaled into [0, 1] for ensemble-boxes by the largest
+    coordinate, x or y), two readers' boxes at IoU 0.5 fused under the default IoU 0.4, and
+    the output in train.csv's columns. (Added for mutants that survived: the scale's axis, the
+    default IoU, the column order.)"""
+    labels = _rows(
+        [
+            ("a", 3, "R1", [1000.0, 100, 2900, 300]),
+            ("a", 3, "R2", [1000.0, 100, 2900, 500]),  # IoU 0.5 with R1's
+        ]
+    )
+    fused = fuse_readers(labels, "wbf")
+    assert list(fused.columns) == LABEL_COLUMNS and len(fused) == 1
+    np.testing.assert_allclose(
+        fused[["x_min", "y_min", "x_max", "y_max"]].to_numpy()[0], [1000, 100, 2900, 400]
+    )

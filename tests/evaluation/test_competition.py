@@ -218,3 +218,33 @@ def test_validation_scores_class_14_as_the_competition_does():
     )
     result = ev.evaluate()
     assert result["mAP40_per_class"] == {14: 1.0}
+
+
+def test_each_class_is_ranked_on_its_own_detections_and_its_curve_is_exact():
+    """Two classes side by side: class 3's ranking must not take class 4's hits (a slice one
+    class too long), and the precision-recall curve is the running hits over recall and rank.
+    (Added for mutants that survived: the class slice's end, the curve's ranks.)"""
+    gt = _gt(a=([BOX[0], [60.0, 60, 90, 90]], [3, 4]), b=(BOX, [3]))
+    dets = _dets(
+        a=([BOX[0], [60.0, 60, 90, 90], [0.0, 0, 5, 5]], [0.9, 0.8, 0.95], [3, 4, 3]),
+        b=([[200.0, 200, 220, 220]], [0.5], [3]),
+    )
+    r = competition_map(gt, dets, curves=True)
+    # Class 3, by score: FP 0.95, TP 0.9, FP 0.5 -> recall 0, 1/2, 1/2; precision 0, 1/2, 1/3.
+    assert r["per_class"] == {3: pytest.approx(0.25), 4: 1.0}
+    recall, precision = r["curves"][3]
+    np.testing.assert_allclose(recall, [0.0, 0.5, 0.5])
+    np.testing.assert_allclose(precision, [0.0, 0.5, 1 / 3])
+    np.testing.assert_allclose(r["curves"][4][0], [1.0])
+
+
+def test_a_detection_without_a_box_of_its_class_has_no_best_box_and_empty_boxes_no_iou():
+    """-1 is the "no ground truth" mark FROC and the error breakdown read; two boxes without
+    area overlap by 0, not by 0/0."""
+    from cxrdet.data.boxes import pair_ious
+    from cxrdet.evaluation.competition import match_detections
+
+    m = match_detections(_gt(a=(BOX, [3])), _dets(a=([BOX[0], BOX[0]], [0.9, 0.8], [3, 5])))
+    assert m.best_gt[m.cls == 5].tolist() == [-1] and m.best_gt[m.cls == 3].tolist() == [0]
+    flat = np.array([[5.0, 5, 5, 9]])
+    assert pair_ious(flat, flat).tolist() == [0.0]

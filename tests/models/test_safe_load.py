@@ -124,7 +124,11 @@ def test_the_tools_refuse_it_and_name_their_trust_flag(files, tiny_data, tmp_pat
     assert not out.exists()
 
 
-def test_with_the_opt_in_a_file_that_needs_unpickling_loads_after_a_warning(files, caplog):
+def test_with_the_opt_in_a_file_that_needs_unpickling_loads_after_a_warning(
+    files, caplog, tmp_path
+):
+    """The opt-in really unpickles in full: a payload's code runs (here, it creates a file in
+    this test's folder), after the warning; without it nothing runs."""
     with pytest.raises(UntrustedFile, match=r"old\.ckpt: refused: it asks to run argparse"):
         safe_load(files["old"])
     with caplog.at_level("WARNING", logger="cxrdet.models.safe_load"):
@@ -132,7 +136,13 @@ def test_with_the_opt_in_a_file_that_needs_unpickling_loads_after_a_warning(file
     assert ckpt["hparams_namespace"].lr == 0.01
     assert "unpickled in full (trust_checkpoint=true)" in caplog.text
     assert "any Python code the file carries runs" in caplog.text
-    assert not files["marker"].exists()
+    marker, payload = tmp_path / "ran", tmp_path / "payload.ckpt"
+    torch.save({"callbacks": {"x": CreatesAFile(marker)}}, payload)
+    with pytest.raises(UntrustedFile):
+        safe_load(payload)
+    assert not marker.exists()
+    safe_load(payload, trust=True)
+    assert marker.exists()
 
 
 def test_a_checkpoint_train_py_writes_loads_as_tensors_and_plain_values(files):

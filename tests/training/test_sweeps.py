@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import tiny_overrides, train_in_process
@@ -91,6 +92,19 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_data, tmp_path):
     assert 0.0002 <= result["best_params"]["optim.lr"] <= 0.01
     lrs = {_hparams(sweep / str(i))["config"]["optim"]["lr"] for i in (0, 1)}
     assert len(lrs) == 2  # two trials, two sampled learning rates
+    # The reported best is the trial with the best value of the optimised metric (each trial's
+    # train.py returns its best val/AP40: the monitored one).
+    values = {}
+    for i in (0, 1):
+        metrics = pd.read_csv(sweep / str(i) / "csv" / "metrics.csv")
+        values[i] = metrics["val/AP40"].max()
+    best = max(values.values())
+    assert result["best_value"] == pytest.approx(best)
+    winners = [i for i, v in values.items() if v == pytest.approx(best)]
+    assert any(
+        _hparams(sweep / str(i))["config"]["optim"]["lr"] == result["best_params"]["optim.lr"]
+        for i in winners
+    )
 
 
 def _compose(overrides):
