@@ -110,9 +110,16 @@ def test_a_folder_without_runs_is_named(tmp_path, capsys):
 def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
     tiny_data, detector_sweep, tmp_path
 ):
-    from cxrdet.data.labels import normal_image_ids, read_labels
+    from cxrdet.data.fusion import fuse_readers
+    from cxrdet.data.labels import ground_truth, normal_image_ids, read_labels
+    from cxrdet.evaluation.competition import competition_map
     from cxrdet.evaluation.nofinding import nofinding_filter
-    from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
+    from cxrdet.evaluation.submission import (
+        as_read_back,
+        format_prediction,
+        read_submission,
+        write_submission,
+    )
     from cxrdet.inference.classifier_cv import GRID
     from cxrdet.inference.folds import fold_images
     from cxrdet.inference.nofinding_probs import read_probs
@@ -169,17 +176,23 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
     probs = read_probs(str(sweep / "oof" / "oof_nofinding_probs.csv"), ids)
     sub = read_submission(oof_csv)
 
-    def with_filter(subset, low, high) -> float:
-        rows = {}
-        for i in subset:
-            boxes_only = tuple(a[sub[i][2] != 14] for a in sub[i])
-            rows[i] = format_prediction(*nofinding_filter(boxes_only, probs[i], low, high))
-        path = write_submission(rows, tmp_path / "filtered.csv")
-        return score(labels_csv, str(path), fusion="wbf", image_ids=subset)["mAP40"]
+    truth = ground_truth(fuse_readers(labels, "wbf", 0.4), ids)  # as cxrdet score fuses them
 
-    assert oof["mAP40_with_filter"] == pytest.approx(
-        with_filter(ids, oof["low"], oof["high"]), abs=1e-3
-    )
+    def filtered(i, low, high):
+        boxes_only = tuple(a[sub[i][2] != 14] for a in sub[i])
+        return nofinding_filter(boxes_only, probs[i], low, high)
+
+    def with_filter(subset, low, high) -> float:
+        """The mAP40 of the filtered rows as written (4 decimals: read back in memory)."""
+        dets = {i: as_read_back(*filtered(i, low, high)) for i in subset}
+        return competition_map({i: truth[i] for i in subset}, dets)["mAP"]
+
+    # The chosen pair once through a written CSV and cxrdet score, as predict.py writes it.
+    rows = {i: format_prediction(*filtered(i, oof["low"], oof["high"])) for i in ids}
+    path = write_submission(rows, tmp_path / "filtered.csv")
+    written = score(labels_csv, str(path), fusion="wbf")["mAP40"]
+    assert written == pytest.approx(with_filter(ids, oof["low"], oof["high"]), abs=1e-12)
+    assert oof["mAP40_with_filter"] == pytest.approx(written, abs=1e-3)
     assert [t["mAP40"] for t in oof["top5"]] == sorted(
         (t["mAP40"] for t in oof["top5"]), reverse=True
     )

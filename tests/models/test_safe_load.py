@@ -15,7 +15,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cxrdet.config import CONF_DIR, quote_numeric_choices
-from cxrdet.models.module import DetectorModule
 from cxrdet.models.safe_load import UntrustedFile, safe_load
 
 OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
@@ -32,15 +31,18 @@ class CreatesAFile:
 
 
 @pytest.fixture(scope="module")
-def files(module_tmp):
-    """A good random-init checkpoint, the same with a payload, one with an old-style Namespace
-    (harmless, but only full unpickling reads it), and the file the payload would create."""
-    torch.manual_seed(0)
-    module = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)
-    ckpt = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+def files(module_tmp, tiny_data):
+    """The checkpoint a one-step train.py run writes, the same with a payload, one with an
+    old-style Namespace (harmless, but only full unpickling reads it), and the file the
+    payload would create."""
+    run = module_tmp / "run"
+    train_in_process(
+        [*tiny_overrides(tiny_data, run), "trainer.max_steps=1", "trainer.val_check_interval=1"]
+    )
     good, evil, old = (module_tmp / n for n in ("good.ckpt", "evil.ckpt", "old.ckpt"))
+    good.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    ckpt = torch.load(good, weights_only=True)  # tensors and plain values only
     marker = module_tmp / "the_payload_ran"
-    torch.save(ckpt, good)
     torch.save({**ckpt, "callbacks": {"x": CreatesAFile(marker)}}, evil)
     torch.save({**ckpt, "hparams_namespace": argparse.Namespace(lr=0.01)}, old)
     return {"good": good, "evil": evil, "old": old, "marker": marker}
@@ -146,5 +148,11 @@ def test_with_the_opt_in_a_file_that_needs_unpickling_loads_after_a_warning(
 
 
 def test_a_checkpoint_train_py_writes_loads_as_tensors_and_plain_values(files):
-    ckpt = torch.load(files["good"], weights_only=True)
+    """train.py's whole training state (optimiser, loops, callbacks, RNG states) reads with
+    weights_only=True; the same file with a payload added is refused."""
+    ckpt = safe_load(files["good"])
     assert ckpt["state_dict"] and isinstance(ckpt["hyper_parameters"]["model"], dict)
+    assert {"optimizer_states", "loops", "callbacks", "rng_states"} <= set(ckpt)
+    with pytest.raises(UntrustedFile, match="evil.ckpt: refused: it asks to run"):
+        safe_load(files["evil"])
+    assert not files["marker"].exists()
