@@ -46,7 +46,7 @@ def _imported(paths: list[Path]) -> dict[str, set[str]]:
 def _third_party(modules: dict) -> dict[str, set[str]]:
     """Module → its distributions, for the modules neither the standard library nor local."""
     local = {"cxrdet", "conftest", "train", "predict", "nan_on_rank", "ddp_validate"}
-    local |= {p.stem for p in (REPO / "tests").rglob("test_*.py")}
+    local |= {p.stem for p in (REPO / "tests").rglob("*.py")}  # tests and their helpers
     dists = packages_distributions()
     return {
         m: {_normal(d) for d in dists.get(m, [m])}

@@ -698,8 +698,7 @@ def test_wandb_images_without_the_csv_logger_warn_instead_of_failing(tiny_data, 
         "trainer.max_steps=1",
         "trainer.val_check_interval=1",
     ]
-    out = run_ok(["train.py", *overrides])
-    out = out.stdout + out.stderr
+    out = train_in_process(overrides)
     assert "no report" in out and "logger=[csv,wandb]" in out
     assert (run / "checkpoints" / "last.ckpt").is_file()
 

@@ -3,6 +3,7 @@ prompts, hangs or uploads without a configured key)."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -11,9 +12,57 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger(__name__)
+
+
+class ContinuedMetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer, continuing a run's ``metrics.csv`` instead of deleting it.
+
+    A run resumed in its own folder (``resume=auto``) keeps the rows of the steps before the
+    one it resumes from; rows of the steps it trains again (written after its checkpoint,
+    before the run stopped) are replaced. Lightning's writer deletes the whole file whenever
+    its folder holds one.
+    """
+
+    def __init__(self, log_dir: str):
+        self.continued = False
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # keep the file: save() continues it
+
+    def save(self) -> None:
+        if self.metrics and not self.continued and self._fs.isfile(self.metrics_file_path):
+            first = min(int(m.get("step", 0)) for m in self.metrics)
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                reader = csv.DictReader(file)
+                header, rows = list(reader.fieldnames or []), list(reader)
+            kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < first]
+            with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(kept)
+            self.metrics_keys = sorted(set(self.metrics_keys) | set(header))
+        self.continued = True
+        super().save()
+
+
+class RunCSVLogger(CSVLogger):
+    """``<run dir>/csv/metrics.csv`` (Lightning's CSV logger), continued by a resumed run
+    (:class:`ContinuedMetricsWriter`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = ContinuedMetricsWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def wandb_key_configured() -> bool:

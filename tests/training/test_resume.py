@@ -92,17 +92,6 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
     )
 
 
-def test_same_seed_gives_the_same_weights_and_metrics(tiny_data, straight, tmp_path):
-    again = tmp_path / "again"
-    _train(tiny_data, again)
-    pd.testing.assert_frame_equal(_val_metrics(straight), _val_metrics(again))
-    a, b = (
-        _weights(straight / "checkpoints" / "last.ckpt"),
-        _weights(again / "checkpoints" / "last.ckpt"),
-    )
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
-
-
 def test_resuming_with_another_max_steps_says_the_schedule_is_stretched(
     tiny_data, straight, tmp_path
 ):
@@ -143,9 +132,40 @@ def test_last_ckpt_follows_every_validation_and_a_kill_resumes_from_the_latest(
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-def test_slurm_s_warning_saves_requeues_and_the_requeued_job_finishes_the_run(
-    tiny_data, straight, tmp_path
-):
+@pytest.fixture(scope="module")
+def requeued(tiny_data, module_tmp):
+    """A run from step 0 that gets SIGUSR2 at step 5 (with ``scontrol`` stood in for), and the
+    same command run again: (the run folder, the stopped process, the relaunch's log, the
+    recorded scontrol calls)."""
+    bin_dir = module_tmp / "bin"
+    bin_dir.mkdir()
+    calls = module_tmp / "scontrol.txt"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    run = module_tmp / "requeued"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    done = _interrupted(tiny_data, run, "SIGUSR2", 5, env=env)
+    stopped_at = _step(run / "checkpoints" / "requeue.ckpt") if done.returncode == 255 else None
+    log = _train(tiny_data, run)  # the requeued job: the same command in the same folder
+    return run, done, log, calls.read_text().split() if calls.is_file() else [], stopped_at
+
+
+def test_same_seed_gives_the_same_weights_and_metrics(straight, requeued):
+    """A second run with the same seed (its steps 1-7 in a process of their own, the last one
+    after a requeue): the same validation at step 4 and the same final weights."""
+    run = requeued[0]
+    same = _val_metrics(run)
+    pd.testing.assert_frame_equal(
+        _val_metrics(straight).reset_index(drop=True), same.reset_index(drop=True)
+    )
+    a, b = (
+        _weights(straight / "checkpoints" / "last.ckpt"),
+        _weights(run / "checkpoints" / "last.ckpt"),
+    )
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_slurm_s_warning_saves_requeues_and_the_requeued_job_finishes_the_run(straight, requeued):
     """SIGUSR2 (hydra-submitit-launcher's warning before the time limit) at step 5, the last
     of the first epoch: one more step, then requeue.ckpt is written, ``scontrol requeue <job>``
     is called (a stand-in on PATH records it) and the process exits with -1 as submitit's
@@ -153,21 +173,13 @@ def test_slurm_s_warning_saves_requeues_and_the_requeued_job_finishes_the_run(
     to the uninterrupted run's weights. Seen failing without the callback (the job restarts at
     step 0) and when saving right after an epoch's last batch (Lightning then numbers that epoch
     again); a signal mid-epoch (step 2, saved at 3) resumes exactly too."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol.txt"
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    run = tmp_path / "requeued"
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
-    done = _interrupted(tiny_data, run, "SIGUSR2", 5, env=env)
+    run, done, log, calls, stopped_at = requeued
     assert done.returncode == 255, done.stderr[-2000:]  # sys.exit(-1)
     assert "Traceback" not in done.stderr
-    assert calls.read_text().split() == ["requeue", "4242"]
-    assert _step(run / "checkpoints" / "requeue.ckpt") == 7
+    assert calls == ["requeue", "4242"]
+    assert stopped_at == 7
     said = done.stdout + done.stderr
     assert "SIGUSR2 at step 7: saved" in said and "requeued SLURM job 4242" in said
-    log = _train(tiny_data, run)  # the requeued job: the same command in the same folder
     assert "at step 7: continuing from requeue.ckpt" in log
     a, b = (
         _weights(straight / "checkpoints" / "last.ckpt"),
