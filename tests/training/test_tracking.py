@@ -41,9 +41,9 @@ def _logger_cfg(overrides, tmp_path):
 
 
 def test_loggers_combine_and_wandb_takes_project_entity_group_tags(tmp_path, monkeypatch):
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
-    from cxrdet.training.loggers import build_loggers
+    from cxrdet.training.loggers import RunCSVLogger, build_loggers
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     overrides = [
@@ -55,7 +55,7 @@ def test_loggers_combine_and_wandb_takes_project_entity_group_tags(tmp_path, mon
     ]
     loggers, log_images = build_loggers(_logger_cfg(overrides, tmp_path))
     assert log_images == 16  # images in the val/boxes Table (logger.wandb.n_images)
-    assert [type(x) for x in loggers] == [CSVLogger, WandbLogger, TensorBoardLogger]
+    assert [type(x) for x in loggers] == [RunCSVLogger, WandbLogger, TensorBoardLogger]
     init = loggers[1]._wandb_init
     assert (init["project"], init["entity"], init["group"], init["tags"]) == (
         "cxrdet",
