@@ -64,8 +64,8 @@ def test_sizes_that_do_not_belong_with_the_labels_stop_the_run_naming_image_meta
     )
     labels.to_csv(tmp_path / "labels.csv", index=False)
     cases = {
-        "swapped": ((90, 60), "its boxes fit its image only with dim0 and dim1 swapped"),
-        "resized": ((12, 12), "most of its boxes lie mostly outside the 12 x 12 image"),
+        "swapped": ((90, 60), "1 image(s) whose boxes fit only with dim0 and dim1 swapped"),
+        "resized": ((12, 12), "1 image(s) whose boxes mostly lie mostly outside the image"),
     }
     for name, ((rows, cols), cause) in cases.items():
         bad = meta.copy()
@@ -76,7 +76,8 @@ def test_sizes_that_do_not_belong_with_the_labels_stop_the_run_naming_image_meta
         data.meta_csv = str(path)
         with pytest.raises(ValueError) as e:
             data.setup("fit")
-        assert str(e.value).startswith(f"image {image_id}: {cause}") and str(path) in str(e.value)
+        assert str(e.value).startswith(cause) and image_id in str(e.value)
+        assert name != "resized" or (str(path) in str(e.value) and "12 x 12" in str(e.value))
     # The EDA says the same in its summary, beside the boxes it would clip or drop.
     args = ["--labels", str(tmp_path / "labels.csv"), "--meta", str(tmp_path / "swapped_meta.csv")]
     assert eda_main([*args, "--out", str(tmp_path / "eda")]) == 0
@@ -275,3 +276,34 @@ def test_git_ignores_what_the_readme_s_steps_create():
     ours = ["cxrdet/data/a_new_module.py", "tests/data/test_new.py", "docs/outputs/x.md"]
     done = subprocess.run(["git", "check-ignore", *ours], cwd=REPO, capture_output=True, text=True)
     assert done.stdout == "", f"the project's own files ignored: {done.stdout}"
+
+
+def test_a_refusal_lists_every_image_it_found_and_label_issues_drop_trains_without_them(
+    tiny_data, tmp_path
+):
+    """Three images whose meta sizes cannot hold their boxes: the run stops naming the first
+    and the count, every one is in <run dir>/label_mismatch.csv, and data.label_issues=drop
+    trains on the others (the same file, a count in the log). It used to name one image."""
+    labels = pd.read_csv(tiny_data["raw"] / "train.csv")
+    meta = pd.read_csv(tiny_data["prepared"] / "64" / "train_meta.csv", dtype={"image_id": str})
+    with_boxes = sorted(labels[labels.class_id < 14].image_id.unique())[:3]
+    meta.loc[meta.image_id.isin(with_boxes), ["dim0", "dim1"]] = [8, 8]  # a resized copy's
+    bad_meta = tmp_path / "meta.csv"
+    meta.to_csv(bad_meta, index=False)
+    run = tmp_path / "run"
+    args = [*tiny_overrides(tiny_data, run), f"data.meta_csv={bad_meta}", "trainer.max_steps=1"]
+    with pytest.raises(SystemExit) as stopped:
+        train_in_process(args)
+    message = str(stopped.value.code)
+    assert message.startswith("error: 3 image(s) whose boxes mostly lie mostly outside")
+    assert "data.label_issues=drop" in message and str(run / "label_mismatch.csv") in message
+    listed = pd.read_csv(run / "label_mismatch.csv")
+    assert sorted(listed.image_id) == with_boxes and set(listed.problem) == {"outside"}
+    dropped = tmp_path / "dropped"
+    log = train_in_process(
+        [*tiny_overrides(tiny_data, dropped), f"data.meta_csv={bad_meta}", "trainer.max_steps=1",
+         "trainer.val_check_interval=1", "data.label_issues=drop"]
+    )  # fmt: skip
+    assert "data.label_issues=drop: left out 3 image(s)" in log
+    assert sorted(pd.read_csv(dropped / "label_mismatch.csv").image_id) == with_boxes
+    assert (dropped / "checkpoints" / "last.ckpt").is_file()

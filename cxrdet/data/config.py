@@ -32,6 +32,7 @@ class DataConfig:
     fusion_iou: float = 0.4
     use_class14: bool = False
     empty_images: Any = "drop"  # drop | keep | a fraction: checked by the data module
+    label_issues: str = "stop"  # stop | drop: images whose boxes cannot fit their meta sizes
     batch_size: int = 2
     val_batch_size: int = 4
     num_workers: Any = "auto"  # auto | a number: checked by the data module

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -17,7 +18,14 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from cxrdet.data.config import class14_problem, fold_problem
 from cxrdet.data.dataset import DetectionDataset, build_records, collate, load_png
 from cxrdet.data.fusion import fuse_readers
-from cxrdet.data.label_check import describe, mismatch
+from cxrdet.data.label_check import (
+    LABEL_ISSUES,
+    MISMATCH_COLUMNS,
+    LabelMismatch,
+    describe,
+    mismatch_message,
+    mismatched_images,
+)
 from cxrdet.data.labels import read_labels
 from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import split_ids
@@ -191,6 +199,9 @@ class CXRDataModule(pl.LightningDataModule):
         val_fusion: the same for the validation ground truth.
         fusion_iou: IoU threshold of the fusion.
         use_class14: train "No finding" as a class with a ``0 0 1 1`` box.
+        label_issues: images whose boxes cannot fit the sizes ``meta_csv`` gives them: ``stop``
+            (raise :class:`cxrdet.data.label_check.LabelMismatch`, listing them all) or
+            ``drop`` (leave them out, with a count; ``mismatched`` lists them either way).
         empty_images: training images without a finding: ``drop`` (train on the others only,
             as Detectron2 and the report did), ``keep`` (train on all), or a fraction of them
             drawn anew each epoch beside every image with a finding. Validation scores all.
@@ -221,6 +232,7 @@ class CXRDataModule(pl.LightningDataModule):
         fusion_iou: float = 0.4,
         use_class14: bool = False,
         empty_images: str | float = "keep",
+        label_issues: str = "stop",
         batch_size: int = 2,
         val_batch_size: int = 4,
         num_workers: int | str = "auto",
@@ -235,6 +247,11 @@ class CXRDataModule(pl.LightningDataModule):
         self.fusion, self.val_fusion, self.fusion_iou = fusion, val_fusion, fusion_iou
         self.use_class14 = use_class14
         self.empty_images = empty_images
+        if label_issues not in LABEL_ISSUES:
+            raise ValueError(
+                f"data.label_issues={label_issues!r}: expected one of {', '.join(LABEL_ISSUES)}"
+            )
+        self.label_issues_mode = label_issues
         self.normal_share = 1.0  # set by setup() from empty_images
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         worker_count(num_workers)  # a bad value is refused here, before any data loads
@@ -246,6 +263,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.val_set: DetectionDataset | None = None
         self.val_labels = None  # the validation images' label rows before fusion (setup)
         self.label_issues: list[dict] = []  # boxes clipped or dropped (label_check.box_issues)
+        self.mismatched = pd.DataFrame(columns=MISMATCH_COLUMNS)  # images refused or left out
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -262,9 +280,13 @@ class CXRDataModule(pl.LightningDataModule):
             raise ValueError(problem)
         labels, _ = read_labels(self.labels_csv)
         meta = read_meta(self.meta_csv)
-        problem = mismatch(labels, meta, self.meta_csv)
-        if problem:  # labels and sizes that cannot belong together: stop, say which and why
-            raise ValueError(problem)
+        self.mismatched = mismatched_images(labels, meta)
+        if len(self.mismatched):  # labels and sizes that cannot belong together
+            message = mismatch_message(self.mismatched, self.meta_csv)
+            if self.label_issues_mode == "stop":
+                raise LabelMismatch(message, self.mismatched)
+            labels = labels[~labels["image_id"].isin(set(self.mismatched["image_id"]))]
+            log.warning("data.label_issues=drop: left out %s", message)
         fold = 0 if self.fold is None else self.fold
         train_ids, val_ids = split_ids(
             labels, self.split, self.val_fraction, self.split_seed, fold, self.n_folds

@@ -75,13 +75,26 @@ def issues_frame(issues: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(issues, columns=ISSUE_COLUMNS)
 
 
-def mismatch(labels: pd.DataFrame, meta: pd.DataFrame, meta_csv) -> str | None:
-    """One line when the labels' boxes and the meta's sizes cannot belong together: an image
-    whose boxes all fit only with dim0 and dim1 swapped, or one whose boxes mostly lie mostly
-    outside it. None when they agree (a few boxes past an edge are the readers' own)."""
+MISMATCH_COLUMNS = ["image_id", "problem", "dim0", "dim1"]
+LABEL_ISSUES = ("stop", "drop")  # data.label_issues
+
+
+class LabelMismatch(ValueError):
+    """Labels whose boxes cannot belong with the meta CSV's sizes; ``images`` lists them all
+    (:data:`MISMATCH_COLUMNS`)."""
+
+    def __init__(self, message: str, images: pd.DataFrame):
+        super().__init__(message)
+        self.images = images
+
+
+def mismatched_images(labels: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """Every image whose boxes all fit only with dim0 and dim1 swapped (``swapped``), or whose
+    boxes mostly lie mostly outside it (``outside``), with the meta's sizes
+    (:data:`MISMATCH_COLUMNS`). A few boxes past an edge are the readers' own: not listed."""
     findings = labels[(labels["class_id"] != NO_FINDING) & labels["image_id"].isin(meta.index)]
     if findings.empty:
-        return None
+        return pd.DataFrame(columns=MISMATCH_COLUMNS)
     joined = findings.join(meta[["dim0", "dim1"]], on="image_id")
     x0, y0, x1, y1 = (joined[c].to_numpy(np.float64) for c in BOX_COLUMNS)
     rows, cols = joined["dim0"].to_numpy(np.float64), joined["dim1"].to_numpy(np.float64)
@@ -96,25 +109,43 @@ def mismatch(labels: pd.DataFrame, meta: pd.DataFrame, meta_csv) -> str | None:
         {
             "image_id": joined["image_id"].to_numpy(),
             "mostly_outside": outside > MOSTLY_OUTSIDE,
-            "fits": fits,
+            "misfits": ~fits,
             "fits_swapped": fits_swapped,
         }
-    ).groupby("image_id")
-    swapped = per_image.apply(lambda g: (~g["fits"]).any() and g["fits_swapped"].all())
-    lost = per_image["mostly_outside"].mean() > 0.5
-    if swapped.any():
-        first = swapped[swapped].index[0]
-        return (
-            f"image {first}: its boxes fit its image only with dim0 and dim1 swapped "
-            f"({int(swapped.sum())} image(s) so in {meta_csv}): the meta CSV's sizes look "
-            "swapped (dim0 = the original DICOM's rows, dim1 = its columns)"
+    ).groupby("image_id", sort=True)
+    swapped = per_image["misfits"].any() & per_image["fits_swapped"].all()
+    lost = (per_image["mostly_outside"].mean() > 0.5) & ~swapped
+    problem = pd.Series(np.where(swapped, "swapped", np.where(lost, "outside", "")), swapped.index)
+    problem = problem[problem != ""]
+    out = meta.loc[problem.index, ["dim0", "dim1"]].assign(problem=problem)
+    return out.rename_axis("image_id").reset_index()[MISMATCH_COLUMNS]
+
+
+def mismatch(labels: pd.DataFrame, meta: pd.DataFrame, meta_csv) -> str | None:
+    """One line when the labels' boxes and the meta's sizes cannot belong together
+    (:func:`mismatched_images`), naming the first images and how many there are; None when
+    they agree."""
+    bad = mismatched_images(labels, meta)
+    return mismatch_message(bad, meta_csv) if len(bad) else None
+
+
+def mismatch_message(bad: pd.DataFrame, meta_csv) -> str:
+    """What :func:`mismatch` says of ``bad`` (:func:`mismatched_images`)."""
+    swapped = bad[bad["problem"] == "swapped"]
+    lost = bad[bad["problem"] == "outside"]
+    parts = []
+    if len(swapped):
+        parts.append(
+            f"{len(swapped)} image(s) whose boxes fit only with dim0 and dim1 swapped (e.g. "
+            f"{', '.join(swapped['image_id'][:3])}): the meta CSV's sizes look swapped (dim0 = "
+            "the original DICOM's rows, dim1 = its columns)"
         )
-    if lost.any():
-        first = lost[lost].index[0]
-        h, w = meta.at[first, "dim0"], meta.at[first, "dim1"]
-        return (
-            f"image {first}: most of its boxes lie mostly outside the {h} x {w} image that "
-            f"{meta_csv} gives it ({int(lost.sum())} image(s) so): the meta CSV does not hold "
-            "the original DICOM sizes the boxes are in (a resized copy's, or another dataset's?)"
+    if len(lost):
+        first = lost.iloc[0]
+        parts.append(
+            f"{len(lost)} image(s) whose boxes mostly lie mostly outside the image that "
+            f"{meta_csv} gives them (e.g. {', '.join(lost['image_id'][:3])}: "
+            f"{first.dim0} x {first.dim1}): the meta CSV does not hold the original DICOM sizes "
+            "the boxes are in (a resized copy's, or another dataset's?)"
         )
-    return None
+    return "; ".join(parts)

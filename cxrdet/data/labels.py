@@ -70,6 +70,7 @@ class LabelReport:
     path: str
     rows: int = 0
     skipped: dict[str, list[int]] = field(default_factory=dict)
+    readers: bool = True  # the file has a rad_id column
 
     def skip(self, reason: str, rows: np.ndarray) -> None:
         if len(rows):
@@ -134,7 +135,13 @@ def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelReport]:
     out = df.loc[keep].copy()
     out["class_id"] = class_id[keep].astype(np.int64)
     out[BOX_COLUMNS] = boxes[keep].astype(float)
-    if "rad_id" not in out.columns:
-        out["rad_id"] = ""
+    if "rad_id" not in out.columns:  # the readers' figures need it: say so once
+        out["rad_id"] = pd.Series(np.nan, index=out.index, dtype=object)
+        report.readers = False
+        log.warning(
+            "%s has no rad_id column (which radiologist drew each box): every box counts as "
+            "one reader's, and the per-reader figures and the readers' baseline are not made",
+            path,
+        )
     report.log()
     return out.reset_index(drop=True), report

@@ -45,6 +45,7 @@ def radiology_scores(
         if labels is None:
             raise ValueError("the readers' baseline needs the labels before fusion")
         out["readers"] = readers_baseline(leave_one_out(labels, fusion, fusion_iou), dets, iou)
+        out["readers"]["rad_id_missing"] = bool(labels["rad_id"].isna().all())
     if froc_:
         out["froc"] = froc(gt, dets, iou)
     if errors:
@@ -65,6 +66,11 @@ def matches_readers(human: float, model: float) -> bool:
 
 def readers_table(r: dict) -> list[str]:
     """The model beside each reader and the readers' mean, then per class."""
+    if r.get("rad_id_missing"):
+        return [
+            "readers' baseline: the labels have no rad_id column (which radiologist drew each "
+            "box), so no reader can be scored against the others"
+        ]
     if not r["readers"]:
         return ["readers' baseline: no image has two readers (nothing to compare with)"]
     lines = [

@@ -90,8 +90,10 @@ def named_state_dict(weights: Enum, key: str, given: str | None = None) -> dict:
             raise WeightsUnavailable(
                 f"{key}={given or weights.name}: {path} is not cached and cannot be downloaded "
                 f"({getattr(e, 'reason', e)}); copy the file there (cxrdet weights "
-                f"save DIR, run where there is network) or pass a local file: "
-                f"{key}=/path/to/{path.name}"
+                f"save DIR, run where there is network), pass a local file "
+                f"({key}=/path/to/{path.name}), or start from random weights with {key}=null "
+                "(no download: enough to check the pipeline, but a detector from random init "
+                "needs far longer training to learn what the COCO weights give)"
             ) from None
         except RuntimeError as e:  # the download failed torchvision's checksum
             raise ValueError(f"{key}={given or weights.name}: {e}") from None

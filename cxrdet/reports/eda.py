@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDING
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.reports.stats import heatmaps, reader_agreement, relative_boxes, summarise
+
+log = logging.getLogger(__name__)
 
 
 def _bar(ax, names, values, title, xlabel):
@@ -120,12 +123,14 @@ def augment_preview(
     out: Path,
     seed: int = 0,
 ) -> Path:
-    """One image with its boxes and ``n`` augmented variants (report fig. 13)."""
+    """One image with its boxes and ``n`` augmented variants (report fig. 13): the first image
+    with a finding that can be drawn (its boxes clipped to it as training clips them; an image
+    with no box left, or one the transform refuses, is skipped and counted in the log)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from cxrdet.config import CONF_DIR
-    from cxrdet.data.boxes import to_prepared
+    from cxrdet.data.boxes import clip, to_prepared, valid
     from cxrdet.data.dataset import load_png
     from cxrdet.data.meta import content_of
 
@@ -136,18 +141,43 @@ def augment_preview(
     candidates = [i for i in findings["image_id"].unique() if (images_dir / f"{i}.png").is_file()]
     if not candidates:
         raise FileNotFoundError(f"no image with findings has a PNG in {images_dir}")
-    image_id = candidates[0]
-    image = load_png(images_dir / f"{image_id}.png")
-    rows = findings[findings["image_id"] == image_id]
-    hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
-    boxes = to_prepared(rows[BOX_COLUMNS].to_numpy(), hw, image.shape, content_of(meta, image_id))
-    classes = rows["class_id"].to_numpy()
-    np.random.seed(seed)
-    views = [(image, boxes, classes, "original")]
-    for k in range(n):
-        o = transform(image=image, bboxes=boxes, labels=classes) if transform else None
-        views.append(
-            (o["image"], o["bboxes"], o["labels"], f"augmented {k + 1}") if o else views[0]
+    skipped = {}  # image id → why it could not be drawn (the next one is tried)
+    views = None
+    for image_id in candidates:
+        image = load_png(images_dir / f"{image_id}.png")
+        rows = findings[findings["image_id"] == image_id]
+        hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
+        raw = to_prepared(rows[BOX_COLUMNS].to_numpy(), hw, image.shape, content_of(meta, image_id))
+        boxes = clip(raw, image.shape)  # as training clips and drops them
+        keep = valid(boxes, min_size=0.5)
+        boxes, classes = boxes[keep], rows["class_id"].to_numpy()[keep]
+        if not len(boxes):
+            skipped[image_id] = "no box left inside the image"
+            continue
+        np.random.seed(seed)
+        try:
+            views = [(image, boxes, classes, "original")]
+            for k in range(n):
+                o = transform(image=image, bboxes=boxes, labels=classes) if transform else None
+                views.append(
+                    (o["image"], o["bboxes"], o["labels"], f"augmented {k + 1}") if o else views[0]
+                )
+        except ValueError as e:  # what the transform refused: say so, try the next image
+            skipped[image_id] = str(e)
+            views = None
+            continue
+        break
+    if views is None:
+        raise ValueError(
+            f"no image could be drawn for the preview ({len(skipped)} tried, e.g. "
+            f"{next(iter(skipped))}: {next(iter(skipped.values()))})"
+        )
+    if skipped:
+        log.warning(
+            "--augment-preview skipped %d image(s) it could not draw (e.g. %s: %s)",
+            len(skipped),
+            next(iter(skipped)),
+            next(iter(skipped.values())),
         )
     cols = min(4, len(views))
     fig, axes = plt.subplots(
@@ -188,6 +218,10 @@ def write_markdown(summary: dict, path: Path) -> None:
             f"{li['boxes_dropped']} dropped, in {li['images_affected']} images "
             "(label_issues.csv lists them)"
         )
+    if "readers" in summary:
+        lines.append(f"- **readers**: {summary['readers']}")
+    if "augment_preview" in summary:
+        lines.append(f"- augmentation preview: {summary['augment_preview']}")
     if "meta_mismatch" in summary:
         lines.append(f"- **the meta does not fit the labels**: {summary['meta_mismatch']}")
     lines += [
@@ -259,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             meta = read_meta(a.meta)
         summary = summarise(labels)
         summary["skipped_rows"] = report.n_skipped
+        if not report.readers:
+            summary["readers"] = f"{a.labels} has no rad_id column: no per-reader figures"
         if meta is not None:
             summary.update(label_figures(labels, meta, a.meta, out))
         summary.update(write_figures(labels, meta, out))
@@ -270,13 +306,17 @@ def main(argv: list[str] | None = None) -> int:
                 "train_images": len(train),
                 "val_images": len(val),
             }
-        if a.augment_preview:
-            if meta is None or not a.images:
-                p.error("--augment-preview needs --meta and --images")
-            augment_preview(Path(a.images), meta, labels, a.augment_preview, a.augment, out)
+        if a.augment_preview and (meta is None or not a.images):
+            p.error("--augment-preview needs --meta and --images")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.augment_preview:  # after the summary's figures: a preview that fails costs only itself
+        try:
+            augment_preview(Path(a.images), meta, labels, a.augment_preview, a.augment, out)
+        except (FileNotFoundError, ValueError) as e:
+            summary["augment_preview"] = f"not drawn: {e}"
+            print(f"warning: --augment-preview: {e}", file=sys.stderr)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_markdown(summary, out / "summary.md")
     print(f"wrote {len(list(out.glob('*.png')))} figures, summary.json and summary.md to {out}")

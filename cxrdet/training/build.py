@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from cxrdet.data.label_check import issues_frame
+from cxrdet.data.label_check import LabelMismatch, issues_frame
 from cxrdet.models.precision import choose_precision
 from cxrdet.training.checks import (
     StartupError,
@@ -98,17 +98,32 @@ def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> tuple[pl.Train
 
 
 def setup_data(datamodule, trainer: pl.Trainer) -> None:
-    """Load the labels and images' list (bad data fails here, with the file and the reason),
-    and write every box that was clipped or dropped to ``label_issues.csv`` in the run."""
+    """Load the labels and images' list (bad data fails here, with the file and the reason);
+    in the run's folder, ``label_mismatch.csv`` lists every image whose boxes cannot fit its
+    size (refused, or left out with ``data.label_issues=drop``) and ``label_issues.csv`` every
+    box that was clipped or dropped."""
+    run = Path(trainer.default_root_dir)
     try:
         datamodule.setup("fit")
+    except LabelMismatch as e:
+        path = run / "label_mismatch.csv"
+        if trainer.is_global_zero:
+            e.images.to_csv(path, index=False)
+        raise StartupError(
+            f"{e} (all {len(e.images)} listed in {path}); data.label_issues=drop trains "
+            "without them"
+        ) from e
     except (FileNotFoundError, ValueError) as e:
         raise StartupError(str(e)) from e
+    if not trainer.is_global_zero:
+        return
+    if len(getattr(datamodule, "mismatched", ())):
+        datamodule.mismatched.to_csv(run / "label_mismatch.csv", index=False)
+        log.info("images left out: %s", run / "label_mismatch.csv")
     issues = getattr(datamodule, "label_issues", [])
-    if issues and trainer.is_global_zero:
-        path = Path(trainer.default_root_dir) / "label_issues.csv"
-        issues_frame(issues).to_csv(path, index=False)
-        log.info("label issues: %s", path)
+    if issues:
+        issues_frame(issues).to_csv(run / "label_issues.csv", index=False)
+        log.info("label issues: %s", run / "label_issues.csv")
 
 
 def best_score(trainer: pl.Trainer) -> float | None:

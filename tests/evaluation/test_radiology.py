@@ -228,3 +228,26 @@ def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
     assert main([*args, "--froc"]) == 0
     text = capsys.readouterr().out
     assert "FROC at IoU 0.4 on 2 image(s)" in text and "readers' baseline" not in text
+
+
+def test_labels_without_a_rad_id_column_are_said_to_have_no_readers(tmp_path):
+    """score --readers on labels without rad_id names the missing column (it used to say "no
+    image has two readers", having read every box as one radiologist's)."""
+    from cxrdet.data.labels import ground_truth, read_labels
+    from cxrdet.evaluation.radiology import radiology_scores, readers_table
+
+    rows = [
+        ["a", "Nodule/Mass", 8, 10.0, 10.0, 50.0, 50.0],
+        ["a", "Nodule/Mass", 8, 12, 11, 52, 49],
+    ]
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=[c for c in LABEL_COLUMNS if c != "rad_id"]).to_csv(
+        path, index=False
+    )
+    labels, report = read_labels(path)
+    assert not report.readers and labels["rad_id"].isna().all()
+    gt = ground_truth(labels, ["a"])
+    dets = {"a": (np.array([[10.0, 10, 50, 50]]), np.array([0.9]), np.array([8]))}
+    r = radiology_scores(gt, dets, labels, froc_=False, errors=False)
+    (line,) = readers_table(r["readers"])
+    assert "no rad_id column" in line

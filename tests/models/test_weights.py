@@ -94,6 +94,7 @@ def test_a_name_neither_cached_nor_downloadable_names_the_file_and_the_cures(
     text = str(e.value)
     assert str(cache_file(COCO)) in text and "\n" not in text
     assert "cxrdet weights save" in text and "model.weights=/path/to/" in text
+    assert "random weights with model.weights=null" in text  # the cure that needs no network
     with pytest.raises(WeightsUnavailable, match="model.weights_backbone=IMAGENET1K_V1"):
         build_fasterrcnn(num_classes=14, image_size=64, weights_backbone="IMAGENET1K_V1")
 

@@ -79,3 +79,24 @@ def test_reader_agreement_is_mean_best_iou_between_readers():
     ]
     agreement = reader_agreement(pd.DataFrame(rows, columns=LABEL_COLUMNS))
     assert agreement == {"Nodule/Mass": np.mean([0.5, 0.5, 0.0])}
+
+
+def test_a_box_outside_its_image_and_no_rad_id_column_still_give_the_summary(tiny_data, tmp_path):
+    """The preview skips (and counts) an image it cannot draw instead of crashing, the
+    summary is written either way, and labels without a rad_id column say so instead of
+    counting one radiologist named ''. It used to crash with albumentations' error
+    (exit 2, no summary) and count a reader ''."""
+    labels = pd.read_csv(tiny_data["raw"] / "train.csv")
+    first = labels[labels.class_id < 14].image_id.iloc[0]
+    labels.loc[labels.image_id == first, ["x_min", "x_max"]] = [5000.0, 6000.0]  # outside
+    path = tmp_path / "labels.csv"
+    labels.drop(columns="rad_id").to_csv(path, index=False)
+    out = tmp_path / "eda"
+    args = ["--labels", str(path), "--out", str(out), "--augment-preview", "2"]
+    args += ["--meta", str(tiny_data["prepared"] / "64" / "train_meta.csv")]
+    args += ["--images", str(tiny_data["prepared"] / "64" / "train")]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rad_counts"] == {} and "no rad_id column" in summary["readers"]
+    assert "no rad_id column" in (out / "summary.md").read_text()
+    assert (out / "fig13_augment_preview.png").is_file()  # drawn from the next image
