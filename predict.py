@@ -7,6 +7,7 @@ and the "No finding" line or classifier filter. See conf/predict.yaml.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import cxrdet  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentation
 from cxrdet.config import unknown_override  # registers the typed PredictConfig predict.yaml extends
 from cxrdet.inference.config import PredictConfig, missing_model
 from cxrdet.training.run_log import point_latest
+
+log = logging.getLogger("cxrdet.predict")
 
 # torch and the models are imported in run(), after Hydra has composed the config: --help and a
 # refused override answer without them.
@@ -47,6 +50,39 @@ def main(cfg: DictConfig) -> None:
     )
 
 
+def checked_split(settings: PredictConfig):
+    """The split to predict: the checkpoint's own with ``split.mode=from_checkpoint`` (the
+    data settings train.py recorded in it); a split given outright, compared with the
+    checkpoint's, with one warning when they differ (other images than the run validated on)."""
+    from cxrdet.inference.config import checkpoint_split
+
+    given = settings.split
+    ckpt = settings.ckpt_path if isinstance(settings.ckpt_path, str) else settings.ckpt_path[0]
+    recorded = checkpoint_split(ckpt, settings.trust_checkpoint) if ckpt else None
+    if given.mode == "from_checkpoint":
+        if recorded is None:
+            raise ValueError(
+                f"split.mode=from_checkpoint: {ckpt} records no data split (made before "
+                "checkpoints held it): give split.mode=valid20|kfold and the run's settings"
+            )
+        if not Path(recorded.labels_csv).is_file():  # the labels moved: the given ones
+            recorded.labels_csv = given.labels_csv
+        return recorded
+    if recorded is not None and recorded.mode in ("valid20", "kfold"):
+        keys = ("mode", "val_fraction", "seed")
+        keys += ("fold", "n_folds") if given.mode == "kfold" else ()
+        differ = [k for k in keys if getattr(given, k) != getattr(recorded, k)]
+        if differ:
+            log.warning(
+                "split.%s differ from the split %s was trained with (%s): these are not the "
+                "images it validated on; split.mode=from_checkpoint takes its own",
+                "/".join(differ),
+                ckpt,
+                ", ".join(f"{k}={getattr(recorded, k)}" for k in keys),
+            )
+    return given
+
+
 def run(cfg: DictConfig) -> dict:
     """Predict with the settings in ``cfg`` (conf/predict.yaml, typed by PredictConfig)."""
     from cxrdet.data.labels import read_labels
@@ -60,9 +96,10 @@ def run(cfg: DictConfig) -> dict:
     if settings.split.mode:  # the validation images of a training split, as train.py made it
         if settings.dicom_dir:
             raise ValueError("split.mode works on prepared PNGs, not with dicom_dir")
-        s = settings.split
+        s = checked_split(settings)
         labels, _ = read_labels(s.labels_csv)
         _, image_ids = split_ids(labels, s.mode, s.val_fraction, s.seed, s.fold, s.n_folds)
+        settings.split = s  # recorded in predict.json: cxrdet score --split from_checkpoint
     return predict(settings, image_ids)
 
 

@@ -67,7 +67,6 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    point_latest(Path(hydra_cfg.sweep.dir) if sweep else run_dir)
     try:
         problem = input_problem(cfg.data)
         if problem:  # before torch and Lightning load: a wrong path fails in a second
@@ -82,8 +81,9 @@ def main(cfg: DictConfig) -> float | None:
     except Exception:  # a traceback reaches the run's log too, not only the terminal
         to_run_log(logging.ERROR, "the run stopped on an error:", exc_info=sys.exc_info())
         raise
-    finally:
-        note_if_no_checkpoint(run_dir)
+    finally:  # latest: the newest run (or sweep) that wrote a checkpoint, never a failed start
+        if note_if_no_checkpoint(run_dir):
+            point_latest(Path(hydra_cfg.sweep.dir) if sweep else run_dir)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from datetime import datetime
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -104,6 +105,15 @@ def register_configs() -> None:
     store.store(name="predict_schema", node=PredictConfig)
     if not OmegaConf.has_resolver("cxrdet_config_groups"):  # train.py --help's group list
         OmegaConf.register_new_resolver("cxrdet_config_groups", lambda: config_groups())
+    if not OmegaConf.has_resolver("cxrdet_run_time"):  # run folders: one per launch
+        OmegaConf.register_new_resolver("cxrdet_run_time", run_time, use_cache=True)
+
+
+def run_time() -> str:
+    """The launch time as run folders name it, to the millisecond (``2026-12-04_09-30-00-123``):
+    two runs started in the same second get folders (and logs) of their own."""
+    now = datetime.now()
+    return f"{now:%Y-%m-%d_%H-%M-%S}-{now.microsecond // 1000:03d}"
 
 
 register_configs()

@@ -240,6 +240,9 @@ class CXRDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        # In every checkpoint (datamodule_hyper_parameters): predict.py split.mode=from_checkpoint
+        # takes the validation images the run validated on from there.
+        self.save_hyperparameters(ignore=["augment"])
         self.labels_csv, self.image_dir, self.meta_csv = labels_csv, image_dir, meta_csv
         self.image_size = image_size
         self.split, self.val_fraction, self.split_seed = split, val_fraction, split_seed

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cxrdet.data.fusion import FUSIONS, fuse_readers
 from cxrdet.data.labels import CLASS_NAMES, ground_truth, read_labels
@@ -153,6 +154,20 @@ def score(
     }
 
 
+def recorded_split(submission_csv: str) -> dict:
+    """The split ``predict.py split.mode=...`` recorded beside its submission (predict.json)."""
+    path = Path(submission_csv).with_name("predict.json")
+    if not Path(submission_csv).is_file():
+        raise FileNotFoundError(f"submission not found: {submission_csv}")
+    split = json.loads(path.read_text()).get("split") if path.is_file() else None
+    if not split or split.get("mode") not in ("valid20", "kfold"):
+        raise ValueError(
+            f"--split from_checkpoint: {path} records no held-out split (predict.py with "
+            "split.mode=from_checkpoint writes it); or give --split valid20|kfold and its settings"
+        )
+    return split
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="cxrdet score",
@@ -168,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--split",
-        choices=[m for m in SPLIT_MODES if m != "all_train"],
-        help="score only this split's validation images (as training split them)",
+        choices=[*(m for m in SPLIT_MODES if m != "all_train"), "from_checkpoint"],
+        help="score only this split's validation images (as training split them);"
+        " from_checkpoint: the split predict.py took from the checkpoint (its predict.json)",
     )
     p.add_argument("--fold", type=int, default=0, help="kfold: the validation fold (default 0)")
     p.add_argument("--seed", type=int, default=111, help="split seed (default 111, as training)")
@@ -198,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     try:
+        if a.split == "from_checkpoint":
+            split = recorded_split(a.submission)
+            a.split, a.fold, a.seed = split["mode"], split["fold"], split["seed"]
+            a.val_fraction, a.n_folds = split["val_fraction"], split["n_folds"]
         r = score(
             a.labels,
             a.submission,

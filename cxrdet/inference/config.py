@@ -19,7 +19,7 @@ from omegaconf import MISSING
 class SplitConfig:
     """Predict only the validation images of a training split (for local scoring)."""
 
-    mode: str | None = None  # null (every image) | valid20 | kfold
+    mode: str | None = None  # null (every image) | valid20 | kfold | from_checkpoint
     labels_csv: str = ""  # the labels the split is made from, as in training
     val_fraction: float = 0.2
     seed: int = 111
@@ -77,3 +77,21 @@ def missing_model(ckpt_path, model_file) -> str | None:
         if path and not Path(str(path)).is_file():
             return f"{key}: {path} not found"
     return None
+
+
+def checkpoint_split(ckpt_path, trust: bool = False) -> SplitConfig | None:
+    """The training split a checkpoint's run validated on (train.py records its data settings
+    in every checkpoint), or None for a checkpoint that holds none."""
+    from cxrdet.models.safe_load import safe_load
+
+    data = safe_load(ckpt_path, trust, mmap=True).get("datamodule_hyper_parameters")
+    if not data or data.get("split") not in ("valid20", "kfold", "all_train"):
+        return None
+    return SplitConfig(
+        mode=data["split"],
+        labels_csv=str(data.get("labels_csv", "")),
+        val_fraction=float(data.get("val_fraction", 0.2)),
+        seed=int(data.get("split_seed", 111)),
+        fold=int(data.get("fold") or 0),
+        n_folds=int(data.get("n_folds", 5)),
+    )

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -348,6 +348,8 @@ def predict(
         "precision": precision,
         "nofinding_classifiers": len(classifiers or []),
     }
+    if image_ids is not None and cfg.split.mode:  # the held-out images: cxrdet score reads it
+        summary["split"] = asdict(cfg.split)
     Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s: %d images, %.2f images/s", path, len(rows), summary["images_per_s"] or 0)
     return summary

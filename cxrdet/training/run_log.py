@@ -47,15 +47,18 @@ def is_first_process() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
-def note_if_no_checkpoint(run_dir: Path) -> None:
-    """Say in the run's log, when it ends, that it wrote no checkpoint (if so)."""
-    if is_first_process() and not list((run_dir / "checkpoints").glob("*.ckpt")):
+def note_if_no_checkpoint(run_dir: Path) -> bool:
+    """Say in the run's log, when it ends, that it wrote no checkpoint (if so); whether it
+    wrote one."""
+    wrote = bool(list((run_dir / "checkpoints").glob("*.ckpt")))
+    if is_first_process() and not wrote:
         to_run_log(
             logging.WARNING,
             f"the run ended before its first checkpoint: {run_dir / 'checkpoints'} holds none "
             "(checkpoints come with each validation, every trainer.val_check_interval steps, "
             "and at the end of training); the lines above say why it stopped",
         )
+    return wrote
 
 
 def point_latest(target: Path) -> None:
