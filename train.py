@@ -29,7 +29,6 @@ from cxrdet.training.run_log import (
 # torch, Lightning and the models are imported in the functions below, after Hydra has composed
 # the config: --help, --cfg and a refused override answer without them.
 log = logging.getLogger("cxrdet.train")
-quiet_library_noise()
 
 
 def train(cfg: DictConfig, ckpt_path: str | None) -> float | None:
@@ -64,6 +63,7 @@ def main(cfg: DictConfig) -> float | None:
     from cxrdet.data.config import input_problem
     from cxrdet.training import checks
 
+    quiet_library_noise()  # per run: the warnings' filters may have been reset since import
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN

@@ -246,7 +246,9 @@ def test_score_on_a_held_out_file_suggests_the_split(tiny_data, tmp_path):
     assert score(str(tiny_data["raw"] / "train.csv"), str(sub), split="kfold", fold=1)["images"]
 
 
-def test_check_takes_a_submission_with_the_sample_s_ids_and_names_what_is_wrong(tmp_path, capsys):
+def test_check_takes_the_test_images_ids_from_sample_folder_or_meta_and_names_what_is_wrong(
+    tmp_path, capsys
+):
     from cxrdet.cli import main
 
     ids = ["a" * 32, "b" * 32, "c" * 32]
@@ -270,22 +272,59 @@ def test_check_takes_a_submission_with_the_sample_s_ids_and_names_what_is_wrong(
     assert f"{short}: 1 image_id(s) missing, e.g. {ids[2]}" in capsys.readouterr().err
     assert main(["check", str(bad), "--sample", str(sample)]) == 1
     assert f"{bad}, line 3 ({ids[1]})" in capsys.readouterr().err
+    # Without the sample: the test DICOMs' names, or the test meta CSV prepare wrote.
+    dicoms = tmp_path / "test"
+    dicoms.mkdir()
+    for i in ids[:2]:
+        (dicoms / f"{i}.dicom").write_bytes(b"")
+    assert main(["check", str(short), "--images", str(dicoms)]) == 0
+    assert f"the image ids of the DICOMs in {dicoms} each once" in capsys.readouterr().out
+    (dicoms / f"{ids[2]}.dcm").write_bytes(b"")
+    assert main(["check", str(short), "--images", str(dicoms)]) == 1
+    assert "1 image_id(s) missing" in capsys.readouterr().err
+    meta = tmp_path / "test_meta.csv"
+    pd.DataFrame({"image_id": ids, "dim0": 9, "dim1": 9}).to_csv(meta, index=False)
+    assert main(["check", str(good), "--meta", str(meta)]) == 0
+    assert main(["check", str(good), "--images", str(tmp_path / "tset")]) == 1
+    assert f"test image folder not found: {tmp_path / 'tset'}" in capsys.readouterr().err
 
 
-def test_git_ignores_what_the_readme_s_steps_create():
+def test_git_ignores_what_the_readme_s_steps_create(tmp_path):
+    """In a repository with the project's .gitignore (a fresh one: the checkout's own data/
+    may be anything), what the README's steps create is ignored, whether those folders are
+    folders or symbolic links to a larger disk, and the project's own files are not."""
+    import shutil
     import subprocess
 
+    repo, elsewhere = tmp_path / "repo", tmp_path / "big_disk"
+    repo.mkdir()
+    (elsewhere / "vinbigdata").mkdir(parents=True)
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+
+    def ignored(paths):
+        git = ["git", "-c", "init.defaultBranch=main"]
+        subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+        done = subprocess.run(
+            ["git", "check-ignore", *paths], cwd=repo, capture_output=True, text=True
+        )
+        assert done.returncode in (0, 1), done.stderr
+        return done.stdout.split()
+
+    for folder in ("data", "weights", "outputs", "multirun"):
+        (repo / folder).mkdir()
     paths = [
         "data/vinbigdata/train.csv",
         "weights/hub/checkpoints/x.pth",
         "outputs/a",
         "multirun/b",
     ]
-    done = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
-    assert done.stdout.split() == paths, done.stdout + done.stderr
+    assert ignored(paths) == paths
     ours = ["cxrdet/data/a_new_module.py", "tests/data/test_new.py", "docs/outputs/x.md"]
-    done = subprocess.run(["git", "check-ignore", *ours], cwd=REPO, capture_output=True, text=True)
-    assert done.stdout == "", f"the project's own files ignored: {done.stdout}"
+    assert ignored(ours) == [], "the project's own files ignored"
+    for folder in ("data", "outputs"):  # symbolic links to another disk
+        (repo / folder).rmdir()
+        (repo / folder).symlink_to(elsewhere)
+    assert ignored(["data", "outputs"]) == ["data", "outputs"]
 
 
 def test_a_refusal_lists_every_image_it_found_and_label_issues_drop_trains_without_them(

@@ -36,13 +36,19 @@ from cxrdet.inference.config import NofindingConfig, PredictConfig
 pytestmark = pytest.mark.slow
 
 
-def test_fast_devrun_ok(tiny_data, tmp_path):
+def test_fast_devrun_ok(tiny_data, tmp_path, capfd, recwarn):
     log = train_in_process(
         [*tiny_overrides(tiny_data, tmp_path / "run"), "+trainer.fast_dev_run=true"]
     )
     assert "max_steps=1" in log
     assert "precision: 32-true (trainer.precision=auto on cpu)" in log  # auto, resolved and said
-    assert "litlogger" not in log  # Lightning's advertisement is filtered
+    # The run's output is the user's business only: no advertisement, no layer table with its
+    # "Total FLOPs: 0" (the model in one line instead), no library deprecation warning.
+    assert "litlogger" not in log
+    assert "model: BatchedFasterRCNN, 41.4 M parameters (41.4 M trainable), 166 MB" in log
+    out = capfd.readouterr()
+    assert "FLOPs" not in out.out + out.err
+    assert not [str(w.message) for w in recwarn if "LeafSpec" in str(w.message)]
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 
@@ -472,6 +478,24 @@ def test_report_writes_every_figure_and_one_self_contained_page(trained, report_
     labels, _ = read_labels(tiny_data_root(trained) / "raw" / "train.csv")
     assert not [i for i in labels.image_id.unique() if i in page]
     assert str(trained) not in page
+
+
+def test_report_page_shows_one_checkpoint_everywhere(trained, report_page):
+    """The settings, the per-class table and fig 11's marker all name the checkpoint the page
+    evaluated (``--ckpt last``: after 2 steps), and the headline figures are its own."""
+    import re
+
+    from cxrdet.reports.curves import APS, curve_points
+
+    page = report_page.read_text()
+    assert "<h1>cxrdet run train/run</h1>" in page
+    row = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", page))
+    assert row["checkpoint"] == "last.ckpt (step 2)"
+    table = re.search(r"mAP40 ([0-9.]+) \(the competition's\) and AP40 ([0-9.]+)", page)
+    assert (row["checkpoint mAP40"], row["checkpoint AP40"]) == table.groups()
+    assert "of last.ckpt (step 2) on 8 validation images" in page
+    metrics = pd.read_csv(trained / "csv" / "metrics.csv")
+    assert curve_points(metrics, APS)["AP40"][0] == [2]  # validated where the checkpoint is
 
 
 def tiny_data_root(run: Path) -> Path:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.csv_format import separator_note
+
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = [
@@ -112,7 +114,10 @@ def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelReport]:
     df = pd.read_csv(path, dtype={"image_id": str, "rad_id": str})
     missing = [c for c in ("image_id", "class_id", *BOX_COLUMNS) if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {LABEL_COLUMNS}")
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; expected {LABEL_COLUMNS}"
+            + separator_note(df.columns)
+        )
     report = LabelReport(path=str(path), rows=len(df))
     csv_line = df.index.to_numpy() + 2  # 1-based, after the header
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import CONTENT_COLUMNS, Content
+from cxrdet.data.csv_format import separator_note
 
 
 def content_of(meta: pd.DataFrame, image_id: str) -> Content | None:
@@ -28,5 +29,8 @@ def read_meta(path: str | Path) -> pd.DataFrame:
     meta = pd.read_csv(path, dtype={"image_id": str})
     missing = {"image_id", "dim0", "dim1"} - set(meta.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need image_id,dim0,dim1")
+        raise ValueError(
+            f"{path}: missing column(s) {sorted(missing)}; need image_id,dim0,dim1"
+            + separator_note(meta.columns)
+        )
     return meta.drop_duplicates("image_id").set_index("image_id")

@@ -120,7 +120,9 @@ def score(
     try:
         sub = read_submission(submission_csv, image_ids=image_ids)
     except SubmissionError as e:
-        hint = split_hint(submission_csv, all_labels) if split is None else None
+        hint = None
+        if split is None and Path(submission_csv).is_file():
+            hint = split_hint(submission_csv, all_labels)
         raise SubmissionError(f"{e}{hint}" if hint else str(e)) from None
     gt = ground_truth(labels, image_ids)
     result = score_predictions(gt, sub, iou=iou)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import Content, clip, to_original, valid
+from cxrdet.data.csv_format import separator_note
 from cxrdet.data.labels import NO_FINDING
 from cxrdet.evaluation.nofinding import Prediction, no_finding_as_image_label
 
@@ -76,6 +77,7 @@ def read_submission(path: str | Path, image_ids=None) -> dict:
     if list(df.columns) != ["image_id", "PredictionString"]:
         raise SubmissionError(
             f"{path}: columns {list(df.columns)}, expected image_id,PredictionString"
+            + separator_note(df.columns)
         )
     out = {}
     for row, (image_id, text) in enumerate(zip(df["image_id"], df["PredictionString"]), start=2):

@@ -64,7 +64,7 @@ def settings_section(settings: dict) -> str:
     return "<h2>Run</h2>" + table(["setting", "value"], [[k, v] for k, v in settings.items()])
 
 
-def per_class_section(scores: dict) -> str:
+def per_class_section(scores: dict, source: str | None) -> str:
     rows = [
         [f"{c} {CLASS_NAMES[c]}", ap, scores["AP40_per_class"].get(c)]
         for c, ap in sorted(scores["mAP40_per_class"].items())
@@ -72,8 +72,8 @@ def per_class_section(scores: dict) -> str:
     return (
         "<h2>Per class</h2>"
         f"<p>mAP40 {scores['mAP40']:.3f} (the competition's) and AP40 {scores['AP40']:.3f} "
-        f"(COCO-style, findings 0-13) on {scores['images']} validation images.</p>"
-        + table(["class", "mAP40", "AP40"], rows)
+        f"(COCO-style, findings 0-13) of {html.escape(source or 'the checkpoint')} on "
+        f"{scores['images']} validation images.</p>" + table(["class", "mAP40", "AP40"], rows)
     )
 
 
@@ -161,13 +161,15 @@ def write_html(
     froc_figure: Path | None = None,
     gallery: list[tuple[np.ndarray, str]] | None = None,
     images_figure: Path | None = None,
+    source: str | None = None,
 ) -> Path:
     """The page (see the module docstring); sections without data are left out.
-    ``images_figure``: the grid of validation images (fig 12), shown last."""
+    ``images_figure``: the grid of validation images (fig 12), shown last; ``source``: the
+    checkpoint that made ``scores`` (its name and step)."""
     parts = [f"<h1>{html.escape(title)}</h1>", settings_section(settings), "<h2>Curves</h2>"]
     parts.append(figure_tags(figures))
     if scores:
-        parts.append(per_class_section(scores))
+        parts.append(per_class_section(scores, source))
     radiology = radiology or {}
     if "readers" in radiology:
         parts.append(readers_section(radiology["readers"]))

@@ -3,9 +3,11 @@
     cxrdet report RUN_DIR [--images 8] [--ckpt best|last|PATH]
 
 From ``RUN_DIR/csv/metrics.csv``: training vs validation loss (fig 10), AP40 and mAP40 over
-iterations (fig 11), per-class AP bars. Running the checkpoint on the run's own validation split
-(rebuilt from ``RUN_DIR/.hydra/config.yaml``): precision-recall curves at IoU 0.4 per class and
-a grid of validation images, ground truth beside predictions (fig 12), and the radiology
+optimizer steps (fig 11), the evaluated checkpoint's step marked on both. Running that one
+checkpoint (``--ckpt``, the best by default) on the run's own validation split (rebuilt from
+``RUN_DIR/.hydra/config.yaml``): per-class AP bars, precision-recall curves at IoU 0.4 per
+class, the settings' headline figures, a grid of validation images, ground truth beside
+predictions (fig 12: those scoring 0.3 or more, else the top 3, said so), and the radiology
 metrics (:mod:`cxrdet.evaluation.radiology`: the readers' baseline, FROC, the error breakdown)
 with a gallery of the worst false positives and missed findings per class. PNGs and one
 self-contained page, ``index.html`` (:mod:`cxrdet.reports.html`), in ``RUN_DIR/report/``.
@@ -18,63 +20,37 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxrdet.data.dataset import grey_pixels
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
 from cxrdet.models.safe_load import TRUST_HELP
+from cxrdet.reports.curves import curve_figures, per_class_bars, per_class_figure
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.reports.gallery import froc_figure, gallery_items
 from cxrdet.reports.html import write_html
+from cxrdet.reports.settings import (
+    checkpoint_label,
+    checkpoint_step,
+    run_config,
+    run_settings,
+    run_title,
+)
 from cxrdet.training.checkpoints import best_checkpoint
 
 log = logging.getLogger("cxrdet.train")
-
-
-def curve_figures(metrics: pd.DataFrame, out: Path) -> list[Path]:
-    """Loss (fig 10), AP40/mAP40 (fig 11) and the last per-class values from metrics.csv."""
-    written = []
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for column, label in (("train/loss", "training loss"), ("val/loss", "validation loss")):
-        if column in metrics:
-            rows = metrics[["step", column]].dropna()
-            ax.plot(rows["step"], rows[column], "-o" if column == "val/loss" else "-", label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_title("Training and validation loss (fig. 10)")
-    ax.legend()
-    written.append(save_figure(fig, out / "fig10_loss.png"))
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for column in ("val/AP40", "val/mAP40"):
-        if column in metrics:
-            rows = metrics[["step", column]].dropna()
-            ax.plot(rows["step"], rows[column], "-o", label=column.removeprefix("val/"))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("AP at IoU 0.4")
-    ax.set_title("Validation AP40 and mAP40 (fig. 11)")
-    ax.legend()
-    written.append(save_figure(fig, out / "fig11_ap.png"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, metric in zip(axes, ("AP40", "mAP40")):
-        columns = [c for c in metrics.columns if c.startswith(f"val/{metric}/")]
-        last = metrics[columns].ffill().iloc[-1] if columns else pd.Series(dtype=float)
-        names = [c.split("/", 2)[2] for c in columns]
-        ax.barh(names[::-1], last.to_numpy()[::-1], color="#3b75af")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{metric} per class (last validation)")
-    written.append(save_figure(fig, out / "per_class_ap.png"))
-    return written
+DRAW_SCORE = 0.3  # fig 12 draws the predictions scoring at least this
 
 
 def validation_figures(
-    run_dir: Path, ckpt: Path, out: Path, n_images: int, trust: bool = False
+    run_dir: Path, ckpt: Path, out: Path, n_images: int, trust: bool = False, label: str = ""
 ) -> tuple[list[Path], dict]:
     """PR curves per class and the GT-vs-prediction grid, on the run's validation split
-    (``trust``: load a checkpoint that needs full unpickling); with the figures, what the page
-    shows of that split: ``scores``, ``radiology``, ``froc_figure``, ``gallery``."""
+    (``trust``: load a checkpoint that needs full unpickling; ``label``: the checkpoint's name
+    in the figures' titles); with the figures, what the page shows of that split: ``scores``,
+    ``radiology``, ``froc_figure``, ``gallery``."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -151,22 +127,38 @@ def validation_figures(
         ax.set_title(f"{CLASS_NAMES[c]} (AP {result['per_class'][c]:.2f})", fontsize=8)
         ax.set_xlabel("recall", fontsize=7)
         ax.set_ylabel("precision", fontsize=7)
-    fig.suptitle("Precision-recall at IoU 0.4, validation split")
+    fig.suptitle(f"Precision-recall at IoU 0.4, validation split: {label or ckpt.name}")
     written.append(save_figure(fig, out / "pr_curves.png"))
     if shown:
         fig, axes = plt.subplots(len(shown), 2, figsize=(7, 3.5 * len(shown)), squeeze=False)
         for row, (image, boxes, classes_, (pb, ps, pc)) in zip(axes, shown):
             row[0].imshow(draw_boxes(image, boxes, classes_)[..., ::-1])
             row[0].set_title("ground truth", fontsize=8)
-            row[1].imshow(draw_boxes(image, pb, pc, ps, min_score=0.3)[..., ::-1])
-            row[1].set_title("predictions (score >= 0.3)", fontsize=8)
+            keep, title = drawn_predictions(ps)
+            row[1].imshow(draw_boxes(image, pb[keep], pc[keep], ps[keep])[..., ::-1])
+            row[1].set_title(title, fontsize=8)
             for ax in row:
                 ax.axis("off")
-        fig.suptitle("Validation images (fig. 12)")
+        fig.suptitle(f"Validation images (fig. 12): {label or ckpt.name}")
         written.append(save_figure(fig, out / "fig12_validation_images.png"))
     if page["froc_figure"] is not None:
         written.append(page["froc_figure"])
     return written, page
+
+
+def drawn_predictions(
+    scores: np.ndarray, threshold: float = DRAW_SCORE, top: int = 3
+) -> tuple[np.ndarray, str]:
+    """Which predictions fig 12 draws, and its panel's title: those scoring at least
+    ``threshold``, else (an image no score reaches it, common early in training) the ``top``
+    best, said so."""
+    keep = np.flatnonzero(scores >= threshold)
+    if len(keep):
+        return keep, f"predictions (score >= {threshold:g})"
+    keep = np.argsort(-scores, kind="stable")[:top]
+    if not len(keep):
+        return keep, "no predictions"
+    return keep, f"none scores {threshold:g}: the top {len(keep)} (best {scores[keep[0]]:.2f})"
 
 
 def report_run(run_dir: str | Path, wandb_loggers: list) -> None:
@@ -210,7 +202,6 @@ def write_report(
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     metrics = pd.read_csv(metrics_csv)
-    written = curve_figures(metrics, out)
     if ckpt == "best":
         best = best_checkpoint(run_dir / "checkpoints", trust, "--trust")
         path = best or run_dir / "checkpoints" / "last.ckpt"
@@ -218,54 +209,33 @@ def write_report(
         path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(ckpt)
-    page = {}
-    if path.is_file() and (run_dir / ".hydra" / "config.yaml").is_file():
-        figures, page = validation_figures(run_dir, path, out, n_images, trust)
-        written += figures
+    cfg, choices = run_config(run_dir)
+    figures, page, marked, label = [], {}, None, None
+    if path.is_file():
+        step = checkpoint_step(path, trust)
+        label = checkpoint_label(path, step)
+        marked = (path.name, step) if step is not None else None
+    written = curve_figures(metrics, out, marked)
+    if path.is_file() and cfg is not None:
+        figures, page = validation_figures(run_dir, path, out, n_images, trust, label)
+    bars, source = per_class_bars(metrics, page.get("scores"), label)
+    written += [per_class_figure(bars, source, out), *figures]
     grid = out / "fig12_validation_images.png"
     curves = [p for p in written if p.name not in ("froc.png", grid.name)]  # own sections
-    settings = run_settings(run_dir, metrics, path if path.is_file() else None)
-    title = f"cxrdet run {run_dir.name}"
+    settings = run_settings(run_dir, cfg, choices, metrics, label, page)
     images = grid if grid in written else None
     written.append(
-        write_html(out / "index.html", title, settings, curves, **page, images_figure=images)
+        write_html(
+            out / "index.html",
+            run_title(run_dir, cfg),
+            settings,
+            curves,
+            **page,
+            source=label,
+            images_figure=images,
+        )
     )
     return written
-
-
-def run_settings(run_dir: Path, metrics: pd.DataFrame, ckpt: Path | None) -> dict:
-    """The run's main settings and last figures, for the page (no paths, no image ids)."""
-    from omegaconf import OmegaConf
-
-    hydra_dir = run_dir / ".hydra"
-    config, hydra = hydra_dir / "config.yaml", hydra_dir / "hydra.yaml"
-    cfg = OmegaConf.load(config) if config.is_file() else OmegaConf.create({})
-    choices = OmegaConf.load(hydra).hydra.runtime.choices if hydra.is_file() else {}
-    settings = {
-        group: choices[group]
-        for group in ("experiment", "model", "data", "evaluation")
-        if choices.get(group) is not None
-    }
-    pick = {
-        "weights": "model.weights",
-        "image size": "data.image_size",
-        "batch size": "data.batch_size",
-        "training boxes fused": "data.fusion",
-        "validation truth fused": "data.val_fusion",
-        "steps": "trainer.max_steps",
-        "learning rate": "optim.lr",
-        "precision": "trainer.precision",
-        "seed": "seed",
-    }
-    for name, key in pick.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None:
-            settings[name] = Path(str(value)).name if name == "weights" else value
-    for column in ("val/mAP40", "val/AP40", "val/CPM", "val/mAP40_vs_readers"):
-        if column in metrics and metrics[column].notna().any():
-            settings[f"last {column}"] = float(metrics[column].dropna().iloc[-1])
-    settings["checkpoint"] = ckpt.name if ckpt else "none (curves only)"
-    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,29 @@ class ProgressBar(TQDMProgressBar):
         return items
 
 
+class ModelSize(pl.Callback):
+    """One log line for the model (its class, parameters and size) in place of Lightning's
+    layer table (``trainer.enable_model_summary: false``), whose FLOPs column reads 0 for a
+    detector: Lightning counts FLOPs only on an ``example_input_array``, which a model taking
+    lists of images of any size has not."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        params = list(pl_module.parameters())
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        size = sum(p.numel() * p.element_size() for p in params) / 1e6
+        model = getattr(pl_module, "model", pl_module)
+        log.info(
+            "model: %s, %.1f M parameters (%.1f M trainable), %.0f MB",
+            type(model).__name__,
+            total / 1e6,
+            trainable / 1e6,
+            size,
+        )
+
+
 class StepTimeMonitor(pl.Callback):
     """Training speed without making the host wait every step: logs ``time/images_per_s`` and
     ``time/data_wait_share`` every ``trainer.log_every_n_steps`` steps (rank 0), and warns once

@@ -19,13 +19,22 @@ log = logging.getLogger("cxrdet.train")
 
 
 def quiet_library_noise() -> None:
-    """Filter what the libraries print on every run that is no user's business."""
+    """Filter what the libraries print on every run that is no user's business (called at the
+    start of each run: a test harness or Hydra may reset the warnings' filters between runs)."""
     # torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
-    # Lightning advertises its cloud services on every run ("💡 Tip: ... litlogger").
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-        lambda record: "💡 Tip" not in record.getMessage()
+    # Lightning 2.6's CombinedLoader builds torch's LeafSpec, which newer torch deprecates.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
     )
+    # Lightning advertises its cloud services on every run ("💡 Tip: ... litlogger").
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(no_advert)  # once
+
+
+def no_advert(record: logging.LogRecord) -> bool:
+    return "💡 Tip" not in record.getMessage()
 
 
 def to_run_log(level: int, message: str, exc_info=None) -> None:

@@ -96,6 +96,28 @@ def test_labels_missing_columns_error_names_file(tmp_path):
         read_labels(path)
 
 
+def test_a_csv_with_another_separator_is_named_so(tmp_path):
+    """A spreadsheet saved with semicolons or tabs reads as one column: the error says which
+    separator it found (labels, meta and submission alike)."""
+    from cxrdet.data.meta import read_meta
+    from cxrdet.evaluation.submission import SubmissionError, read_submission
+
+    labels, meta, sub = tmp_path / "train.csv", tmp_path / "meta.csv", tmp_path / "sub.csv"
+    labels.write_text("image_id;class_name;class_id;rad_id\na;Aortic enlargement;0;R1\n")
+    meta.write_text("image_id\tdim0\tdim1\na\t10\t10\n")
+    sub.write_text("image_id;PredictionString\na;14 1 0 0 1 1\n")
+    with pytest.raises(ValueError, match="train.csv: missing .* separated by semicolons"):
+        read_labels(labels)
+    with pytest.raises(ValueError, match="meta.csv: missing .* separated by tabs"):
+        read_meta(meta)
+    with pytest.raises(SubmissionError, match="sub.csv: columns .* separated by semicolons"):
+        read_submission(sub)
+    labels.write_text("image_id,class_id\na,0\n")  # commas, a column short: no separator note
+    with pytest.raises(ValueError, match="missing") as e:
+        read_labels(labels)
+    assert "separated" not in str(e.value)
+
+
 def _labels_for(ids, classes):
     return pd.DataFrame({"image_id": ids, "class_id": classes})
 

@@ -209,6 +209,9 @@ def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
         "image_id,PredictionString\np,0 0.9 0 0 10 10\n"
         "s,0 0.9 100 100 110 110 4 0.5 300 300 310 310\n"
     )
+    typo = ["--labels", str(tmp_path / "labels.csv"), "--submission", str(tmp_path / "sbu.csv")]
+    assert main(typo) == 2  # a misspelt path is named, not a raw [Errno 2]
+    assert capsys.readouterr().err == f"error: submission not found: {tmp_path / 'sbu.csv'}\n"
     args = ["--labels", str(tmp_path / "labels.csv"), "--submission", str(tmp_path / "sub.csv")]
     assert main([*args, "--readers", "--froc", "--errors", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

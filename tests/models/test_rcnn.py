@@ -296,10 +296,10 @@ def test_validation_s_one_pass_equals_two_separate_calls_for_both(impl):
 
 
 def test_the_compiled_dense_part_gives_eager_s_losses_and_detections():
-    """``model.compile=true`` (graph capture with the "eager" backend on the CPU:
-    inductor's code generation costs minutes here and is torch's to test): the same losses and detections, the
-    same state-dict keys. Fails if a layer in the compiled region breaks the graph wrongly or
-    the keys gain torch.compile's prefix."""
+    """``model.compile=true`` (graph capture with the "eager" backend on the CPU: inductor's
+    code generation costs minutes here and is torch's to test): the same losses and
+    detections, the same state-dict keys. Fails if a layer in the compiled region breaks the
+    graph wrongly or the keys gain torch.compile's prefix."""
     torch.manual_seed(0)
     options = {"num_classes": 14, "image_size": 64, "roi_batch_size_per_image": 32}
     eager = build_fasterrcnn(**options)
