@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         "  VOC AP at IoU 0.4 over the classes present, No finding included. Validation ground\n"
         "  truth: the three readers fused with WBF; test: one consensus reader. Readers / model:\n"
         "  each radiologist scored against the other two fused, the model against the same\n"
-        "  truths. CPM: mean sensitivity at 1/8..8 false positives per image. The filter\n"
+        "  truths. CPM: mean share of the lesions found at 1/8..8 false positives per image\n"
+        "  (readers' boxes fused per lesion; any class on a lesion finds it). The filter\n"
         "  (predict.py nofinding.low/high) makes each image's No-finding line from the\n"
         "  classifier's P(abnormal) instead of from the detector's top score."
     )

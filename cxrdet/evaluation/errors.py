@@ -17,7 +17,9 @@ points at it (it would be found if that error were fixed). The mAP40 an error ty
 gain if the oracle fixed every error of that type, all else kept: a Cls or Loc error becomes the
 true positive of its box (the highest-scoring such error per box; the others are removed, as is
 any aimed at a box already taken); Dupe, Bkg and Both errors are removed; missed boxes leave
-the ground truth. The mean runs over the classes with ground truth, as mAP40's does.
+the ground truth. The mean runs over the classes with ground truth, as mAP40's does, and every
+fix keeps that class set: a class whose every box was missed scores 0 after the Miss fix (it
+does not leave the mean, which would raise mAP40 for finding nothing).
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ def error_breakdown(gt: dict, dets: dict, iou: float = 0.4, background: float = 
         keep = kind != t
         fixes[t] = class_aps(m.cls[keep], m.score[keep], m.tp[keep], n_gt)
     fewer = n_gt - np.bincount(m.g_cls[missed], minlength=m.n_cls)
-    fixes["Miss"] = class_aps(m.cls, m.score, m.tp, fewer)
+    # Over the base's classes: one whose every box was missed keeps AP 0 (as tidecv scores a
+    # class left without boxes), not leaving the mean (which would raise it for nothing found).
+    fixes["Miss"] = {c: 0.0 for c in base} | class_aps(m.cls, m.score, m.tp, fewer)
 
     mean = lambda aps: float(np.mean(list(aps.values()))) if aps else float("nan")  # noqa: E731
     # One row per error: the false positives, then the missed boxes.

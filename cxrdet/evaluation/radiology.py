@@ -15,9 +15,14 @@ import pandas as pd
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES, error_breakdown
 from cxrdet.evaluation.froc import froc
+from cxrdet.evaluation.lesions import lesion_truth
 from cxrdet.evaluation.readers import leave_one_out, readers_baseline
 
 READERS_FUSION = "wbf"  # how the other readers' boxes become the truth, unless told otherwise
+TRUTH_NOTES = {
+    "fused": "the readers' boxes fused per lesion",
+    "agreement": "lesions two or more readers marked; single marks ignored",
+}
 
 
 def radiology_scores(
@@ -30,15 +35,20 @@ def radiology_scores(
     iou: float = 0.4,
     fusion: str = READERS_FUSION,
     fusion_iou: float = 0.4,
+    truth: str = "fused",
 ) -> dict:
     """The chosen metrics: ``{"readers", "froc", "errors"}`` (those asked for).
 
     Args:
         gt, dets: the scored ground truth and submission (original pixels, class 14 included).
         labels: the same images' labels before fusion, one row per reader's box (train.csv
-            columns), for the readers' baseline.
-        fusion: how the other readers' boxes are fused into a reader's truth (``none`` keeps
-            them all).
+            columns): the readers' baseline needs them, and with them FROC and the errors
+            count lesions (:func:`cxrdet.evaluation.lesions.lesion_truth`) instead of ``gt``'s
+            boxes.
+        fusion: how readers' boxes are fused into a reader's truth and into lesions (``none``:
+            WBF).
+        truth: ``fused`` (every lesion) or ``agreement`` (lesions two readers marked; the
+            others ignored by FROC).
     """
     out = {}
     if readers:
@@ -46,10 +56,13 @@ def radiology_scores(
             raise ValueError("the readers' baseline needs the labels before fusion")
         out["readers"] = readers_baseline(leave_one_out(labels, fusion, fusion_iou), dets, iou)
         out["readers"]["rad_id_missing"] = bool(labels["rad_id"].isna().all())
+    lesions, ignore = gt, {}
+    if labels is not None and (froc_ or errors):
+        lesions, ignore = lesion_truth(labels, list(gt), fusion, fusion_iou, truth)
     if froc_:
-        out["froc"] = froc(gt, dets, iou)
+        out["froc"] = {**froc(lesions, dets, iou, ignore=ignore), "truth": truth}
     if errors:
-        out["errors"] = error_breakdown(gt, dets, iou)
+        out["errors"] = error_breakdown(lesions, dets, iou)
     return out
 
 
@@ -98,15 +111,19 @@ def froc_table(r: dict) -> list[str]:
     """Sensitivity at each FP rate, all findings and per class, with the CPM."""
     rates = "".join(f"{rate:>7g}" for rate in r["rates"])
     lines = [
-        f"FROC at IoU 0.4 on {r['images']} image(s): sensitivity at mean false positives per image",
-        f"  {'':24s}{rates}    CPM",
+        f"FROC at IoU 0.4 on {r['images']} image(s), {r.get('lesions', 0)} lesion(s) "
+        f"({TRUTH_NOTES[r.get('truth', 'fused')]}): lesions found at mean false positives per "
+        "image (the step at or below each rate; a second hit on a found lesion is no FP)",
+        f"  {'':24s}{rates}    CPM  lesions",
     ]
     if r["sensitivity"]:
         values = "".join(f"{s:7.3f}" for s in r["sensitivity"])
-        lines.append(f"  {'all findings':<24s}{values}  {r['CPM']:.3f}")
+        lines.append(f"  {'all findings':<24s}{values}  {r['CPM']:.3f}   (any class)")
     for c, v in sorted(r["per_class"].items()):
         values = "".join(f"{s:7.3f}" for s in v["sensitivity"])
-        lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s}{values}  {v['CPM']:.3f}")
+        lines.append(
+            f"  {c:2d} {CLASS_NAMES[c]:<21s}{values}  {v['CPM']:.3f}  {v.get('lesions', ''):>7}"
+        )
     return lines
 
 
@@ -161,11 +178,14 @@ def as_json(scores: dict) -> dict:
             "rates": f["rates"],
             "sensitivity": f["sensitivity"],
             "CPM": f["CPM"],
+            "lesions": f.get("lesions"),
+            "truth": f.get("truth"),
             "per_class": by_name(f["per_class"]),
         }
     if "errors" in scores:
         e = scores["errors"]
         out["errors"] = {
+            "mAP40": e["mAP40"],
             "dAP": e["dAP"],
             "dAP_per_class": {t: by_name(v) for t, v in e["dAP_per_class"].items()},
             "counts": {t: by_name(v, int) for t, v in e["counts"].items()},

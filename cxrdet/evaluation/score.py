@@ -4,6 +4,7 @@
         [--iou 0.4] [--fusion none|wbf|nms --fusion-iou 0.4] [--json]
         [--split valid20|kfold --fold K --seed S --val-fraction 0.2 --n-folds 5]
         [--coco-out DIR --meta META.csv] [--readers] [--froc] [--errors]
+        [--truth fused|agreement]
 
 LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
 ``--fusion`` merges them first (see cxrdet.data.fusion). Prints
@@ -25,10 +26,15 @@ The radiology metrics (:mod:`cxrdet.evaluation.radiology`), each a table after t
 - ``--readers``: the radiologists as a baseline: each reader of an image read by two or more
   scored against the others' boxes fused (with ``--fusion``, WBF when that is ``none``), and
   the submission against the same truths;
-- ``--froc``: sensitivity at 1/8 … 8 false positives per image and the CPM, over all findings
-  and per class;
+- ``--froc``: lesions found at 1/8 … 8 false positives per image and the CPM, over all
+  findings (class-agnostic) and per class (:mod:`cxrdet.evaluation.froc`, LUNA16's protocol);
 - ``--errors``: a TIDE-style breakdown (classification, localisation, both, duplicate,
   background, missed) with the mAP40 fixing each type would gain.
+
+FROC and the errors count **lesions**: the readers' boxes fused per lesion (``--fusion``, WBF
+when that is ``none``), not one box per reader; ``--truth agreement`` keeps as lesions those two
+or more readers marked and makes the rest regions FROC ignores
+(:mod:`cxrdet.evaluation.lesions`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.evaluation.coco_json import write_coco
 from cxrdet.evaluation.evaluator import score_predictions
+from cxrdet.evaluation.lesions import TRUTHS
 from cxrdet.evaluation.radiology import (
     READERS_FUSION,
     as_json,
@@ -93,6 +100,7 @@ def score(
     readers: bool = False,
     froc: bool = False,
     errors: bool = False,
+    truth: str = "fused",
 ) -> dict:
     """Both metrics of a submission; see the module docstring.
 
@@ -103,7 +111,8 @@ def score(
     those images (the pooled out-of-fold predictions of ``cxrdet cv``). With ``coco_out``,
     the ground truth and the submission are also written there as COCO JSON
     (:mod:`cxrdet.evaluation.coco_json`), image sizes from ``meta_csv`` (prepare's meta CSV).
-    ``readers``, ``froc``, ``errors`` add those radiology metrics (``"radiology"``).
+    ``readers``, ``froc``, ``errors`` add those radiology metrics (``"radiology"``), FROC and
+    the errors over the lesions ``truth`` defines.
     """
     if coco_out and not meta_csv:
         raise ValueError("--coco-out needs --meta (the meta CSV with the original image sizes)")
@@ -145,6 +154,7 @@ def score(
             iou,
             fusion if fusion != "none" else READERS_FUSION,
             fusion_iou,
+            truth,
         )
     return {
         "radiology": radiology,
@@ -207,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         help="each radiologist scored against the others fused, the submission beside them",
     )
     p.add_argument(
-        "--froc", action="store_true", help="FROC: sensitivity at 1/8..8 FPs per image, CPM"
+        "--froc", action="store_true", help="FROC: lesions found at 1/8..8 FPs per image, CPM"
+    )
+    p.add_argument(
+        "--truth",
+        choices=TRUTHS,
+        default="fused",
+        help="the lesions FROC and --errors count: the readers' boxes fused per lesion "
+        "(default), or those two or more readers marked, single marks ignored (agreement)",
     )
     p.add_argument(
         "--errors",
@@ -236,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             readers=a.readers,
             froc=a.froc,
             errors=a.errors,
+            truth=a.truth,
         )
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,18 +19,20 @@ PANEL = 256  # gallery panel height in pixels
 
 
 def froc_figure(f: dict, out: Path) -> Path | None:
-    """Sensitivity against mean FPs per image over all findings, the CPM's rates marked."""
+    """Lesions found against mean FPs per image over all findings (any class), the CPM's
+    rates marked."""
     if not f["sensitivity"]:
         return None
     fps, sensitivity = f["curve"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.step(fps, sensitivity, where="post", label=f"all findings (CPM {f['CPM']:.3f})")
+    label = f"all findings, {f.get('lesions', '?')} lesions (CPM {f['CPM']:.3f})"
+    ax.step(fps, sensitivity, where="post", label=label)
     ax.plot(f["rates"], f["sensitivity"], "o")
     ax.set_xscale("log", base=2)
     ax.set_xlim(1 / 16, 16)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("mean false positives per image")
-    ax.set_ylabel("sensitivity")
+    ax.set_ylabel("sensitivity (share of lesions found)")
     ax.set_title("FROC at IoU 0.4, validation split")
     ax.legend(loc="lower right")
     return save_figure(fig, out / "froc.png")

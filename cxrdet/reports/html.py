@@ -18,7 +18,7 @@ import numpy as np
 
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES
-from cxrdet.evaluation.radiology import error_cell, fmt, matches_readers
+from cxrdet.evaluation.radiology import TRUTH_NOTES, error_cell, fmt, matches_readers
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -100,18 +100,25 @@ def readers_section(r: dict) -> str:
 
 
 def froc_section(f: dict, figure: Path | None) -> str:
-    out = "<h2>FROC</h2><p>Sensitivity at mean false positives per image (IoU 0.4); the CPM is "
-    out += f"their mean. All findings: CPM {f['CPM']:.3f}.</p>" if f["sensitivity"] else "</p>"
+    out = (
+        "<h2>FROC</h2><p>The share of lesions found at mean false positives per image (IoU "
+        f"0.4; {TRUTH_NOTES[f.get('truth', 'fused')]}, {f.get('lesions', 0)} lesions; a second "
+        "detection on a found lesion is no false positive), read at the step at or below each "
+        "rate; the CPM is their mean. All findings counts a detection of any class on a lesion"
+    )
+    out += f". All findings: CPM {f['CPM']:.3f}.</p>" if f["sensitivity"] else ".</p>"
     if figure is not None:
         out += f"<img class='figure' alt='FROC' src='{png_data(figure)}'>"
     rows = []
     if f["sensitivity"]:
         rows.append(["all findings", *f["sensitivity"], f["CPM"]])
+    if rows:
+        rows[0].append(f.get("lesions"))
     rows += [
-        [f"{c} {CLASS_NAMES[c]}", *v["sensitivity"], v["CPM"]]
+        [f"{c} {CLASS_NAMES[c]}", *v["sensitivity"], v["CPM"], v.get("lesions")]
         for c, v in sorted(f["per_class"].items())
     ]
-    return out + table(["", *(f"{r:g} FP" for r in f["rates"]), "CPM"], rows)
+    return out + table(["", *(f"{r:g} FP" for r in f["rates"]), "CPM", "lesions"], rows)
 
 
 def errors_section(e: dict) -> str:

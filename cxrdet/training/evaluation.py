@@ -29,6 +29,7 @@ from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.evaluation.coco_eval import STATS, coco_stats
 from cxrdet.evaluation.evaluator import DetectionEvaluator
 from cxrdet.evaluation.froc import froc
+from cxrdet.evaluation.lesions import lesion_truth
 from cxrdet.evaluation.readers import leave_one_out, readers_baseline
 
 log = logging.getLogger(__name__)
@@ -141,16 +142,18 @@ class CocoEvaluation(ValidationScores):
 
 
 class RadiologyEvaluation(ValidationScores):
-    """``val/CPM`` (the mean sensitivity at 1/8 … 8 false positives per image over all
-    findings), ``val/mAP40_vs_readers`` (the model's mAP40 against each reader's
-    leave-one-out truth) and ``val/readers_mAP40`` (the readers' own, the baseline), on the
+    """``val/CPM`` (the mean share of lesions found at 1/8 … 8 false positives per image over
+    all findings, the lesions being the readers' boxes fused with ``readers_fusion``:
+    :mod:`cxrdet.evaluation.lesions`), ``val/mAP40_vs_readers`` (the model's mAP40 against
+    each reader's leave-one-out truth) and ``val/readers_mAP40`` (the readers' own, the baseline), on the
     submission of the validation images. The readers' figures need the labels before fusion
     (the datamodule's ``val_labels``) and images read by two or more radiologists; without
     them only ``val/CPM`` is logged.
 
     Args:
         iou: the metrics' IoU threshold (the competition's 0.4).
-        readers_fusion: how the other readers' boxes are fused into a reader's truth.
+        readers_fusion: how the other readers' boxes are fused into a reader's truth, and
+            all readers' boxes into lesions.
         fusion_iou: the IoU at which they merge.
     """
 
@@ -161,27 +164,31 @@ class RadiologyEvaluation(ValidationScores):
         self.iou, self.readers_fusion, self.fusion_iou = iou, readers_fusion, fusion_iou
         self._sets: tuple | None = None  # (image ids, leave_one_out's result), made once
 
-    def reader_sets(self, pl_module, ids) -> dict:
+    def reader_sets(self, pl_module, gt: dict) -> tuple[dict, dict]:
+        """The readers' leave-one-out sets and the lesions (FROC's truth) of the validation
+        images, made once: from the labels before fusion, else the validation truth."""
+        ids = frozenset(gt)
         if self._sets is None or self._sets[0] != ids:
             datamodule = getattr(pl_module.trainer, "datamodule", None)
             labels = getattr(datamodule, "val_labels", None)
-            sets = {}
+            sets, lesions = {}, gt
             if labels is not None:
                 labels = labels[labels["image_id"].isin(ids)]
                 sets = leave_one_out(labels, self.readers_fusion, self.fusion_iou)
+                lesions, _ = lesion_truth(labels, list(gt), self.readers_fusion, self.fusion_iou)
             if not sets:
                 log.warning(
                     "evaluation=radiology: no validation image has two readers' labels: "
                     "val/CPM only, no readers' baseline"
                 )
-            self._sets = (ids, sets)
-        return self._sets[1]
+            self._sets = (ids, sets, lesions)
+        return self._sets[1], self._sets[2]
 
     def scores(self, pl_module) -> dict[str, float]:
         evaluator = submission_of(self.outputs, pl_module, self.iou)
         gt = dict(sorted(evaluator.gt.items()))
-        logged = {"val/CPM": nan_as_zero(froc(gt, evaluator.dets, self.iou)["CPM"])}
-        sets = self.reader_sets(pl_module, frozenset(gt))
+        sets, lesions = self.reader_sets(pl_module, gt)
+        logged = {"val/CPM": nan_as_zero(froc(lesions, evaluator.dets, self.iou)["CPM"])}
         if sets:
             r = readers_baseline(sets, evaluator.dets, self.iou)
             logged["val/mAP40_vs_readers"] = nan_as_zero(r["mAP40_vs_readers"])

@@ -80,11 +80,24 @@ def test_each_error_type_and_what_fixing_it_gains_by_hand():
     assert r["mAP40"] == pytest.approx(0.25)
     assert r["dAP"]["Cls"] == pytest.approx(0.25)  # class 1 found
     assert r["dAP"]["Loc"] == pytest.approx(0.25)  # class 3 found
-    assert r["dAP"]["Miss"] == pytest.approx(1 / 3 - 1 / 4)  # class 2 leaves the mean
+    assert r["dAP"]["Miss"] == 0.0  # class 2, missed entirely, stays in the mean at AP 0
     assert r["dAP"]["Dupe"] == r["dAP"]["Bkg"] == r["dAP"]["Both"] == 0.0
     assert r["dAP_per_class"]["Cls"][1] == pytest.approx(1.0)
     cls_row = r["errors"][r["errors"].type == "Cls"].iloc[0]
     assert (cls_row.image_id, cls_row.class_id, cls_row.target_class) == ("x", 0, 1)
+
+
+def test_the_miss_fix_keeps_a_fully_missed_class_in_the_mean():
+    """Class 0: A found, C missed (AP 0.5); class 1: B missed, nothing else (AP 0): mAP40 0.25.
+    Fixing the misses makes class 0 perfect and leaves class 1 at 0: +0.25 (dropping class 1
+    from the mean, as before, gave +0.75, the half of it for finding nothing)."""
+    gt = _gt(x=([A, B, C], [0, 1, 0]))
+    dets = _dets(x=([A, FAR], [0.9, 0.8], [0, 0]))
+    r = error_breakdown(gt, dets)
+    assert r["mAP40"] == pytest.approx(0.25)
+    assert r["counts"]["Miss"] == {0: 1, 1: 1}
+    assert r["dAP"]["Miss"] == pytest.approx(0.25)
+    assert r["dAP_per_class"]["Miss"] == pytest.approx({0: 0.5, 1: 0.0})
 
 
 def test_only_the_best_error_per_box_is_fixed_and_one_aimed_at_a_taken_box_is_removed():
@@ -218,16 +231,17 @@ def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
     # As the readers' test computed (the model here also finds C on s).
     assert out["readers"]["readers_mAP40"] == pytest.approx(0.6)
     assert out["readers"]["mAP40_vs_readers"] == pytest.approx(0.7)
-    # Against all readers' boxes (--fusion none): A, A', B on p and C twice on s.
-    assert out["froc"]["per_class"]["1"]["CPM"] == 0.0
+    # FROC and the errors count lesions: A and A' on p are one, C and C on s one, B one.
+    assert out["froc"]["lesions"] == 3 and out["froc"]["truth"] == "fused"
+    assert out["froc"]["per_class"]["1"]["CPM"] == 0.0 and out["froc"]["CPM"] > 0.6
     assert out["errors"]["counts"]["Bkg"] == {"4": 1} and out["errors"]["counts"]["Miss"]["1"] == 1
-    # Class 0: A and one C found of A, A', C, C (AP 0.5); class 1: B missed (AP 0). Leaving the
-    # missed boxes out makes class 0 perfect and class 1 leave the mean: mAP40 0.25 -> 1.
-    assert out["errors"]["dAP"]["Miss"] == pytest.approx(0.75)
-    assert out["errors"]["dAP_per_class"]["Miss"]["0"] == pytest.approx(0.5)
+    # Class 0: both lesions found (AP 1); class 1: B missed (AP 0), and fixing that miss leaves
+    # class 1 with no box: it keeps AP 0 in the mean instead of leaving it (mAP40 0.5 stays).
+    assert out["errors"]["mAP40"] == pytest.approx(0.5)
+    assert out["errors"]["dAP"]["Miss"] == pytest.approx(0.0)
     assert main([*args, "--errors"]) == 0
-    rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[-3:]}
-    assert rows == {"0": "+0.500", "1": "1", "4": "0"}  # the Miss column: count, AP gained
+    rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[-2:]}
+    assert rows == {"1": "+0.000", "4": "0"}  # the Miss column: count, AP gained (class 0: none)
     assert main([*args, "--froc"]) == 0
     text = capsys.readouterr().out
     assert "FROC at IoU 0.4 on 2 image(s)" in text and "readers' baseline" not in text

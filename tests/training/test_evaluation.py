@@ -74,6 +74,7 @@ def test_a_tiny_run_with_evaluation_coco_and_radiology_logs_them_beside_ap40(tin
     from cxrdet.data.labels import ground_truth, read_labels
     from cxrdet.data.splits import split_ids
     from cxrdet.evaluation.froc import froc
+    from cxrdet.evaluation.lesions import lesion_truth
     from cxrdet.evaluation.nofinding import with_no_finding
     from cxrdet.evaluation.readers import leave_one_out, readers_baseline
     from cxrdet.evaluation.submission import as_read_back
@@ -130,9 +131,11 @@ def test_a_tiny_run_with_evaluation_coco_and_radiology_logs_them_beside_ap40(tin
     evaluation.summarize()
     assert row["val/AP"] == pytest.approx(evaluation.stats[0], abs=1e-4)
     assert row["val/AP50"] == pytest.approx(evaluation.stats[1], abs=1e-4)
-    # The CPM of the same predictions, as the submission has them.
+    # The CPM of the same predictions, as the submission has them, over the lesions (the
+    # three readers' boxes fused), not over each reader's boxes.
     dets = {i: as_read_back(*with_no_finding(*preds[i], class14_head=False)) for i in val_ids}
-    assert row["val/CPM"] == pytest.approx(froc(truth, dets)["CPM"], abs=1e-4)
+    lesions, _ = lesion_truth(labels[labels.image_id.isin(val_ids)], val_ids, "wbf", 0.4)
+    assert row["val/CPM"] == pytest.approx(froc(lesions, dets)["CPM"], abs=1e-4)
     # The readers' baseline: each reader of the validation images against the other two.
     sets = leave_one_out(labels[labels.image_id.isin(val_ids)], "wbf", 0.4)
     readers = readers_baseline(sets, {})["readers_mAP40"]
