@@ -145,10 +145,10 @@ class RadiologyEvaluation(ValidationScores):
     """``val/CPM`` (the mean share of lesions found at 1/8 … 8 false positives per image over
     all findings, the lesions being the readers' boxes fused with ``readers_fusion``:
     :mod:`cxrdet.evaluation.lesions`), ``val/mAP40_vs_readers`` (the model's mAP40 against
-    each reader's leave-one-out truth) and ``val/readers_mAP40`` (the readers' own, the baseline), on the
-    submission of the validation images. The readers' figures need the labels before fusion
-    (the datamodule's ``val_labels``) and images read by two or more radiologists; without
-    them only ``val/CPM`` is logged.
+    each reader's leave-one-out truth) and ``val/readers_mAP40`` (the readers' own, the
+    baseline), on the submission of the validation images. The readers' figures need the
+    labels before fusion (the datamodule's ``val_labels``) and images read by two or more
+    radiologists; without them only ``val/CPM`` is logged.
 
     Args:
         iou: the metrics' IoU threshold (the competition's 0.4).
