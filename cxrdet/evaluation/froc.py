@@ -62,13 +62,16 @@ def hits(truth: dict, dets: dict, index: dict, iou: float, agnostic: bool):
     g_key = g_img if agnostic else g_img * NUM_FINDINGS + g_cls
     pair_d, pair_g = same_group_pairs(d_key, g_key)
     hit = pair_ious(d_box[pair_d], g_box[pair_g]) >= iou
-    return (d_cls, d_score), g_cls, pair_d[hit], pair_g[hit]
+    return (d_img, d_cls, d_score), (g_img, g_cls), pair_d[hit], pair_g[hit]
 
 
 def lesion_scores(truth: dict, ignore: dict, dets: dict, iou: float, agnostic: bool):
-    """Each lesion's best hitting score and class, each false positive's score and class."""
+    """Each lesion's best hitting score, class and image index, each false positive's score,
+    class and image index (images in ``truth``'s order)."""
     index = {image_id: i for i, image_id in enumerate(truth)}
-    (d_cls, d_score), g_cls, pair_d, pair_g = hits(truth, dets, index, iou, agnostic)
+    (d_img, d_cls, d_score), (g_img, g_cls), pair_d, pair_g = hits(
+        truth, dets, index, iou, agnostic
+    )
     best = np.full(len(g_cls), -np.inf)
     np.maximum.at(best, pair_g, d_score[pair_d])
     neutral = np.zeros(len(d_cls), bool)
@@ -76,7 +79,8 @@ def lesion_scores(truth: dict, ignore: dict, dets: dict, iou: float, agnostic: b
     if ignore:
         _, _, ignored_d, _ = hits(ignore, dets, index, iou, agnostic)
         neutral[ignored_d] = True
-    return (best, g_cls), (d_score[~neutral], d_cls[~neutral])
+    fp = ~neutral
+    return (best, g_cls, g_img), (d_score[fp], d_cls[fp], d_img[fp])
 
 
 def froc(truth: dict, dets: dict, iou: float = 0.4, rates=FP_RATES, ignore: dict | None = None):
@@ -96,13 +100,13 @@ def froc(truth: dict, dets: dict, iou: float = 0.4, rates=FP_RATES, ignore: dict
     n_images = max(len(truth), 1)
     ignore = ignore or {}
     out = {"rates": list(rates), "per_class": {}, "images": len(truth)}
-    (best, g_cls), (fp_score, fp_cls) = lesion_scores(truth, ignore, dets, iou, agnostic=False)
+    (best, g_cls, _), (fp_score, fp_cls, _) = lesion_scores(truth, ignore, dets, iou, False)
     for c in np.unique(g_cls):
         curve = froc_curve(best[g_cls == c], fp_score[fp_cls == c], n_images)
         s = sensitivity_at(*curve, rates)
         lesions = int((g_cls == c).sum())
         out["per_class"][int(c)] = {"CPM": float(np.mean(s)), "sensitivity": s, "lesions": lesions}
-    (best, _), (fp_score, _) = lesion_scores(truth, ignore, dets, iou, agnostic=True)
+    (best, _, _), (fp_score, _, _) = lesion_scores(truth, ignore, dets, iou, agnostic=True)
     out["lesions"] = len(best)
     if not len(best):
         return {**out, "CPM": float("nan"), "sensitivity": [], "curve": ([], [])}

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.evaluation.bootstrap import bootstrap_cpm, ci_text, interval
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES, error_breakdown
-from cxrdet.evaluation.froc import froc
+from cxrdet.evaluation.froc import froc, lesion_scores
 from cxrdet.evaluation.lesions import lesion_truth
 from cxrdet.evaluation.readers import leave_one_out, readers_baseline
 
@@ -36,6 +38,7 @@ def radiology_scores(
     fusion: str = READERS_FUSION,
     fusion_iou: float = 0.4,
     truth: str = "fused",
+    weights: np.ndarray | None = None,
 ) -> dict:
     """The chosen metrics: ``{"readers", "froc", "errors"}`` (those asked for).
 
@@ -49,6 +52,8 @@ def radiology_scores(
             WBF).
         truth: ``fused`` (every lesion) or ``agreement`` (lesions two readers marked; the
             others ignored by FROC).
+        weights: bootstrap draw counts (resamples x images of ``gt``): adds FROC's
+            ``CPM_ci`` (:mod:`cxrdet.evaluation.bootstrap`).
     """
     out = {}
     if readers:
@@ -61,6 +66,10 @@ def radiology_scores(
         lesions, ignore = lesion_truth(labels, list(gt), fusion, fusion_iou, truth)
     if froc_:
         out["froc"] = {**froc(lesions, dets, iou, ignore=ignore), "truth": truth}
+        if weights is not None:
+            (best, _, image), (fp, _, fp_image) = lesion_scores(lesions, ignore, dets, iou, True)
+            resampled = bootstrap_cpm(best, image, fp, fp_image, weights)
+            out["froc"]["CPM_ci"] = interval(resampled)
     if errors:
         out["errors"] = error_breakdown(lesions, dets, iou)
     return out
@@ -118,7 +127,8 @@ def froc_table(r: dict) -> list[str]:
     ]
     if r["sensitivity"]:
         values = "".join(f"{s:7.3f}" for s in r["sensitivity"])
-        lines.append(f"  {'all findings':<24s}{values}  {r['CPM']:.3f}   (any class)")
+        ci = ci_text(r.get("CPM_ci"))
+        lines.append(f"  {'all findings':<24s}{values}  {r['CPM']:.3f}   (any class){ci}")
     for c, v in sorted(r["per_class"].items()):
         values = "".join(f"{s:7.3f}" for s in v["sensitivity"])
         lines.append(
@@ -178,6 +188,7 @@ def as_json(scores: dict) -> dict:
             "rates": f["rates"],
             "sensitivity": f["sensitivity"],
             "CPM": f["CPM"],
+            "CPM_ci": f.get("CPM_ci"),
             "lesions": f.get("lesions"),
             "truth": f.get("truth"),
             "per_class": by_name(f["per_class"]),

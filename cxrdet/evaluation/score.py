@@ -48,7 +48,15 @@ from cxrdet.data.fusion import FUSIONS, fuse_readers
 from cxrdet.data.labels import CLASS_NAMES, ground_truth, read_labels
 from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import SPLIT_MODES, split_ids
+from cxrdet.evaluation.bootstrap import (
+    RESAMPLES,
+    bootstrap_map,
+    ci_text,
+    image_weights,
+    interval,
+)
 from cxrdet.evaluation.coco_json import write_coco
+from cxrdet.evaluation.competition import match_detections
 from cxrdet.evaluation.evaluator import score_predictions
 from cxrdet.evaluation.lesions import TRUTHS
 from cxrdet.evaluation.radiology import (
@@ -101,6 +109,8 @@ def score(
     froc: bool = False,
     errors: bool = False,
     truth: str = "fused",
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
 ) -> dict:
     """Both metrics of a submission; see the module docstring.
 
@@ -112,7 +122,9 @@ def score(
     the ground truth and the submission are also written there as COCO JSON
     (:mod:`cxrdet.evaluation.coco_json`), image sizes from ``meta_csv`` (prepare's meta CSV).
     ``readers``, ``froc``, ``errors`` add those radiology metrics (``"radiology"``), FROC and
-    the errors over the lesions ``truth`` defines.
+    the errors over the lesions ``truth`` defines. ``bootstrap`` resamples of the images
+    (seeded with ``bootstrap_seed``) give ``mAP40_ci`` and FROC's ``CPM_ci``, 95 % intervals
+    (:mod:`cxrdet.evaluation.bootstrap`).
     """
     if coco_out and not meta_csv:
         raise ValueError("--coco-out needs --meta (the meta CSV with the original image sizes)")
@@ -142,6 +154,10 @@ def score(
             raise ValueError(f"{meta_csv}: no size for {len(missing)} image(s), e.g. {missing[0]}")
         sizes = {i: (int(meta.at[i, "dim0"]), int(meta.at[i, "dim1"])) for i in image_ids}
         write_coco(gt, sub, sizes, coco_out)
+    weights = image_weights(len(gt), bootstrap, bootstrap_seed) if bootstrap else None
+    map_ci = None
+    if weights is not None:
+        map_ci = interval(bootstrap_map(match_detections(gt, sub, iou), weights))
     radiology = {}
     if readers or froc or errors:
         radiology = radiology_scores(
@@ -155,10 +171,13 @@ def score(
             fusion if fusion != "none" else READERS_FUSION,
             fusion_iou,
             truth,
+            weights,
         )
     return {
         "radiology": radiology,
+        "scored": (gt, sub),
         "mAP40": result["mAP40"],
+        "mAP40_ci": map_ci,
         "AP40": result["AP40"],
         "per_class": result["mAP40_per_class"],
         "AP40_per_class": result["AP40_per_class"],
@@ -220,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         "--froc", action="store_true", help="FROC: lesions found at 1/8..8 FPs per image, CPM"
     )
     p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=RESAMPLES,
+        metavar="N",
+        help=f"95 %% intervals of mAP40 and the CPM over N resamples of the images (default "
+        f"{RESAMPLES}; 0: none)",
+    )
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="the resamples' seed")
+    p.add_argument(
         "--truth",
         choices=TRUTHS,
         default="fused",
@@ -254,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             froc=a.froc,
             errors=a.errors,
             truth=a.truth,
+            bootstrap=a.bootstrap,
+            bootstrap_seed=a.bootstrap_seed,
         )
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -264,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "mAP40": r["mAP40"],
+                    "mAP40_ci": r["mAP40_ci"],
                     "AP40": r["AP40"],
                     "per_class": per_class,
                     "images": r["images"],
@@ -273,9 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     print(
-        f"mAP40 {r['mAP40']:.4f} (competition)   AP40 {r['AP40']:.4f} (COCO-style, 0-13)   "
-        f"{r['images']} images"
+        f"mAP40 {r['mAP40']:.4f}{ci_text(r['mAP40_ci'])} (competition)   AP40 {r['AP40']:.4f} "
+        f"(COCO-style, 0-13)   {r['images']} images"
     )
+    if r["mAP40_ci"]:
+        print(
+            f"  [low, high]: 95 % interval over {a.bootstrap} bootstrap resamples of the images "
+            f"(--bootstrap; seed {a.bootstrap_seed})"
+        )
     print(f"  {'class':<24s} {'mAP40':>7s} {'AP40':>7s}")
     for c, v in sorted(r["per_class"].items()):
         coco = r["AP40_per_class"].get(c)

@@ -233,6 +233,9 @@ def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
     assert out["readers"]["mAP40_vs_readers"] == pytest.approx(0.7)
     # FROC and the errors count lesions: A and A' on p are one, C and C on s one, B one.
     assert out["froc"]["lesions"] == 3 and out["froc"]["truth"] == "fused"
+    # 95 % bootstrap intervals by default (tests/evaluation/test_bootstrap.py checks them).
+    low, high = out["mAP40_ci"]
+    assert low <= high and len(out["froc"]["CPM_ci"]) == 2
     assert out["froc"]["per_class"]["1"]["CPM"] == 0.0 and out["froc"]["CPM"] > 0.6
     assert out["errors"]["counts"]["Bkg"] == {"4": 1} and out["errors"]["counts"]["Miss"]["1"] == 1
     # Class 0: both lesions found (AP 1); class 1: B missed (AP 0), and fixing that miss leaves
@@ -242,8 +245,9 @@ def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
     assert main([*args, "--errors"]) == 0
     rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[-2:]}
     assert rows == {"1": "+0.000", "4": "0"}  # the Miss column: count, AP gained (class 0: none)
-    assert main([*args, "--froc"]) == 0
+    assert main([*args, "--froc", "--bootstrap", "0"]) == 0
     text = capsys.readouterr().out
+    assert "bootstrap" not in text and text.startswith("mAP40 0.2500 (competition)")
     assert "FROC at IoU 0.4 on 2 image(s)" in text and "readers' baseline" not in text
 
 

@@ -1,0 +1,80 @@
+"""Bootstrap intervals: a resample's weighted figure equals the metric computed on the images
+actually copied that many times, for mAP40 and the CPM; seeded; in cxrdet score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrdet.evaluation.bootstrap import bootstrap_cpm, bootstrap_map, image_weights, interval
+from cxrdet.evaluation.competition import competition_map, match_detections
+from cxrdet.evaluation.froc import froc, lesion_scores
+
+
+def _scene(seed: int, images: int = 7):
+    """Random boxes of 4 classes (14, "No finding", as 0 0 1 1 on some images) and
+    detections near them and elsewhere, with distinct scores."""
+    rng = np.random.default_rng(seed)
+    gt, dets = {}, {}
+    scores = iter(rng.permutation(1000) / 1000)
+    for i in range(images):
+        n = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 200, (n, 2))
+        boxes = np.c_[xy, xy + rng.uniform(10, 40, (n, 2))]
+        classes = rng.integers(0, 3, n)
+        if n == 0:
+            boxes, classes = np.array([[0.0, 0, 1, 1]]), np.array([14])
+        gt[f"i{i}"] = (boxes, classes)
+        m = int(rng.integers(0, 6))
+        pick = rng.integers(0, len(boxes), m)
+        near = boxes[pick] + rng.normal(0, 5, (m, 4))
+        near[:, 2:] = np.maximum(near[:, 2:], near[:, :2] + 1)
+        dets[f"i{i}"] = (near, np.array([next(scores) for _ in range(m)]), classes[pick])
+    return gt, dets
+
+
+def _copied(table: dict, counts) -> dict:
+    """Each image as many times as drawn, under new names (in the original order)."""
+    return {f"{k}#{j}": v for (k, v), n in zip(table.items(), counts) for j in range(int(n))}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_resample_scores_as_the_images_copied_that_many_times(seed):
+    gt, dets = _scene(seed)
+    weights = image_weights(len(gt), 5, seed)
+    resampled = bootstrap_map(match_detections(gt, dets), weights)
+    (best, _, image), (fp, _, fp_image) = lesion_scores(gt, {}, dets, 0.4, True)
+    cpms = bootstrap_cpm(best, image, fp, fp_image, weights)
+    for row, ap, cpm in zip(weights, resampled, cpms):
+        copied_gt, copied_dets = _copied(gt, row), _copied(dets, row)
+        assert ap == pytest.approx(competition_map(copied_gt, copied_dets)["mAP"], nan_ok=True)
+        assert cpm == pytest.approx(froc(copied_gt, copied_dets)["CPM"], nan_ok=True)
+    ones = np.ones((1, len(gt)), np.float32)
+    assert bootstrap_map(match_detections(gt, dets), ones)[0] == pytest.approx(
+        competition_map(gt, dets)["mAP"]
+    )
+
+
+def test_intervals_are_seeded_and_hold_the_figure():
+    gt, dets = _scene(0, images=60)
+    m = match_detections(gt, dets)
+    a = interval(bootstrap_map(m, image_weights(len(gt), 200, 1)))
+    assert a == interval(bootstrap_map(m, image_weights(len(gt), 200, 1)))
+    assert a != interval(bootstrap_map(m, image_weights(len(gt), 200, 2)))
+    assert a[0] < competition_map(gt, dets)["mAP"] < a[1]
+
+
+def test_a_paired_gain_says_when_its_interval_holds_zero():
+    from cxrdet.evaluation.bootstrap import difference_text, paired_difference
+
+    gt, dets = _scene(3, images=60)
+    weights = image_weights(len(gt), 300, 0)
+    same = paired_difference(gt, dets, dets, weights)
+    assert same == (0.0, (0.0, 0.0))
+    assert difference_text(*same) == "+0.000 [0.000, 0.000]: no evidence of a difference"
+    # Every box found at the top score: a gain the resamples all agree on.
+    perfect = {i: (b, np.full(len(c), 2.0), c) for i, (b, c) in gt.items()}
+    better = {i: tuple(np.r_[p, d] for p, d in zip(perfect[i], dets[i])) for i in gt}
+    gain, (low, high) = paired_difference(gt, dets, better, weights)
+    assert gain == pytest.approx(1 - competition_map(gt, dets)["mAP"]) and 0 < low <= gain <= high
+    assert "no evidence" not in difference_text(gain, (low, high))
