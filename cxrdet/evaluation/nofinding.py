@@ -56,14 +56,16 @@ def add_no_finding(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, s
 
 
 def nofinding_filter(pred: Prediction, p_abnormal: float, low: float, high: float) -> Prediction:
-    """The winners' "No finding" rule from an image-level classifier's P(abnormal).
+    """The winners' "No finding" rule from an image-level classifier's P(abnormal), as the
+    submission row it becomes (what ``predict.py`` writes and ``cxrdet cv`` scores).
 
     Below ``low``: only ``14 1 0 0 1 1``. From ``low`` to ``high``: the boxes plus
     ``14 <1 - p> 0 0 1 1``, in place of any class-14 line the detector gave (one line, one
-    source). From ``high`` up: the prediction unchanged.
+    source). From ``high`` up: the prediction unchanged; an empty one is the row an empty
+    prediction is written as, ``14 1 0 0 1 1``.
     """
     boxes, scores, classes = pred
-    if p_abnormal < low:
+    if p_abnormal < low or (p_abnormal >= high and len(scores) == 0):
         return NO_FINDING_BOX[None].copy(), np.array([1.0]), np.array([NO_FINDING])
     if p_abnormal < high:
         keep = np.asarray(classes) != NO_FINDING
@@ -72,3 +74,15 @@ def nofinding_filter(pred: Prediction, p_abnormal: float, low: float, high: floa
             boxes, np.asarray(scores)[keep], np.asarray(classes)[keep], 1 - p_abnormal
         )
     return pred
+
+
+def filter_input(row: Prediction, class14_head: bool) -> Prediction:
+    """The prediction ``predict.py`` hands to :func:`nofinding_filter`, recovered from the row
+    it wrote without the filter (:func:`with_no_finding`): with a class-14 head the row as it
+    is, less the score-0 stand-in line written where the head gave none; without one, the row
+    less the line made from the top score (the filter puts its own in its place)."""
+    boxes = np.asarray(row[0], np.float64).reshape(-1, 4)
+    scores, classes = np.asarray(row[1]), np.asarray(row[2])
+    is14 = classes == NO_FINDING
+    keep = ~(is14 & (scores == 0) if class14_head else is14)
+    return boxes[keep], scores[keep], classes[keep]

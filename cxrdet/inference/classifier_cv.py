@@ -8,7 +8,12 @@ Honest, in three ways:
   ``split_seed`` or ``n_folds`` differ are refused, naming the difference;
 - the pair is chosen out of sample: for each fold, the pair best on the other folds is scored
   on that fold; the mean of those held-out gains is the figure to expect. The pair best on all
-  folds is the one to use on the test set, with the grid's top five beside it;
+  folds is the one to use on the test set, with the grid's top five beside it, and only when
+  the held-out gain (every image filtered with its fold's pair, against no filter) has a
+  paired 95 % bootstrap interval above 0: otherwise the filter is not recommended;
+- each image's row is scored as ``predict.py`` writes it (one function,
+  :func:`cxrdet.evaluation.nofinding.nofinding_filter`, from the prediction ``predict.py``
+  hands it: a class-14 head's own line kept);
 - the probabilities come at the precision ``predict.py`` will use (``--precision``, auto),
   and ``--test-probs`` compares the test set's shares in the filter's bands with the folds'.
 
@@ -25,9 +30,10 @@ from torchmetrics.functional.classification import binary_auroc
 from cxrdet.data.config import fold_index
 from cxrdet.data.dataset import ImageDataset
 from cxrdet.data.fusion import fuse_readers
-from cxrdet.data.labels import NO_FINDING, ground_truth, normal_image_ids, read_labels
+from cxrdet.data.labels import ground_truth, normal_image_ids, read_labels
+from cxrdet.evaluation.bootstrap import RESAMPLES, image_weights, paired_difference
 from cxrdet.evaluation.competition import competition_map
-from cxrdet.evaluation.nofinding import nofinding_filter
+from cxrdet.evaluation.nofinding import filter_input, nofinding_filter
 from cxrdet.evaluation.submission import read_submission
 from cxrdet.inference.folds import check_same_folds, checkpoint_of, fold_images, fold_runs
 from cxrdet.inference.nofinding_probs import (
@@ -82,9 +88,14 @@ def cross_validate_classifier(
         detector_runs = fold_runs(Path(detector_oof).resolve().parent.parent)
         check_same_folds(runs, detector_runs, "classifier", "detector")
         gt = fused_truth(labels, sorted(probs), detector_runs[0][1].data)
-        search = filter_search(read_detector_oof(detector_oof, probs), probs, gt, fold_of)
+        class14 = bool(detector_runs[0][1].data.get("use_class14", False))
+        sub = read_detector_oof(detector_oof, probs)
+        search = filter_search(sub, probs, gt, fold_of, class14)
         result["oof"].update(search)
-        command += f" nofinding.low={search['low']} nofinding.high={search['high']}"
+        if search["recommended"]:
+            command += f" nofinding.low={search['low']} nofinding.high={search['high']}"
+        else:  # the filter would cost (or gain nothing measurable): nothing to add
+            command = ""
         pair = (search["low"], search["high"])
         result["bands"] = {"oof": band_shares(probs, *pair)}
         if test_probs:
@@ -121,18 +132,23 @@ def read_detector_oof(path: str, probs: dict) -> dict:
     return {i: sub[i] for i in probs}
 
 
-def filter_search(sub: dict, probs: dict, gt: dict, fold_of: dict) -> dict:
+def filter_search(
+    sub: dict, probs: dict, gt: dict, fold_of: dict, class14_head: bool = False, seed: int = 0
+) -> dict:
     """The detector's out-of-fold mAP40 without the filter and with it at each pair of the
-    grid (in place of its No-finding line); the pair chosen out of sample per fold, the pair
-    best on all folds, and the grid's top five."""
+    grid, each image's row as ``predict.py`` would write it (:func:`nofinding_filter` on
+    :func:`filter_input`: ``class14_head``, whether the detector scores class 14 itself); the
+    pair chosen out of sample per fold, the pair best on all folds, the grid's top five, and
+    whether to use the filter at all: only when the held-out gain's paired 95 % bootstrap
+    interval lies above 0 (``recommended``)."""
     ids = sorted(probs)
-    boxes_only = {i: tuple(a[sub[i][2] != NO_FINDING] for a in sub[i]) for i in ids}
+    source = {i: filter_input(sub[i], class14_head) for i in ids}
+
+    def filtered(i: str, pair) -> tuple:
+        return sub[i] if pair is None else nofinding_filter(source[i], probs[i], *pair)
 
     def score(subset: list[str], pair=None) -> float:
-        dets = {
-            i: sub[i] if pair is None else nofinding_filter(boxes_only[i], probs[i], *pair)
-            for i in subset
-        }
+        dets = {i: filtered(i, pair) for i in subset}
         return competition_map({i: gt[i] for i in subset}, dets)["mAP"]
 
     on_all = {pair: score(ids, pair) for pair in GRID}
@@ -154,12 +170,20 @@ def filter_search(sub: dict, probs: dict, gt: dict, fold_of: dict) -> dict:
             }
         )
     top = sorted(GRID, key=lambda pair: -on_all[pair])[:5]
+    # Every image filtered with its own fold's out-of-sample pair, against no filter: paired.
+    pick_of = {f["fold"]: (f["low"], f["high"]) for f in held_out}
+    held = {i: filtered(i, pick_of[fold_of[i]]) for i in ids}
+    truth = {i: gt[i] for i in ids}
+    gain, ci = paired_difference(truth, sub, held, image_weights(len(ids), RESAMPLES, seed))
     return {
         "mAP40_without_filter": score(ids),
         "mAP40_with_filter": on_all[chosen],  # in sample: the held-out gain is the estimate
         "low": chosen[0],
         "high": chosen[1],
         "held_out_gain": sum(f["gain"] for f in held_out) / len(held_out),
+        "held_out_pooled_gain": gain,
+        "held_out_pooled_gain_ci": list(ci),
+        "recommended": bool(ci[0] > 0),
         "held_out": held_out,
         "top5": [{"low": lo, "high": hi, "mAP40": on_all[(lo, hi)]} for lo, hi in top],
     }

@@ -39,6 +39,7 @@ import pandas as pd
 from cxrdet.data.config import fold_index
 from cxrdet.data.datamodule import worker_count
 from cxrdet.data.labels import CLASS_NAMES, read_labels
+from cxrdet.evaluation.bootstrap import difference_text
 from cxrdet.evaluation.score import score
 from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
 from cxrdet.inference.classifier_cv import cross_validate_classifier
@@ -261,12 +262,18 @@ def print_classifier(r: dict) -> None:
             f"{oof['mAP40_with_filter']:.4f} in sample); the top five: "
             + ", ".join(f"{t['low']:g}/{t['high']:g} {t['mAP40']:.4f}" for t in oof["top5"])
         )
+        held = difference_text(oof["held_out_pooled_gain"], oof["held_out_pooled_gain_ci"])
+        verdict = "recommended" if oof["recommended"] else "not recommended (left out below)"
+        print(f"held-out gain, every image at its fold's pair: {held}; the filter is {verdict}")
         for where, shares in r.get("bands", {}).items():
             print(
                 f"  {where}: {shares['below_low']:.1%} below low, {shares['between']:.1%} "
                 f"between, {shares['above_high']:.1%} above high"
             )
-    print(f"filter the folds' ensemble: add to its predict.py command\n  {r['command']}")
+    if r["command"]:
+        print(f"filter the folds' ensemble: add to its predict.py command\n  {r['command']}")
+    else:
+        print("the folds' ensemble: predict.py without the filter (no nofinding.ckpt_path)")
 
 
 if __name__ == "__main__":

@@ -143,11 +143,19 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
     result = json.loads(out.strip().splitlines()[-1])
     assert [f["fold"] for f in result["folds"]] == [0, 1]
     oof = result["oof"]
-    # What to add to the detector folds' predict.py command: both classifiers and the pair.
-    command = next(line for line in out.splitlines() if "nofinding.ckpt_path=[" in line)
+    # What to add to the detector folds' predict.py command: both classifiers and the pair,
+    # when the held-out gain's paired interval is above 0; else nothing (a 2-step detector and
+    # classifier on 16 images: either may happen, tests/inference/test_filter_search.py
+    # checks each).
     ckpts = ",".join(f["checkpoint"] for f in result["folds"])
-    assert f"nofinding.ckpt_path=[{ckpts}]" in command
-    assert f"nofinding.low={oof['low']} nofinding.high={oof['high']}" in command
+    low_high = oof["held_out_pooled_gain_ci"]
+    assert oof["recommended"] == (low_high[0] > 0)
+    if oof["recommended"]:
+        command = next(line for line in out.splitlines() if "nofinding.ckpt_path=[" in line)
+        assert f"nofinding.ckpt_path=[{ckpts}]" in command
+        assert f"nofinding.low={oof['low']} nofinding.high={oof['high']}" in command
+    else:
+        assert result["command"] == "" and "predict.py without the filter" in out
     assert oof["images"] == 16
     # The AUCs are those of the written out-of-fold probabilities (scikit-learn's AUC).
     labels, _ = read_labels(tiny_data["raw"] / "train.csv")
