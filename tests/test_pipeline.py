@@ -464,6 +464,7 @@ def test_report_writes_every_figure_and_one_self_contained_page(trained, report_
         "<h2>Run</h2>",
         "<h2>Per class</h2>",
         "<h2>The model beside the radiologists</h2>",
+        "<h3>The readers at their operating points</h3>",
         "<h2>FROC</h2>",
         "<h2>Where the errors are</h2>",
         "<h2>Gallery</h2>",

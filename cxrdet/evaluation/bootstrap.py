@@ -84,6 +84,40 @@ def bootstrap_map(m: Matches, weights: np.ndarray) -> np.ndarray:
     return out
 
 
+def resampled_curves(lesion_score, lesion_image, fp_score, fp_image, weights: np.ndarray):
+    """For each chunk of resamples (rows of ``weights``): its row slice and, at every
+    distinct threshold, the share of lesions found and the mean FPs per image, from every
+    lesion's best hitting score (-inf: never found) and every false positive's score, each
+    with its image's index (:func:`cxrdet.evaluation.froc.lesion_scores`); nan sensitivity
+    in a resample without lesions."""
+    n_images = weights.shape[1]
+    found = np.isfinite(lesion_score)
+    score = np.r_[lesion_score[found], fp_score]
+    image = np.r_[lesion_image[found], fp_image].astype(np.int64)
+    is_hit = np.r_[np.ones(found.sum()), np.zeros(len(fp_score))]
+    order = np.argsort(-score, kind="stable")
+    score, image, is_hit = score[order], image[order], is_hit[order]
+    last = np.r_[score[1:] != score[:-1], True] if len(score) else np.zeros(0, bool)
+    for start in range(0, len(weights), CHUNK):
+        rows = slice(start, start + CHUNK)
+        w = weights[rows]
+        lesions = w[:, np.asarray(lesion_image, np.int64)].sum(axis=1)
+        drawn = w[:, image]
+        sens = np.cumsum(drawn * is_hit, axis=1)[:, last]
+        fps = np.cumsum(drawn * (1 - is_hit), axis=1)[:, last] / n_images
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sens /= lesions[:, None]  # nan rows where a resample drew no lesion
+        yield rows, sens, fps
+
+
+def sensitivity_at_rates(sens: np.ndarray, fps: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Per row, the sensitivity at the lowest threshold with at most that row's rate of FPs
+    per image (``rates``: one per row, or a scalar; equal rates summed another way compare
+    equal)."""
+    rates = np.asarray(rates, np.float64).reshape(-1, 1) + 1e-9
+    return np.where(fps <= rates, sens, 0.0).max(axis=1, initial=0.0)
+
+
 def bootstrap_cpm(
     lesion_score: np.ndarray,
     lesion_image: np.ndarray,
@@ -92,29 +126,13 @@ def bootstrap_cpm(
     weights: np.ndarray,
     rates=FP_RATES,
 ) -> np.ndarray:
-    """The CPM of each resample, from every lesion's best hitting score (-inf: never found)
-    and every false positive's score, each with its image's index
-    (:func:`cxrdet.evaluation.froc.lesion_scores`), read as :func:`froc` reads the curve."""
-    n_images = weights.shape[1]
-    found = np.isfinite(lesion_score)
-    score = np.r_[lesion_score[found], fp_score]
-    image = np.r_[lesion_image[found], fp_image]
-    is_hit = np.r_[np.ones(found.sum()), np.zeros(len(fp_score))]
-    order = np.argsort(-score, kind="stable")
-    score, image, is_hit = score[order], image[order], is_hit[order]
-    last = np.r_[score[1:] != score[:-1], True] if len(score) else np.zeros(0, bool)
+    """The CPM of each resample (arguments as :func:`resampled_curves`), read as
+    :func:`cxrdet.evaluation.froc.froc` reads the curve."""
     out = np.empty(len(weights))
-    for start in range(0, len(weights), CHUNK):
-        w = weights[start : start + CHUNK]
-        lesions = w[:, lesion_image].sum(axis=1)
-        drawn = w[:, image]
-        sens = np.cumsum(drawn * is_hit, axis=1)[:, last]
-        fps = np.cumsum(drawn * (1 - is_hit), axis=1)[:, last] / n_images
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sens = sens / lesions[:, None]
-        per_rate = [np.where(fps <= rate, sens, 0.0).max(axis=1, initial=0.0) for rate in rates]
-        cpm = np.mean(per_rate, axis=0)
-        out[start : start + len(w)] = np.where(lesions > 0, cpm, np.nan)
+    curves = resampled_curves(lesion_score, lesion_image, fp_score, fp_image, weights)
+    for rows, sens, fps in curves:
+        cpm = np.mean([sensitivity_at_rates(sens, fps, rate) for rate in rates], axis=0)
+        out[rows] = cpm
     return out
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from cxrdet.data.labels import CLASS_NAMES
-from cxrdet.evaluation.bootstrap import bootstrap_cpm, ci_text, interval
+from cxrdet.evaluation.bootstrap import bootstrap_cpm, ci_text, image_weights, interval
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES, error_breakdown
 from cxrdet.evaluation.froc import froc, lesion_scores
 from cxrdet.evaluation.lesions import lesion_truth
+from cxrdet.evaluation.operating_points import operating_points
 from cxrdet.evaluation.readers import leave_one_out, readers_baseline
 
 READERS_FUSION = "wbf"  # how the other readers' boxes become the truth, unless told otherwise
@@ -38,7 +38,8 @@ def radiology_scores(
     fusion: str = READERS_FUSION,
     fusion_iou: float = 0.4,
     truth: str = "fused",
-    weights: np.ndarray | None = None,
+    resamples: int = 0,
+    seed: int = 0,
 ) -> dict:
     """The chosen metrics: ``{"readers", "froc", "errors"}`` (those asked for).
 
@@ -52,24 +53,26 @@ def radiology_scores(
             WBF).
         truth: ``fused`` (every lesion) or ``agreement`` (lesions two readers marked; the
             others ignored by FROC).
-        weights: bootstrap draw counts (resamples x images of ``gt``): adds FROC's
-            ``CPM_ci`` (:mod:`cxrdet.evaluation.bootstrap`).
+        resamples, seed: bootstrap resamples of the images (0: none) for FROC's ``CPM_ci``
+            and the readers' operating points' verdicts (:mod:`cxrdet.evaluation.bootstrap`).
     """
     out = {}
     if readers:
         if labels is None:
             raise ValueError("the readers' baseline needs the labels before fusion")
-        out["readers"] = readers_baseline(leave_one_out(labels, fusion, fusion_iou), dets, iou)
+        sets = leave_one_out(labels, fusion, fusion_iou)
+        out["readers"] = readers_baseline(sets, dets, iou)
         out["readers"]["rad_id_missing"] = bool(labels["rad_id"].isna().all())
+        out["readers"]["operating_points"] = operating_points(sets, dets, iou, resamples, seed)
     lesions, ignore = gt, {}
     if labels is not None and (froc_ or errors):
         lesions, ignore = lesion_truth(labels, list(gt), fusion, fusion_iou, truth)
     if froc_:
         out["froc"] = {**froc(lesions, dets, iou, ignore=ignore), "truth": truth}
-        if weights is not None:
+        if resamples:
             (best, _, image), (fp, _, fp_image) = lesion_scores(lesions, ignore, dets, iou, True)
-            resampled = bootstrap_cpm(best, image, fp, fp_image, weights)
-            out["froc"]["CPM_ci"] = interval(resampled)
+            weights = image_weights(len(lesions), resamples, seed)
+            out["froc"]["CPM_ci"] = interval(bootstrap_cpm(best, image, fp, fp_image, weights))
     if errors:
         out["errors"] = error_breakdown(lesions, dets, iou)
     return out
@@ -113,6 +116,33 @@ def readers_table(r: dict) -> list[str]:
     for c, (human, model) in sorted(r["per_class"].items()):
         mark = "  model >= readers" if matches_readers(human, model) else ""
         lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s} {fmt(human):>12s} {fmt(model):>11s}{mark}")
+    lines.append(
+        "  (a reader's AP is one tied block, every mark at score 1: precision x recall, another "
+        "construct than the model's ranked AP; the operating points below compare like with like)"
+    )
+    return lines + operating_points_table(r.get("operating_points"))
+
+
+def operating_points_table(points: dict | None) -> list[str]:
+    """Each reader's (sensitivity, FPs per image) on their leave-one-out lesions beside the
+    model's sensitivity at that FP rate, and the paired verdict."""
+    if not points or not (points["readers"] or points["per_class"]):
+        return []
+    lines = [
+        "the readers at their operating points: lesions found and false positives per image "
+        "(FROC's rules), the model read on its FROC curve at the reader's FP rate; above / "
+        "within / below: the paired 95 % bootstrap interval of model - reader",
+        f"  {'':24s} {'lesions':>7s} {'FP/image':>9s} {'reader':>7s} {'model':>7s}  verdict",
+    ]
+    rows = [(f"reader {p['reader']}", p) for p in points["readers"]]
+    rows += [(f"{c:2d} {CLASS_NAMES[c]}", p) for c, p in sorted(points["per_class"].items())]
+    for name, p in rows:
+        verdict = p["verdict"] or "-"
+        ci = ci_text(p["difference_ci"]) if p["verdict"] else ""
+        lines.append(
+            f"  {name:<24s} {p['lesions']:7d} {p['reader_fps']:9.3f} "
+            f"{p['reader_sensitivity']:7.3f} {p['model_sensitivity']:7.3f}  {verdict}{ci}"
+        )
     return lines
 
 
@@ -181,6 +211,10 @@ def as_json(scores: dict) -> dict:
                 for row in r["readers"]
             ],
             "per_class": by_name(r["per_class"], list),
+            "operating_points": {
+                "readers": r.get("operating_points", {}).get("readers", []),
+                "per_class": by_name(r.get("operating_points", {}).get("per_class", {})),
+            },
         }
     if "froc" in scores:
         f = scores["froc"]

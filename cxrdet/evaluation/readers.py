@@ -7,9 +7,14 @@ fuses them (WBF at IoU 0.4 by default), are the ground truth. A reader is scored
 images they read, with the competition's code (mAP40, AP40 and per class); the model is scored
 against the same ground truths on the same images, so the two stand on equal terms.
 
-With every box at score 1 a reader has one operating point; the metric ranks ties in image
-order, as it does for any submission. The readers' mean and the model's figure under this
-protocol (``mAP40_vs_readers``) are means over the readers weighted by the images each read.
+With every box at score 1 a reader has one operating point, not a ranking: a reader's AP is
+scored as one tied block (:func:`tied_map`: the precision-recall curve is the single point all
+marks make, AP = precision x recall per class), so the order of the images (their names) never
+changes it. That is AP of a different construct from the model's ranked AP; the readers at
+their operating points (:mod:`cxrdet.evaluation.operating_points`) compare like with like. The
+readers' mean and the model's figure under this protocol (``mAP40_vs_readers``) are means over
+the readers weighted by the images each read, over the same classes (those with ground truth
+in the reader's test).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pandas as pd
 
 from cxrdet.data.fusion import fuse_readers
 from cxrdet.data.labels import BOX_COLUMNS, NO_FINDING, NO_FINDING_BOX, ground_truth
-from cxrdet.evaluation.competition import competition_map
+from cxrdet.evaluation.competition import competition_map, match_detections
 from cxrdet.evaluation.evaluator import score_predictions
 
 EMPTY = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
@@ -64,6 +69,22 @@ def scored(gt: dict, dets: dict, iou: float) -> dict:
     }
 
 
+def tied_map(gt: dict, marks: dict, iou: float) -> dict:
+    """The competition's mAP of marks that all score the same, as one threshold: per class
+    with ground truth, AP = precision x recall of all its marks (a true positive is a mark
+    whose best box of its class is at IoU >= ``iou``, each box taken once: a count no order
+    changes), 0 without marks; the mean over those classes. AP40 (COCO's) is not given."""
+    m = match_detections(gt, marks, iou)
+    n_gt = m.n_gt
+    per_class = {}
+    for c in np.flatnonzero(n_gt):
+        marked = m.bounds[c + 1] - m.bounds[c]
+        hits = float(m.tp[m.bounds[c] : m.bounds[c + 1]].sum())
+        per_class[int(c)] = (hits / marked) * (hits / n_gt[c]) if marked else 0.0
+    mean = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return {"mAP40": mean, "mAP40_per_class": per_class, "AP40": float("nan")}
+
+
 def weighted(values: list[float], weights: list[int]) -> float:
     """The mean of the non-nan values, weighted; nan when there are none."""
     v, w = np.asarray(values, float), np.asarray(weights, float)
@@ -86,7 +107,7 @@ def readers_baseline(sets: dict, dets: dict, iou: float = 0.4) -> dict:
     """
     rows = []
     for reader, (gt, marks) in sets.items():
-        human = scored(gt, marks, iou)
+        human = tied_map(gt, marks, iou)
         model = scored(gt, {i: dets.get(i, EMPTY) for i in gt}, iou)
         rows.append(
             {

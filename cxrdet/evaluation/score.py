@@ -171,7 +171,8 @@ def score(
             fusion if fusion != "none" else READERS_FUSION,
             fusion_iou,
             truth,
-            weights,
+            bootstrap,
+            bootstrap_seed,
         )
     return {
         "radiology": radiology,

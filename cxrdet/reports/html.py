@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.evaluation.bootstrap import ci_text
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES
 from cxrdet.evaluation.radiology import TRUTH_NOTES, error_cell, fmt, matches_readers
 
@@ -96,7 +97,41 @@ def readers_section(r: dict) -> str:
         "model already matches or beats the readers.</p>"
     )
     rows = [[f"{c} {CLASS_NAMES[c]}", h, m] for c, (h, m) in per_class]
-    return out + table(["class", "readers AP", "model AP"], rows, marks)
+    out += table(["class", "readers AP", "model AP"], rows, marks)
+    out += (
+        "<p class='note'>A reader's AP is one tied block (every mark at score 1: precision x "
+        "recall), another construct than the model's ranked AP. The operating points compare "
+        "like with like.</p>"
+    )
+    return out + operating_points_section(r.get("operating_points"))
+
+
+def operating_points_section(points: dict | None) -> str:
+    if not points or not (points["readers"] or points["per_class"]):
+        return ""
+    out = (
+        "<h3>The readers at their operating points</h3><p>Each reader's share of lesions found "
+        "and false positives per image on their leave-one-out lesions (FROC's rules), beside "
+        "the model's share found at that rate of false positives, read on its FROC curve. "
+        "Above, within or below: the paired 95 % bootstrap interval of model minus reader "
+        "lies above 0, holds it, or lies under it. Per class, the readers pooled.</p>"
+    )
+    rows = [[f"reader {p['reader']}", p] for p in points["readers"]]
+    rows += [[f"{c} {CLASS_NAMES[c]}", p] for c, p in sorted(points["per_class"].items())]
+    body = [
+        [
+            name,
+            p["lesions"],
+            p["reader_fps"],
+            p["reader_sensitivity"],
+            p["model_sensitivity"],
+            (p["verdict"] or "-") + (ci_text(p["difference_ci"]) if p["verdict"] else ""),
+        ]
+        for name, p in rows
+    ]
+    marks = ["better" if p["verdict"] == "above" else "" for _, p in rows]
+    header = ["", "lesions", "FP/image", "reader found", "model found", "model - reader"]
+    return out + table(header, body, marks)
 
 
 def froc_section(f: dict, figure: Path | None) -> str:

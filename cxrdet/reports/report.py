@@ -25,6 +25,7 @@ import pandas as pd
 
 from cxrdet.data.dataset import grey_pixels
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.evaluation.bootstrap import RESAMPLES
 from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
 from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.reports.curves import curve_figures, per_class_bars, per_class_figure
@@ -92,6 +93,7 @@ def validation_figures(
         datamodule.val_labels,
         fusion=fusion if fusion != "none" else READERS_FUSION,
         fusion_iou=cfg.data.get("fusion_iou", 0.4),
+        resamples=RESAMPLES,
     )
 
     def load(image_id):

@@ -202,6 +202,29 @@ def test_each_reader_is_scored_against_the_others_and_the_model_on_the_same_grou
     assert readers_baseline(sets, {})["mAP40_vs_readers"] == 0.0
 
 
+def test_a_reader_s_figures_do_not_depend_on_the_images_names():
+    """A reader's marks all score 1: one tied block, AP = precision x recall (0.5 x 0.5 here).
+    Ranked in image order, as before, R1 scored 0.25 with the false mark's image first and 0.5
+    once the images were renamed to sort the other way."""
+    from cxrdet.evaluation.operating_points import operating_points
+
+    def figures(first: str, second: str) -> tuple:
+        labels = _labels(
+            [
+                (first, 0, "R1", FAR),  # R1 marks nothing R2 saw on the first image ...
+                (first, 0, "R2", A),
+                (second, 0, "R1", C),  # ... and finds R2's box on the second
+                (second, 0, "R2", C),
+            ]
+        )
+        sets = leave_one_out(labels)
+        r1 = readers_baseline(sets, {})["readers"][0]
+        points = operating_points(sets, {}, resamples=0)["readers"][0]
+        return r1["reader_mAP40"], points["reader_sensitivity"], points["reader_fps"]
+
+    assert figures("a", "b") == figures("b", "a") == (0.25, 0.5, 0.5)
+
+
 def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
     import json
 
@@ -233,6 +256,13 @@ def test_score_prints_and_returns_the_three_tables(tmp_path, capsys):
     assert out["readers"]["mAP40_vs_readers"] == pytest.approx(0.7)
     # FROC and the errors count lesions: A and A' on p are one, C and C on s one, B one.
     assert out["froc"]["lesions"] == 3 and out["froc"]["truth"] == "fused"
+    # Each reader at their operating point, the model at the same FP rate (R3, who saw
+    # nothing on p, finds none of its lesions; tests/evaluation/test_operating_points.py
+    # checks the figures).
+    points = out["readers"]["operating_points"]
+    assert [p["reader"] for p in points["readers"]] == ["R1", "R2", "R3"]
+    assert points["readers"][2]["reader_sensitivity"] == 0.0
+    assert all(p["verdict"] in ("above", "within", "below") for p in points["readers"])
     # 95 % bootstrap intervals by default (tests/evaluation/test_bootstrap.py checks them).
     low, high = out["mAP40_ci"]
     assert low <= high and len(out["froc"]["CPM_ci"]) == 2
