@@ -19,7 +19,7 @@ RESAMPLES = 1000  # cxrdet score --bootstrap
 CHUNK = 64  # resamples computed together (memory: CHUNK x detections of a class)
 
 
-def image_weights(n_images: int, resamples: int, seed: int) -> np.ndarray:
+def image_weights(n_images: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """``resamples`` x ``n_images`` draw counts (each row sums to ``n_images``)."""
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(n_images, np.full(n_images, 1 / n_images), size=resamples)
@@ -150,3 +150,22 @@ def difference_text(difference: float, ci: tuple[float, float]) -> str:
     if ci[0] <= 0 <= ci[1]:
         return text + ": no evidence of a difference"
     return text
+
+
+def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of each resample (rows of ``weights``, one column per image): the chance that
+    a drawn positive scores above a drawn negative, ties counting a half (Mann-Whitney); nan
+    in a resample without both kinds."""
+    order = np.argsort(scores, kind="stable")
+    scores, positive = np.asarray(scores)[order], np.asarray(positive, bool)[order]
+    starts = np.flatnonzero(np.r_[True, scores[1:] != scores[:-1]]) if len(scores) else []
+    out = np.empty(len(weights))
+    for start in range(0, len(weights), CHUNK):
+        w = weights[start : start + CHUNK][:, order].astype(np.float64)
+        pos = np.add.reduceat(w * positive, starts, axis=1)  # per tied group of scores
+        neg = np.add.reduceat(w * ~positive, starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+        out[start : start + len(w)] = auc
+    return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
@@ -31,7 +32,14 @@ from cxrdet.data.config import fold_index
 from cxrdet.data.dataset import ImageDataset
 from cxrdet.data.fusion import fuse_readers
 from cxrdet.data.labels import ground_truth, normal_image_ids, read_labels
-from cxrdet.evaluation.bootstrap import RESAMPLES, image_weights, paired_difference
+from cxrdet.data.splits import split_ids
+from cxrdet.evaluation.bootstrap import (
+    RESAMPLES,
+    bootstrap_auc,
+    image_weights,
+    interval,
+    paired_difference,
+)
 from cxrdet.evaluation.competition import competition_map
 from cxrdet.evaluation.nofinding import filter_input, nofinding_filter
 from cxrdet.evaluation.submission import read_submission
@@ -44,6 +52,7 @@ from cxrdet.inference.nofinding_probs import (
 )
 from cxrdet.inference.predictor import pick_device
 from cxrdet.models.precision import choose_precision
+from cxrdet.models.safe_load import safe_load
 
 LOWS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)  # the grid of nofinding.low ...
 HIGHS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.01)  # ... and of nofinding.high (1.01: never "alone")
@@ -82,7 +91,14 @@ def cross_validate_classifier(
         probs.update(fold)
         fold_of.update(dict.fromkeys(fold, fold_index(cfg.data)))
     write_probs(probs, out / "oof_nofinding_probs.csv")
-    result = {"folds": folds, "oof": {"AUC": auc(probs, normal), "images": len(probs)}}
+    result = {
+        "folds": folds,
+        "oof": {
+            "AUC": auc(probs, normal),
+            "AUC_ci": auc_interval(probs, normal),
+            "images": len(probs),
+        },
+    }
     command = f"nofinding.ckpt_path=[{','.join(f['checkpoint'] for f in folds)}]"
     if detector_oof:
         detector_runs = fold_runs(Path(detector_oof).resolve().parent.parent)
@@ -103,6 +119,36 @@ def cross_validate_classifier(
             result["bands"]["test"] = band_shares(test, *pair)
     result["command"] = command
     return result
+
+
+def auc_interval(probs: dict[str, float], normal: set[str], resamples: int = RESAMPLES):
+    """The 95 % bootstrap interval of :func:`auc` over the images (seeded)."""
+    positive = np.array([i not in normal for i in probs])
+    weights = image_weights(len(probs), resamples, 0)
+    return list(interval(bootstrap_auc(np.array(list(probs.values())), positive, weights)))
+
+
+def validation_auc(run: Path, device: str = "cpu", trust: bool = False) -> dict:
+    """A classifier run's best checkpoint on the run's own validation images (the data and
+    split its checkpoint records): ``AUC``, ``AUC_ci``, ``checkpoint``, ``images``."""
+    ckpt = checkpoint_of(Path(run), trust)
+    d = safe_load(ckpt, trust, "--trust", mmap=True).get("datamodule_hyper_parameters")
+    if not d:
+        raise ValueError(f"{ckpt}: made before checkpoints recorded their data and split")
+    labels, _ = read_labels(d["labels_csv"])
+    fold = d["fold"] if d.get("fold") is not None else 0
+    _, ids = split_ids(labels, d["split"], d["val_fraction"], d["split_seed"], fold, d["n_folds"])
+    dev = pick_device(device)
+    classifiers = load_classifiers(str(ckpt), dev, trust, "--trust")
+    dataset = ImageDataset(d["image_dir"], d["meta_csv"], ids)
+    probs = predict_probs(classifiers, dataset, dev, d["val_batch_size"], progress=False)
+    normal = normal_image_ids(labels)
+    return {
+        "AUC": auc(probs, normal),
+        "AUC_ci": auc_interval(probs, normal),
+        "checkpoint": ckpt.name,
+        "images": len(probs),
+    }
 
 
 def auc(probs: dict[str, float], normal: set[str]) -> float:

@@ -39,7 +39,7 @@ import pandas as pd
 from cxrdet.data.config import fold_index
 from cxrdet.data.datamodule import worker_count
 from cxrdet.data.labels import CLASS_NAMES, read_labels
-from cxrdet.evaluation.bootstrap import difference_text
+from cxrdet.evaluation.bootstrap import ci_text, difference_text
 from cxrdet.evaluation.score import score
 from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
 from cxrdet.inference.classifier_cv import cross_validate_classifier
@@ -245,7 +245,8 @@ def print_classifier(r: dict) -> None:
     for f in r["folds"]:
         print(f"{f['fold']:4d} {f['images']:7d} {f['AUC']:7.4f}  {f['checkpoint']}")
     oof = r["oof"]
-    print(f" oof {oof['images']:7d} {oof['AUC']:7.4f}  (pooled out-of-fold)")
+    ci = ci_text(oof.get("AUC_ci"))
+    print(f" oof {oof['images']:7d} {oof['AUC']:7.4f}  (pooled out-of-fold){ci}")
     if "low" in oof:
         print(
             f"detector out-of-fold mAP40: {oof['mAP40_without_filter']:.4f} without the filter; "

@@ -98,6 +98,9 @@ class NoFindingModule(pl.LightningModule):
         low, high: the filter's thresholds, for the logged accuracies and band shares.
         input_norm: ``imagenet`` (the input normalised as the weights expect) or ``none`` (how
             checkpoints made before were trained); recorded in the checkpoint.
+        image_size: the side of the images it trains on (``data.image_size``), recorded in the
+            checkpoint: images of another size (the detector's, in ``predict.py`` and
+            ``cxrdet cv``) are resized to it first (bilinear, antialiased). None: as given.
         trust_weights: as :class:`cxrdet.models.module.DetectorModule`'s; not a hyper-parameter.
     """
 
@@ -117,6 +120,7 @@ class NoFindingModule(pl.LightningModule):
         low: float = 0.08,
         high: float = 0.95,
         input_norm: str = "imagenet",
+        image_size: int | None = None,
         trust_weights: bool = False,
     ):
         super().__init__()
@@ -135,8 +139,13 @@ class NoFindingModule(pl.LightningModule):
     def forward(self, images) -> torch.Tensor:
         """Logits of P(abnormal), one per image (a batch of same-sized images: uint8 as the
         loader ships them, or float in [0, 1]); grey images are expanded to three channels."""
-        x = (unit_float(torch.stack(list(images))) - self.mean) / self.std
-        return self.net(x).squeeze(1)
+        x = unit_float(torch.stack(list(images)))
+        size = self.hparams.get("image_size")
+        if size and tuple(x.shape[-2:]) != (size, size):
+            x = nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return self.net((x - self.mean) / self.std).squeeze(1)
 
     @staticmethod
     def labels(targets) -> torch.Tensor:
@@ -200,6 +209,7 @@ def load_classifier(
         hparams["low"],
         hparams["high"],
         input_norm=input_norm,
+        image_size=hparams.get("image_size"),  # older checkpoints: the images as given
     )
     module.load_state_dict(state)
     return module.eval()

@@ -72,7 +72,9 @@ def per_class_section(scores: dict, source: str | None) -> str:
     ]
     return (
         "<h2>Per class</h2>"
-        f"<p>mAP40 {scores['mAP40']:.3f} (the competition's) and AP40 {scores['AP40']:.3f} "
+        f"<p>mAP40 {scores['mAP40']:.3f}{ci_text(scores.get('mAP40_ci'))} (the competition's; "
+        "[low, high]: its 95 % bootstrap interval over the images) and AP40 "
+        f"{scores['AP40']:.3f} "
         f"(COCO-style, findings 0-13) of {html.escape(source or 'the checkpoint')} on "
         f"{scores['images']} validation images.</p>" + table(["class", "mAP40", "AP40"], rows)
     )
@@ -141,7 +143,8 @@ def froc_section(f: dict, figure: Path | None) -> str:
         "detection on a found lesion is no false positive), read at the step at or below each "
         "rate; the CPM is their mean. All findings counts a detection of any class on a lesion"
     )
-    out += f". All findings: CPM {f['CPM']:.3f}.</p>" if f["sensitivity"] else ".</p>"
+    cpm = f"{f['CPM']:.3f}{ci_text(f.get('CPM_ci'))}" if f["sensitivity"] else ""
+    out += f". All findings: CPM {cpm}.</p>" if f["sensitivity"] else ".</p>"
     if figure is not None:
         out += f"<img class='figure' alt='FROC' src='{png_data(figure)}'>"
     rows = []

@@ -25,7 +25,8 @@ import pandas as pd
 
 from cxrdet.data.dataset import grey_pixels
 from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
-from cxrdet.evaluation.bootstrap import RESAMPLES
+from cxrdet.evaluation.bootstrap import RESAMPLES, bootstrap_map, image_weights, interval
+from cxrdet.evaluation.competition import match_detections
 from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
 from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.reports.curves import curve_figures, per_class_bars, per_class_figure
@@ -86,6 +87,9 @@ def validation_figures(
                 image8 = grey_pixels(image)
                 shown.append((image8, target["boxes"].numpy(), classes, pred))
     evaluation = evaluator.evaluate(curves=True)
+    gt = dict(sorted(evaluator.gt.items()))
+    resampled = bootstrap_map(match_detections(gt, evaluator.dets), image_weights(len(gt)))
+    evaluation["mAP40_ci"] = interval(resampled)
     fusion = cfg.data.get("val_fusion", "none")
     radiology = radiology_scores(
         dict(sorted(evaluator.gt.items())),

@@ -58,7 +58,13 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
         if "arch" in model_cfg:
             low, high = model_cfg.pop("low", 0.08), model_cfg.pop("high", 0.95)
             return NoFindingModule(
-                model_cfg, optim, scheduler, low=low, high=high, trust_weights=cfg.trust_checkpoint
+                model_cfg,
+                optim,
+                scheduler,
+                low=low,
+                high=high,
+                image_size=cfg.data.image_size,
+                trust_weights=cfg.trust_checkpoint,
             )
         num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
         return DetectorModule(

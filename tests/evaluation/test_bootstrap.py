@@ -78,3 +78,21 @@ def test_a_paired_gain_says_when_its_interval_holds_zero():
     gain, (low, high) = paired_difference(gt, dets, better, weights)
     assert gain == pytest.approx(1 - competition_map(gt, dets)["mAP"]) and 0 < low <= gain <= high
     assert "no evidence" not in difference_text(gain, (low, high))
+
+
+def test_the_resampled_auc_is_scikit_learn_s_on_the_copied_images():
+    from sklearn.metrics import roc_auc_score
+
+    from cxrdet.evaluation.bootstrap import bootstrap_auc
+
+    rng = np.random.default_rng(0)
+    scores = rng.choice([0.1, 0.3, 0.5, 0.8], 30)  # ties included
+    positive = rng.random(30) < 0.5
+    weights = image_weights(30, 6, 0)
+    for row, auc in zip(weights, bootstrap_auc(scores, positive, weights)):
+        copies = np.repeat(np.arange(30), row.astype(int))
+        assert auc == pytest.approx(roc_auc_score(positive[copies], scores[copies]))
+    ones = np.ones((1, 30), np.float32)
+    assert bootstrap_auc(scores, positive, ones)[0] == pytest.approx(
+        roc_auc_score(positive, scores)
+    )

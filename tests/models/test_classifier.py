@@ -68,6 +68,8 @@ def test_train_py_experiment_nofinding_trains_and_keeps_the_best_auc(tiny_data, 
     best = metrics.loc[metrics["val/AUC"].idxmax()]
     assert float(state["best_model_score"]) == pytest.approx(best["val/AUC"], abs=1e-6)
     assert Path(state["best_model_path"]).name == f"best-step{int(best['step']) + 1}.ckpt"
+    # The checkpoint records the size it trained at (predict.py resizes the detector's images).
+    assert ckpt["hyper_parameters"]["image_size"] == tiny_data["size"]
     # The logged figures are those of the kept checkpoint on the 8 validation images,
     # recomputed here (scikit-learn's AUC; the filter's bands by hand).
     data = tiny_datamodule(tiny_data, split="kfold", n_folds=2, fold=1)
@@ -83,6 +85,14 @@ def test_train_py_experiment_nofinding_trains_and_keeps_the_best_auc(tiny_data, 
     assert best["val/acc_high"] == pytest.approx(((probs >= 0.95) == abnormal).mean(), abs=1e-6)
     assert best["val/share_below_low"] == pytest.approx((probs < 0.08).mean(), abs=1e-6)
     assert best["val/loss"] > 0
+    # What the demo prints: the best checkpoint's AUC on the images its checkpoint records as
+    # the run's validation split, with a 95 % bootstrap interval.
+    from cxrdet.inference.classifier_cv import validation_auc
+
+    r = validation_auc(run)
+    assert r["checkpoint"] == Path(state["best_model_path"]).name and r["images"] == 8
+    assert r["AUC"] == pytest.approx(roc_auc_score(abnormal, probs), abs=1e-6)
+    assert r["AUC_ci"][0] <= r["AUC"] <= r["AUC_ci"][1]
 
 
 def test_the_input_is_normalised_as_imagenet_weights_expect_and_old_checkpoints_load_as_trained(
@@ -113,3 +123,28 @@ def test_the_input_is_normalised_as_imagenet_weights_expect_and_old_checkpoints_
     assert old.hparams.input_norm == "none" and "loaded as trained" in caplog.text
     with torch.no_grad():
         torch.testing.assert_close(old(images), unnormalised)
+
+
+def test_images_of_another_size_are_resized_to_the_one_it_trained_at(tmp_path):
+    """A classifier trained at 32 px given the detector's 64-px images scores them as the
+    same images resized to 32 (what it learnt on); the size survives the checkpoint."""
+    from cxrdet.models.classifier import NoFindingModule
+
+    optim = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
+    torch.manual_seed(0)
+    module = NoFindingModule({"arch": "resnet18", "weights": None}, optim, image_size=32).eval()
+    large = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    small = torch.nn.functional.interpolate(
+        large.float() / 255, size=(32, 32), mode="bilinear", antialias=True
+    )
+    torch.save(
+        {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()},
+        tmp_path / "c.ckpt",
+    )
+    loaded = load_classifier(str(tmp_path / "c.ckpt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(list(large)), module(list(small)))
+        assert not torch.allclose(
+            module.net((large.float() / 255 - module.mean) / module.std),
+            module.net((small - module.mean) / module.std),
+        )
