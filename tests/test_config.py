@@ -72,28 +72,32 @@ def test_demo_experiment_overlays_only_what_it_changes():
     assert set(demo.evaluation) == {"competition", "radiology"}
 
 
-def test_demo_summary_takes_the_readers_baseline_and_the_cpm_from_the_run(tmp_path):
-    import pandas as pd
+def test_demo_summary_s_validation_figures_are_the_best_checkpoint_s(tmp_path):
+    """The summary's validation rows come from the report's figures.json (the checkpoint the
+    test set is predicted with, named), with their intervals and the readers' verdicts, not
+    from metrics.csv's last validation."""
+    import json
 
-    from cxrdet.demo.run import training_figures
+    from cxrdet.demo.run import validation_rows
 
-    (tmp_path / "csv").mkdir()
-    pd.DataFrame(
-        {
-            "step": [49, 99],
-            "val/mAP40": [0.08, 0.09],
-            "val/CPM": [0.05, 0.077],
-            "val/mAP40_vs_readers": [0.3, 0.402],
-            "val/readers_mAP40": [0.88, 0.88],
-        }
-    ).to_csv(tmp_path / "csv" / "metrics.csv", index=False)
-    figures = training_figures(tmp_path)
-    assert figures == {
-        "val_mAP40": 0.09,
-        "val_CPM": 0.077,
-        "val_mAP40_vs_readers": 0.402,
-        "val_readers_mAP40": 0.88,
-    }  # the last validation's
+    figures = {
+        "checkpoint": "best-step50.ckpt (step 50)",
+        "images": 40,
+        "mAP40": 0.148,
+        "mAP40_ci": [0.1, 0.2],
+        "AP40": 0.096,
+        "CPM": 0.15,
+        "CPM_ci": [0.05, 0.25],
+        "operating_points": [{"verdict": v} for v in ("below", "below", "within")],
+    }
+    (tmp_path / "figures.json").write_text(json.dumps(figures))
+    rows = dict(validation_rows(tmp_path / "figures.json"))
+    where = "(best-step50.ckpt (step 50), 40 images)"
+    assert rows[f"validation mAP40 {where}"] == "0.148 [0.100, 0.200]"
+    assert rows[f"validation AP40 {where}"] == "0.096"
+    assert rows["validation CPM (FROC, 1/8-8 FPs/image)"] == "0.150 [0.050, 0.250]"
+    assert rows["model at each reader's FP rate"].startswith("0 above, 1 within, 2 below")
+    assert validation_rows(tmp_path / "none.json")[0][1].startswith("no ")
 
 
 def test_demo_classifier_trains_on_the_demo_detector_s_data_and_split():

@@ -498,6 +498,11 @@ def test_report_page_shows_one_checkpoint_everywhere(trained, report_page):
     )  # with its bootstrap interval
     assert (row["checkpoint mAP40"], row["checkpoint AP40"]) == table.groups()
     assert "of last.ckpt (step 2) on 8 validation images" in page
+    # The same figures for scripts and the demo's summary, named by the same checkpoint.
+    figures = json.loads((trained / "report" / "figures.json").read_text())
+    assert figures["checkpoint"] == "last.ckpt (step 2)" and figures["images"] == 8
+    assert f"{figures['mAP40']:.3f}" == row["checkpoint mAP40"] and len(figures["mAP40_ci"]) == 2
+    assert len(figures["operating_points"]) >= 2  # three readers per tiny training image
     metrics = pd.read_csv(trained / "csv" / "metrics.csv")
     assert curve_points(metrics, APS)["AP40"][0] == [2]  # validated where the checkpoint is
 

@@ -9,6 +9,7 @@ summary. Each step is the same command a user runs; a rerun reuses finished step
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -110,21 +111,45 @@ def predict(step: str, submission: Path, ckpts: list[Path], extra: list[str]) ->
     return run(step, cmd)
 
 
-def training_figures(train_dir: Path = TRAIN) -> dict:
-    """Last validation AP40 / mAP40 (and the radiology figures) and mean training images/s
-    from the run's metrics.csv (the classifier's AUC comes from its best checkpoint:
-    :func:`classifier_row`)."""
+def training_images_per_s(train_dir: Path = TRAIN) -> float | None:
+    """The mean training images/s the run logged (metrics.csv's ``time/images_per_s``)."""
     path = train_dir / "csv" / "metrics.csv"
     if not path.is_file():
-        return {}
+        return None
     m = pd.read_csv(path)
-    out = {}
-    for metric in ("AP40", "mAP40", "CPM", "mAP40_vs_readers", "readers_mAP40"):
-        if f"val/{metric}" in m and m[f"val/{metric}"].notna().any():
-            out[f"val_{metric}"] = float(m[f"val/{metric}"].dropna().iloc[-1])
-    if "time/images_per_s" in m and m["time/images_per_s"].notna().any():
-        out["train_images_per_s"] = float(m["time/images_per_s"].dropna().mean())
-    return out
+    if "time/images_per_s" not in m or not m["time/images_per_s"].notna().any():
+        return None
+    return float(m["time/images_per_s"].dropna().mean())
+
+
+def validation_rows(path: Path) -> list[tuple[str, str]]:
+    """The detector's validation figures, all of the checkpoint the test set is predicted
+    with (the report's ``figures.json``: the best checkpoint, named), intervals beside them."""
+    from cxrdet.evaluation.bootstrap import ci_text
+
+    if not path.is_file():
+        return [("validation", f"no {path} (the report was not made)")]
+    f = json.loads(path.read_text())
+    where = f"{f['checkpoint']}, {f['images']} images"
+    rows = [
+        (f"validation AP40 ({where})", f"{f['AP40']:.3f}"),
+        (f"validation mAP40 ({where})", f"{f['mAP40']:.3f}{ci_text(f['mAP40_ci'])}"),
+    ]
+    if "CPM" in f:
+        rows.append(
+            ("validation CPM (FROC, 1/8-8 FPs/image)", f"{f['CPM']:.3f}{ci_text(f['CPM_ci'])}")
+        )
+    points = f.get("operating_points") or []
+    if points:
+        verdicts = [p["verdict"] for p in points]
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("above", "within", "below"))
+        rows.append(
+            (
+                "model at each reader's FP rate",
+                f"{counts} the reader's share of lesions found ({len(points)} readers)",
+            )
+        )
+    return rows
 
 
 def classifier_row(run: Path) -> tuple[str, str]:
@@ -179,22 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         gt, alone_dets, filtered["scored"][1], image_weights(len(gt), RESAMPLES, 0)
     )
     predict_json = pd.read_json(SUBMISSION.with_name("predict.json"), typ="series")
-    figures = training_figures()
+    images_per_s = training_images_per_s()
     print("\n=== cxrdet demo summary")
-    rows = []
-    for metric in ("AP40", "mAP40"):
-        if f"val_{metric}" in figures:
-            rows.append((f"validation {metric} (20 % split)", f"{figures[f'val_{metric}']:.3f}"))
-    if "val_readers_mAP40" in figures:
-        rows.append(
-            (
-                "validation mAP40: readers / model",
-                f"{figures['val_readers_mAP40']:.3f} / {figures['val_mAP40_vs_readers']:.3f}"
-                " (each reader against the other two)",
-            )
-        )
-    if "val_CPM" in figures:
-        rows.append(("validation CPM (FROC, 1/8-8 FPs/image)", f"{figures['val_CPM']:.3f}"))
+    rows = validation_rows(TRAIN / "report" / "figures.json")
     rows.append((f"test AP40 ({alone['images']} images)", f"{alone['AP40']:.3f}"))
     rows.append(
         (
@@ -210,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     rows.append(("the filter's gain (paired)", difference_text(*gain)))
-    if "train_images_per_s" in figures:
-        rows.append(("training images/s", f"{figures['train_images_per_s']:.2f}"))
+    if images_per_s is not None:
+        rows.append(("training images/s", f"{images_per_s:.2f}"))
     rows.append(("prediction images/s (with the filter)", f"{predict_json['images_per_s']:.2f}"))
     ran = {k: v for k, v in times.items() if v is not None}
     rows.append(("step times", ", ".join(f"{k} {v:.0f} s" for k, v in ran.items()) or "-"))
@@ -223,10 +235,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:<40s} {value}")
     print(
         "  AP40: the seed's COCO-style AP at IoU 0.4 over findings 0-13; mAP40: the competition's\n"
-        "  VOC AP at IoU 0.4 over the classes present, No finding included. Validation ground\n"
-        "  truth: the three readers fused with WBF; test: one consensus reader. Readers / model:\n"
-        "  each radiologist scored against the other two fused, the model against the same\n"
-        "  truths. CPM: mean share of the lesions found at 1/8..8 false positives per image\n"
+        "  VOC AP at IoU 0.4 over the classes present, No finding included. Validation: the\n"
+        "  best checkpoint (the one predicting the test set) against the three readers fused\n"
+        "  with WBF; test: one consensus reader. Each reader at their operating point: their\n"
+        "  share of the other two's lesions found at their false positives per image, the model\n"
+        "  read at the same rate (paired interval). CPM: mean share of lesions found at 1/8..8\n"
+        "  false positives per image\n"
         "  (readers' boxes fused per lesion; any class on a lesion finds it). The filter\n"
         "  (predict.py nofinding.low/high) makes each image's No-finding line from the\n"
         "  classifier's P(abnormal) instead of from the detector's top score. [low, high]: 95 %\n"

@@ -16,6 +16,7 @@ self-contained page, ``index.html`` (:mod:`cxrdet.reports.html`), in ``RUN_DIR/r
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from cxrdet.reports.html import write_html
 from cxrdet.reports.settings import (
     checkpoint_label,
     checkpoint_step,
+    headline,
     run_config,
     run_settings,
     run_title,
@@ -224,10 +226,15 @@ def write_report(
     written = curve_figures(metrics, out, marked)
     if path.is_file() and cfg is not None:
         figures, page = validation_figures(run_dir, path, out, n_images, trust, label)
+    if page.get("scores"):
+        figures_json = out / "figures.json"
+        figures_json.write_text(json.dumps(headline(page, label), indent=1) + "\n")
+        written.append(figures_json)
     bars, source = per_class_bars(metrics, page.get("scores"), label)
     written += [per_class_figure(bars, source, out), *figures]
     grid = out / "fig12_validation_images.png"
-    curves = [p for p in written if p.name not in ("froc.png", grid.name)]  # own sections
+    own_sections = ("froc.png", grid.name)
+    curves = [p for p in written if p.suffix == ".png" and p.name not in own_sections]
     settings = run_settings(run_dir, cfg, choices, metrics, label, page)
     images = grid if grid in written else None
     written.append(

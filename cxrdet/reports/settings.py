@@ -111,3 +111,31 @@ def label_changes(run_dir: Path, mode: str | None) -> dict:
         how = f"data.label_issues={mode}" if mode else "labels that do not fit their size"
         out["images left out"] = f"{n} ({how}; label_mismatch.csv)"
     return out
+
+
+def headline(page: dict, checkpoint: str | None) -> dict:
+    """The evaluated checkpoint's headline figures, as ``report/figures.json`` keeps them for
+    the demo's summary and scripts: mAP40 and AP40, the CPM, the readers' baseline and the
+    readers at their operating points, each interval beside its figure."""
+    from cxrdet.evaluation.radiology import as_json
+
+    scores = page["scores"]
+    radiology = as_json(page.get("radiology", {}))
+    out = {
+        "checkpoint": checkpoint,
+        "images": scores["images"],
+        "mAP40": scores["mAP40"],
+        "mAP40_ci": list(scores.get("mAP40_ci") or []),
+        "AP40": scores["AP40"],
+    }
+    if "froc" in radiology:
+        froc = radiology["froc"]
+        out.update(CPM=froc["CPM"], CPM_ci=list(froc.get("CPM_ci") or []))
+    if "readers" in radiology:
+        readers = radiology["readers"]
+        out.update(
+            readers_mAP40=readers["readers_mAP40"],
+            mAP40_vs_readers=readers["mAP40_vs_readers"],
+            operating_points=readers["operating_points"]["readers"],
+        )
+    return out
