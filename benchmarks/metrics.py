@@ -22,14 +22,16 @@ import pandas as pd
 
 from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES
 from cxrdet.evaluation.bootstrap import (
+    bootstrap_ap40,
     bootstrap_cpm,
     bootstrap_map,
     image_weights,
     interval,
 )
-from cxrdet.evaluation.coco import coco_ap
+from cxrdet.evaluation.coco import coco_ap, coco_matches
 from cxrdet.evaluation.competition import competition_map, match_detections
 from cxrdet.evaluation.errors import error_breakdown
+from cxrdet.evaluation.evaluator import findings_only
 from cxrdet.evaluation.froc import froc, lesion_scores
 from cxrdet.evaluation.readers import leave_one_out, readers_baseline
 
@@ -99,6 +101,11 @@ def main() -> None:
         return interval(bootstrap_cpm(best, image, fp, fp_image, weights))
 
     cpm_interval, t_cpm_ci = timed(cpm_ci)
+    ap40_interval, t_ap40_ci = timed(
+        lambda: interval(
+            bootstrap_ap40(coco_matches(findings_only(gt), findings_only(det), 14), weights)
+        )
+    )
     out = {
         "mAP40": round(comp["mAP"], 4),
         "mAP40_s": round(t_comp, 3),
@@ -115,6 +122,8 @@ def main() -> None:
         "mAP40_ci_s": round(t_map_ci, 3),
         "CPM_ci": [round(v, 4) for v in cpm_interval],
         "CPM_ci_s": round(t_cpm_ci, 3),
+        "AP40_ci": [round(v, 4) for v in ap40_interval],
+        "AP40_ci_s": round(t_ap40_ci, 3),
     }
     print(
         f"competition mAP40: {t_comp:.3f} s; COCO-style AP40: {t_coco:.3f} s "
@@ -125,8 +134,8 @@ def main() -> None:
         f"readers' leave-one-out truths {t_sets:.3f} s (once), their scoring {t_readers:.3f} s"
     )
     print(
-        f"bootstrap intervals (1,000 resamples): mAP40 {t_map_ci:.3f} s, CPM {t_cpm_ci:.3f} s "
-        "(target <= 10 s together)"
+        f"bootstrap intervals (1,000 resamples): mAP40 {t_map_ci:.3f} s, CPM {t_cpm_ci:.3f} s, "
+        f"AP40 {t_ap40_ci:.3f} s (target <= 10 s for mAP40 and the CPM together)"
     )
     print(json.dumps(out))
 

@@ -169,3 +169,38 @@ def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
             auc = (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
         out[start : start + len(w)] = auc
     return out
+
+
+def bootstrap_ap40(m: dict, weights: np.ndarray) -> np.ndarray:
+    """COCO-style AP40 of each resample from :func:`cxrdet.evaluation.coco.coco_matches`'
+    result (the findings' matches): per class the 101-point interpolated precision of the
+    weighted ranking, the mean over the classes with a box in that resample."""
+    from cxrdet.evaluation.coco import RECALL_POINTS
+
+    classes = m["with_gt"]
+    out = np.empty(len(weights))
+    for start in range(0, len(weights), CHUNK):
+        w = weights[start : start + CHUNK].astype(np.float64)
+        aps = np.full((len(w), len(classes)), np.nan)
+        for k, c in enumerate(classes):
+            n_gt = w[:, m["g_img"][m["g_cls"] == c]].sum(axis=1)
+            part = slice(m["bounds"][c], m["bounds"][c + 1])
+            tp = m["tp"][part]
+            if not len(tp):
+                aps[:, k] = np.where(n_gt > 0, 0.0, np.nan)
+                continue
+            drawn = w[:, m["image"][part]]
+            hits, misses = np.cumsum(drawn * tp, axis=1), np.cumsum(drawn * ~tp, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recall = hits / n_gt[:, None]
+                precision = np.where(hits + misses > 0, hits / (hits + misses), 0.0)
+            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            for row in range(len(w)):
+                if n_gt[row] == 0:
+                    continue
+                at = np.searchsorted(recall[row], RECALL_POINTS, side="left")
+                inside = at < len(tp)
+                aps[row, k] = np.where(inside, envelope[row, np.minimum(at, len(tp) - 1)], 0).mean()
+        with np.errstate(all="ignore"):
+            out[start : start + len(w)] = np.nanmean(aps, axis=1)
+    return out

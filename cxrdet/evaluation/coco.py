@@ -102,15 +102,25 @@ def coco_ap(
         ``{"AP": mean over classes with ground truth (nan if none), "per_class": {id: AP}}``;
         classes without ground truth are left out of both.
     """
+    m = coco_matches(gt, dets, num_classes, iou, max_dets)
+    if not m["with_gt"]:
+        log.warning("no ground-truth boxes: AP is undefined")
+        return {"AP": math.nan, "per_class": {}}
+    tp, bounds, n_gt = m["tp"], m["bounds"], np.bincount(m["g_cls"], minlength=num_classes)
+    per_class = {c: _interpolated_ap(tp[bounds[c] : bounds[c + 1]], n_gt[c]) for c in m["with_gt"]}
+    return {"AP": float(np.mean(list(per_class.values()))), "per_class": per_class}
+
+
+def coco_matches(gt: dict, dets: dict, num_classes: int, iou: float = 0.4, max_dets: int = 100):
+    """The detections matched by COCO's rules (arguments as :func:`coco_ap`): ``tp`` and the
+    image index of each (``image``), per class in ranking order (``bounds[c]:bounds[c+1]``),
+    the ground truth's classes and images (``g_cls``, ``g_img``), and ``with_gt``."""
     index = {image_id: i for i, image_id in enumerate(gt)}
     g_img, g_cls, g_box = flatten(gt, False, index)
     d_img, d_cls, d_score, d_box = flatten(dets, True, index)
     g_in = (g_cls >= 0) & (g_cls < num_classes)
     g_img, g_cls, g_box = g_img[g_in], g_cls[g_in], g_box[g_in]
     with_gt = sorted(set(g_cls.tolist()))
-    if not with_gt:
-        log.warning("no ground-truth boxes: AP is undefined")
-        return {"AP": math.nan, "per_class": {}}
 
     d_in = (d_cls >= 0) & (d_cls < num_classes)
     order, rank = _rank_in_group((d_img * num_classes + d_cls)[d_in], d_score[d_in])
@@ -125,8 +135,11 @@ def coco_ap(
 
     # Per class: all images' detections by descending score, ties in image then rank order.
     order = np.lexsort((rank, d_img, -d_score, d_cls))
-    tp = d_gt[order] >= 0
-    bounds = np.searchsorted(d_cls[order], np.arange(num_classes + 1))
-    n_gt = np.bincount(g_cls, minlength=num_classes)
-    per_class = {c: _interpolated_ap(tp[bounds[c] : bounds[c + 1]], n_gt[c]) for c in with_gt}
-    return {"AP": float(np.mean(list(per_class.values()))), "per_class": per_class}
+    return {
+        "tp": d_gt[order] >= 0,
+        "image": d_img[order],
+        "bounds": np.searchsorted(d_cls[order], np.arange(num_classes + 1)),
+        "g_cls": g_cls,
+        "g_img": g_img,
+        "with_gt": with_gt,
+    }

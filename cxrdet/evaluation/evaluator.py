@@ -3,6 +3,7 @@ the validation evaluator that collects a model's outputs batch by batch and scor
 
 from __future__ import annotations
 
+import numpy as np
 import torch.distributed as dist
 
 from cxrdet.data.labels import NO_FINDING, NUM_FINDINGS
@@ -10,6 +11,14 @@ from cxrdet.evaluation.coco import coco_ap
 from cxrdet.evaluation.competition import competition_map
 from cxrdet.evaluation.nofinding import with_no_finding
 from cxrdet.evaluation.submission import as_read_back, predictions_of, to_original_prediction
+
+
+def findings_only(table: dict) -> dict:
+    """image id → its rows (boxes, [scores,] classes) without "No finding": what AP40 scores."""
+    return {
+        i: tuple(np.asarray(a)[np.asarray(v[-1]) != NO_FINDING] for a in v)
+        for i, v in table.items()
+    }
 
 
 def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False) -> dict:
@@ -30,13 +39,7 @@ def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = Fal
         COCO-style AP over the findings 0-13 (class-14 boxes and lines left out).
     """
     competition = competition_map(gt, dets, iou, curves=curves)
-    findings = lambda *arrays: tuple(a[arrays[-1] != NO_FINDING] for a in arrays)  # noqa: E731
-    coco = coco_ap(
-        {i: findings(*g) for i, g in gt.items()},
-        {i: findings(*d) for i, d in dets.items()},
-        NUM_FINDINGS,
-        iou,
-    )
+    coco = coco_ap(findings_only(gt), findings_only(dets), NUM_FINDINGS, iou)
     result = {
         "mAP40": competition["mAP"],
         "mAP40_per_class": competition["per_class"],

@@ -45,19 +45,21 @@ import sys
 from pathlib import Path
 
 from cxrdet.data.fusion import FUSIONS, fuse_readers
-from cxrdet.data.labels import CLASS_NAMES, ground_truth, read_labels
+from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS, ground_truth, read_labels
 from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.evaluation.bootstrap import (
     RESAMPLES,
+    bootstrap_ap40,
     bootstrap_map,
     ci_text,
     image_weights,
     interval,
 )
+from cxrdet.evaluation.coco import coco_matches
 from cxrdet.evaluation.coco_json import write_coco
 from cxrdet.evaluation.competition import match_detections
-from cxrdet.evaluation.evaluator import score_predictions
+from cxrdet.evaluation.evaluator import findings_only, score_predictions
 from cxrdet.evaluation.lesions import TRUTHS
 from cxrdet.evaluation.radiology import (
     READERS_FUSION,
@@ -155,9 +157,11 @@ def score(
         sizes = {i: (int(meta.at[i, "dim0"]), int(meta.at[i, "dim1"])) for i in image_ids}
         write_coco(gt, sub, sizes, coco_out)
     weights = image_weights(len(gt), bootstrap, bootstrap_seed) if bootstrap else None
-    map_ci = None
+    map_ci = ap40_ci = None
     if weights is not None:
         map_ci = interval(bootstrap_map(match_detections(gt, sub, iou), weights))
+        matches = coco_matches(findings_only(gt), findings_only(sub), NUM_FINDINGS, iou)
+        ap40_ci = interval(bootstrap_ap40(matches, weights))
     radiology = {}
     if readers or froc or errors:
         radiology = radiology_scores(
@@ -180,6 +184,7 @@ def score(
         "mAP40": result["mAP40"],
         "mAP40_ci": map_ci,
         "AP40": result["AP40"],
+        "AP40_ci": ap40_ci,
         "per_class": result["mAP40_per_class"],
         "AP40_per_class": result["AP40_per_class"],
         "images": result["images"],
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     "mAP40": r["mAP40"],
                     "mAP40_ci": r["mAP40_ci"],
                     "AP40": r["AP40"],
+                    "AP40_ci": r["AP40_ci"],
                     "per_class": per_class,
                     "images": r["images"],
                     **as_json(r["radiology"]),
@@ -305,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     print(
-        f"mAP40 {r['mAP40']:.4f}{ci_text(r['mAP40_ci'])} (competition)   AP40 {r['AP40']:.4f} "
-        f"(COCO-style, 0-13)   {r['images']} images"
+        f"mAP40 {r['mAP40']:.4f}{ci_text(r['mAP40_ci'])} (competition)   AP40 {r['AP40']:.4f}"
+        f"{ci_text(r['AP40_ci'])} (COCO-style, 0-13)   {r['images']} images"
     )
     if r["mAP40_ci"]:
         print(

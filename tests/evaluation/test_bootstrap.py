@@ -96,3 +96,15 @@ def test_the_resampled_auc_is_scikit_learn_s_on_the_copied_images():
     assert bootstrap_auc(scores, positive, ones)[0] == pytest.approx(
         roc_auc_score(positive, scores)
     )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_resample_s_ap40_is_coco_s_on_the_copied_images(seed):
+    from cxrdet.evaluation.bootstrap import bootstrap_ap40
+    from cxrdet.evaluation.coco import coco_ap, coco_matches
+
+    gt, dets = _scene(seed)
+    weights = image_weights(len(gt), 5, seed)
+    for row, ap in zip(weights, bootstrap_ap40(coco_matches(gt, dets, 14), weights)):
+        expected = coco_ap(_copied(gt, row), _copied(dets, row), 14)["AP"]
+        assert ap == pytest.approx(expected, nan_ok=True)

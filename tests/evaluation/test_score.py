@@ -39,7 +39,8 @@ def test_scores_both_metrics_and_fusion_changes_the_ground_truth(labels, tmp_pat
     )
     assert main(["--labels", str(labels), "--submission", str(sub), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r) == {"mAP40", "mAP40_ci", "AP40", "per_class", "images"} and r["images"] == 2
+    assert set(r) == {"mAP40", "mAP40_ci", "AP40", "AP40_ci", "per_class", "images"}
+    assert r["images"] == 2
     # Unfused: two Cardiomegaly GT boxes, one detection -> recall 0.5: VOC AP 0.5, COCO's
     # 101-point AP 51/101 (precision 1 at recall 0, 0.01, ..., 0.5).
     assert r["per_class"]["3"] == pytest.approx(0.5) and r["AP40"] == pytest.approx(51 / 101)
