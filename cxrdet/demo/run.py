@@ -23,7 +23,7 @@ RAW, PREPARED, TRAIN = ROOT / "raw", ROOT / "prepared", ROOT / "train"
 NOFINDING = ROOT / "nofinding"  # the classifier's run directory (conf/experiment/demo_nofinding)
 SUBMISSION = ROOT / "submission.csv"  # detector + the classifier's filter: what one would submit
 WITHOUT_FILTER = ROOT / "without_filter" / "submission.csv"  # the detector alone
-SIZE = 192  # the prepared size conf/data/demo.yaml trains on
+SIZE = 96  # the prepared size conf/data/demo.yaml trains on (the detector and classifier)
 SYNTH_ARGS = ["--train", "200", "--test", "50", "--seed", "0", "--workers", "2"]
 
 
@@ -172,9 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.force and ROOT.exists():
         shutil.rmtree(ROOT)
     times = make_data()
-    ckpt, times["train detector"] = train("3/6 train the detector (about 6 minutes)", "demo", TRAIN)
+    ckpt, times["train detector"] = train("3/6 train the detector (about 5 minutes)", "demo", TRAIN)
     classifier, times["train classifier"] = train(
-        "4/6 train the No-finding classifier (about 1½ minutes)", "demo_nofinding", NOFINDING
+        "4/6 train the No-finding classifier (about 1¼ minutes)", "demo_nofinding", NOFINDING
     )
     times["predict without filter"] = predict(
         "5/6 predict the test set with the detector alone", WITHOUT_FILTER, [ckpt], []
@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         "  with WBF; test: one consensus reader. Each reader at their operating point: their\n"
         "  share of the other two's lesions found at their false positives per image, the model\n"
         "  read at the same rate (paired interval). CPM: mean share of lesions found at 1/8..8\n"
-        "  false positives per image\n"
-        "  (readers' boxes fused per lesion; any class on a lesion finds it). The filter\n"
+        "  false positives per image (readers' boxes fused per lesion; any class on a lesion\n"
+        "  finds it). The filter\n"
         "  (predict.py nofinding.low/high) makes each image's No-finding line from the\n"
         "  classifier's P(abnormal) instead of from the detector's top score. [low, high]: 95 %\n"
         "  intervals over 1,000 bootstrap resamples of the test images (the gain's paired)."
