@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrdet.evaluation.competition import Matches, competition_map, match_detections
+from cxrdet.evaluation.competition import Matches, map_of, match_detections
 from cxrdet.evaluation.froc import FP_RATES
 
 RESAMPLES = 1000  # cxrdet score --bootstrap
@@ -140,7 +140,7 @@ def paired_difference(gt: dict, dets_a: dict, dets_b: dict, weights: np.ndarray,
     """mAP40 of ``dets_b`` less that of ``dets_a`` on the same images, and its 95 % interval
     over the same resamples (paired: each resample scores both on the same draw)."""
     a, b = match_detections(gt, dets_a, iou), match_detections(gt, dets_b, iou)
-    difference = competition_map(gt, dets_b, iou)["mAP"] - competition_map(gt, dets_a, iou)["mAP"]
+    difference = map_of(b)["mAP"] - map_of(a)["mAP"]  # each set matched once
     return difference, interval(bootstrap_map(b, weights) - bootstrap_map(a, weights))
 
 

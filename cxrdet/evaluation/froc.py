@@ -30,7 +30,6 @@ from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.evaluation.pairs import flatten, same_group_pairs
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-ALL = -1  # the class key of the class-agnostic pool
 
 
 def froc_curve(lesion_score: np.ndarray, fp_score: np.ndarray, n_images: int):

@@ -27,7 +27,6 @@ from cxrdet.evaluation.bootstrap import (
 from cxrdet.evaluation.froc import lesion_scores
 
 EMPTY = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
-VERDICTS = ("below", "within", "above")
 
 
 def reader_point(found: np.ndarray, lesion_image, fp_image, weights: np.ndarray):

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=RESAMPLES,
         metavar="N",
-        help=f"95 %% intervals of mAP40 and the CPM over N resamples of the images (default "
+        help=f"95 %% intervals of mAP40, AP40 and the CPM over N resamples of the images (default "
         f"{RESAMPLES}; 0: none)",
     )
     p.add_argument("--bootstrap-seed", type=int, default=0, help="the resamples' seed")

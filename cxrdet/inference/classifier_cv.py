@@ -43,6 +43,7 @@ from cxrdet.evaluation.bootstrap import (
 from cxrdet.evaluation.competition import competition_map
 from cxrdet.evaluation.nofinding import filter_input, nofinding_filter
 from cxrdet.evaluation.submission import read_submission
+from cxrdet.inference.config import checkpoint_data, split_of
 from cxrdet.inference.folds import check_same_folds, checkpoint_of, fold_images, fold_runs
 from cxrdet.inference.nofinding_probs import (
     load_classifiers,
@@ -52,7 +53,6 @@ from cxrdet.inference.nofinding_probs import (
 )
 from cxrdet.inference.predictor import pick_device
 from cxrdet.models.precision import choose_precision
-from cxrdet.models.safe_load import safe_load
 
 LOWS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)  # the grid of nofinding.low ...
 HIGHS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.01)  # ... and of nofinding.high (1.01: never "alone")
@@ -132,12 +132,12 @@ def validation_auc(run: Path, device: str = "cpu", trust: bool = False) -> dict:
     """A classifier run's best checkpoint on the run's own validation images (the data and
     split its checkpoint records): ``AUC``, ``AUC_ci``, ``checkpoint``, ``images``."""
     ckpt = checkpoint_of(Path(run), trust)
-    d = safe_load(ckpt, trust, "--trust", mmap=True).get("datamodule_hyper_parameters")
-    if not d:
+    d = checkpoint_data(ckpt, trust)
+    s = split_of(d)
+    if s is None:
         raise ValueError(f"{ckpt}: made before checkpoints recorded their data and split")
-    labels, _ = read_labels(d["labels_csv"])
-    fold = d["fold"] if d.get("fold") is not None else 0
-    _, ids = split_ids(labels, d["split"], d["val_fraction"], d["split_seed"], fold, d["n_folds"])
+    labels, _ = read_labels(s.labels_csv)
+    _, ids = split_ids(labels, s.mode, s.val_fraction, s.seed, s.fold, s.n_folds)
     dev = pick_device(device)
     classifiers = load_classifiers(str(ckpt), dev, trust, "--trust")
     dataset = ImageDataset(d["image_dir"], d["meta_csv"], ids)

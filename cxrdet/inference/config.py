@@ -79,12 +79,22 @@ def missing_model(ckpt_path, model_file) -> str | None:
     return None
 
 
-def checkpoint_split(ckpt_path, trust: bool = False) -> SplitConfig | None:
-    """The training split a checkpoint's run validated on (train.py records its data settings
-    in every checkpoint), or None for a checkpoint that holds none."""
+def checkpoint_data(ckpt_path, trust: bool = False) -> dict | None:
+    """The data settings train.py records in every checkpoint (labels, images, split), or
+    None for a checkpoint that holds none."""
     from cxrdet.models.safe_load import safe_load
 
-    data = safe_load(ckpt_path, trust, mmap=True).get("datamodule_hyper_parameters")
+    return safe_load(ckpt_path, trust, mmap=True).get("datamodule_hyper_parameters") or None
+
+
+def checkpoint_split(ckpt_path, trust: bool = False) -> SplitConfig | None:
+    """The training split a checkpoint's run validated on, or None for a checkpoint that
+    holds none."""
+    return split_of(checkpoint_data(ckpt_path, trust))
+
+
+def split_of(data: dict | None) -> SplitConfig | None:
+    """:func:`checkpoint_data`'s split as a :class:`SplitConfig` (None without one)."""
     if not data or data.get("split") not in ("valid20", "kfold", "all_train"):
         return None
     return SplitConfig(
