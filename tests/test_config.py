@@ -78,7 +78,7 @@ def test_demo_summary_s_validation_figures_are_the_best_checkpoint_s(tmp_path):
     from metrics.csv's last validation."""
     import json
 
-    from cxrdet.demo.run import validation_rows
+    from cxrdet.demo.summary import validation_rows
 
     figures = {
         "checkpoint": "best-step50.ckpt (step 50)",
@@ -285,3 +285,44 @@ def test_1024_px_composes_with_the_schedules_evaluations_and_experiments(experim
     assert model["min_size"] == 1024  # the experiments train at the prepared size too
     assert cfg.scheduler._target_.endswith("warmup_multistep_scheduler")
     assert set(cfg.evaluation) == {"competition", "coco"}
+
+
+def test_demo_stages_print_one_line_each_and_the_report_opens_with_the_same_table(tmp_path):
+    """Each stage: what it did and its seconds, or 'reused'; the report's page gets the table
+    right after its title, and a rerun replaces it instead of stacking a second."""
+    from cxrdet.demo.summary import Stage, add_to_report
+
+    stages = [Stage("train", "400 steps of 4 images", 408.4), Stage("predict", "50 images", None)]
+    assert stages[0].line() == "train     400 steps of 4 images: 408 s"
+    assert stages[1].line().startswith("predict   50 images: reused")
+    page = tmp_path / "index.html"
+    page.write_text("<html><body><h1>run</h1><h2>Run</h2></body></html>")
+    assert add_to_report(page, stages, [("test mAP40 (50 images)", "0.584 [0.502, 0.708]")])
+    add_to_report(page, stages, [("test mAP40 (50 images)", "0.600")])
+    html = page.read_text()
+    assert html.count("<h2>make demo</h2>") == 1 and "0.584" not in html and "0.600" in html
+    assert html.index("</h1>") < html.index("408 s") < html.index("<h2>Run</h2>")
+    assert not add_to_report(tmp_path / "none.html", stages, [])
+
+
+def test_demo_classifier_test_row_scores_the_probabilities_predict_wrote(tmp_path):
+    """The classifier's test AUC is that of nofinding_probs.csv against the test labels'
+    normal images, with '≈ chance' when its interval holds 0.5."""
+    import pandas as pd
+
+    from cxrdet.demo.summary import auc_text, classifier_test_row
+
+    labels = tmp_path / "test_labels.csv"
+    rows = ["image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max"]
+    rows += [f"n{i},No finding,14,consensus,,,," for i in range(4)]
+    rows += [f"a{i},Nodule/Mass,8,consensus,1,1,5,5" for i in range(4)]
+    labels.write_text("\n".join(rows) + "\n")
+    probs = tmp_path / "nofinding_probs.csv"
+    ids = [f"n{i}" for i in range(4)] + [f"a{i}" for i in range(4)]
+    values = [0.1, 0.2, 0.3, 0.6, 0.5, 0.7, 0.8, 0.9]  # one normal above one abnormal
+    pd.DataFrame({"image_id": ids, "p_abnormal": values}).to_csv(probs, index=False)
+    name, text = classifier_test_row(probs, labels, tmp_path / "best-step180.ckpt")
+    assert name == "classifier test AUC (best-step180.ckpt, 8 images)"
+    assert text.startswith("0.938 [")  # 15 of the 16 (normal, abnormal) pairs ordered
+    assert auc_text(0.55, [0.4, 0.7]).endswith(": ≈ chance")
+    assert "chance" not in auc_text(0.95, [0.85, 1.0])

@@ -1,15 +1,16 @@
 """make demo: the whole job on synthetic phantoms, offline, on CPU, under outputs/demo/.
 
-synth → prepare → train the detector (validates, checkpoints) → train the "No finding"
-classifier → predict the test set without and with the classifier's filter → score both →
-summary. Each step is the same command a user runs; a rerun reuses finished steps unless
-``--force``.
+prepare (synth, prepare) → train the detector (and validate it; checkpoints) → classify (train the
+"No finding" classifier) → predict the test set with the detector alone → filter (predict it
+with the classifier's No-finding filter) → score both and the classifier → report → summary.
+Each stage is the same command a user runs and prints one line (what it did, how long it took);
+the summary repeats them above the figures, and the report's page opens with the same table. A
+rerun reuses finished stages unless ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from cxrdet.demo.summary import (
+    Stage,
+    add_to_report,
+    classifier_test_row,
+    classifier_validation_row,
+    print_summary,
+    validation_rows,
+)
 
 ROOT = Path("outputs/demo")
 RAW, PREPARED, TRAIN = ROOT / "raw", ROOT / "prepared", ROOT / "train"
@@ -44,11 +54,11 @@ def make_data() -> dict[str, float]:
         print(f"=== synth: reusing {RAW}")
     else:
         times["synth"] = run(
-            "1/6 synth", [py, "-m", "cxrdet", "synth", "--out", str(RAW), *SYNTH_ARGS]
+            "1/7 synth", [py, "-m", "cxrdet", "synth", "--out", str(RAW), *SYNTH_ARGS]
         )
     for split in ("train", "test"):
         times[f"prepare {split}"] = run(
-            f"2/6 prepare {split}",
+            f"1/7 prepare {split}",
             [
                 py,
                 "-m",
@@ -75,12 +85,14 @@ def best_checkpoint(train_dir: Path = TRAIN) -> Path | None:
     return best_in(train_dir / "checkpoints")
 
 
-def train(step: str, experiment: str, run_dir: Path) -> tuple[Path, float | None]:
-    """``train.py experiment=<experiment>`` unless ``run_dir`` holds a checkpoint already;
-    returns the best checkpoint and the step's time (None when reused)."""
+def train(
+    step: str, experiment: str, run_dir: Path, extra: tuple[str, ...] = ()
+) -> tuple[Path, float | None]:
+    """``train.py experiment=<experiment> [extra]`` unless ``run_dir`` holds a checkpoint
+    already; returns the best checkpoint and the step's time (None when reused)."""
     seconds = None
     if best_checkpoint(run_dir) is None:
-        seconds = run(step, [sys.executable, "train.py", f"experiment={experiment}"])
+        seconds = run(step, [sys.executable, "train.py", f"experiment={experiment}", *extra])
     else:
         print(f"\n=== {step}: reusing {best_checkpoint(run_dir)} (make demo FORCE=1 to retrain)")
     ckpt = best_checkpoint(run_dir)
@@ -89,9 +101,12 @@ def train(step: str, experiment: str, run_dir: Path) -> tuple[Path, float | None
     return ckpt, seconds
 
 
-def predict(step: str, submission: Path, ckpts: list[Path], extra: list[str]) -> float | None:
-    """``predict.py`` on the test PNGs into ``submission`` (and predict.json beside it) unless
-    both are newer than every checkpoint; returns the step's time (None when reused)."""
+def predict(
+    step: str, submission: Path, ckpts: list[Path], extra: list[str], size: int = SIZE
+) -> float | None:
+    """``predict.py`` on the ``size``-px test PNGs into ``submission`` (and predict.json beside
+    it) unless both are newer than every checkpoint; returns the step's time (None when
+    reused)."""
     newest = max(c.stat().st_mtime for c in ckpts)
     done = submission.with_name("predict.json")
     if submission.is_file() and done.is_file() and submission.stat().st_mtime > newest:
@@ -102,7 +117,7 @@ def predict(step: str, submission: Path, ckpts: list[Path], extra: list[str]) ->
         "predict.py",
         f"ckpt_path={ckpts[0]}",
         *extra,
-        f"prepared_size={SIZE}",
+        f"prepared_size={size}",
         f"paths.prepared_dir={PREPARED}",
         f"output={submission}",
         "num_workers=0",
@@ -122,47 +137,36 @@ def training_images_per_s(train_dir: Path = TRAIN) -> float | None:
     return float(m["time/images_per_s"].dropna().mean())
 
 
-def validation_rows(path: Path) -> list[tuple[str, str]]:
-    """The detector's validation figures, all of the checkpoint the test set is predicted
-    with (the report's ``figures.json``: the best checkpoint, named), intervals beside them."""
-    from cxrdet.evaluation.bootstrap import ci_text
+def run_settings(run_dir: Path) -> tuple[int, int]:
+    """A training run's steps and images per step, from the config it saved."""
+    from omegaconf import OmegaConf
 
-    if not path.is_file():
-        return [("validation", f"no {path} (the report was not made)")]
-    f = json.loads(path.read_text())
-    where = f"{f['checkpoint']}, {f['images']} images"
-    rows = [
-        (f"validation AP40 ({where})", f"{f['AP40']:.3f}"),
-        (f"validation mAP40 ({where})", f"{f['mAP40']:.3f}{ci_text(f['mAP40_ci'])}"),
-    ]
-    if "CPM" in f:
-        rows.append(
-            ("validation CPM (FROC, 1/8-8 FPs/image)", f"{f['CPM']:.3f}{ci_text(f['CPM_ci'])}")
-        )
-    points = f.get("operating_points") or []
-    if points:
-        verdicts = [p["verdict"] for p in points]
-        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("above", "within", "below"))
-        rows.append(
-            (
-                "model at each reader's FP rate",
-                f"{counts} the reader's share of lesions found ({len(points)} readers)",
-            )
-        )
-    return rows
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return int(cfg.trainer.max_steps), int(cfg.data.batch_size)
 
 
-def classifier_row(run: Path) -> tuple[str, str]:
-    """The classifier's best checkpoint on its validation images: AUC, its 95 % interval,
-    and "≈ chance" when that holds 0.5."""
-    from cxrdet.evaluation.bootstrap import ci_text
-    from cxrdet.inference.classifier_cv import validation_auc
+def validation_seconds(train_dir: Path = TRAIN) -> tuple[int, float]:
+    """How many validations the run made and their seconds (``time/validation_s``)."""
+    path = train_dir / "csv" / "metrics.csv"
+    m = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if "time/validation_s" not in m:
+        return 0, 0.0
+    seconds = m["time/validation_s"].dropna()
+    return len(seconds), float(seconds.sum())
 
-    r = validation_auc(run)
-    text = f"{r['AUC']:.3f}{ci_text(r['AUC_ci'])}"
-    if r["AUC_ci"][0] <= 0.5 <= r["AUC_ci"][1]:
-        text += ": ≈ chance"
-    return (f"classifier validation AUC ({r['checkpoint']}, {r['images']} images)", text)
+
+def report(step: str, ckpt: Path) -> float | None:
+    """``cxrdet report`` on the detector's run unless its page is newer than the checkpoint."""
+    page = TRAIN / "report" / "index.html"
+    if page.is_file() and page.stat().st_mtime > ckpt.stat().st_mtime:
+        print(f"\n=== {step}: reusing {page}")
+        return None
+    return run(step, [sys.executable, "-m", "cxrdet", "report", str(TRAIN)])
+
+
+def done(stages: list[Stage], stage: Stage) -> None:
+    stages.append(stage)
+    print(f">>> {stage.line()}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,22 +175,98 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.force and ROOT.exists():
         shutil.rmtree(ROOT)
+    stages: list[Stage] = []
     times = make_data()
-    ckpt, times["train detector"] = train("3/6 train the detector (about 5 minutes)", "demo", TRAIN)
-    classifier, times["train classifier"] = train(
-        "4/6 train the No-finding classifier (about 1¼ minutes)", "demo_nofinding", NOFINDING
+    n_train, n_test = SYNTH_ARGS[1], SYNTH_ARGS[3]
+    done(
+        stages,
+        Stage(
+            "prepare",
+            f"{n_train} training and {n_test} test phantoms (DICOM) written and prepared as "
+            f"{SIZE}-px PNGs",
+            sum(times.values()) if times else None,
+        ),
     )
-    times["predict without filter"] = predict(
-        "5/6 predict the test set with the detector alone", WITHOUT_FILTER, [ckpt], []
+    # The report is a stage of its own (below): report=false here.
+    ckpt, seconds = train(
+        "2/7 train the detector (about 5 minutes)", "demo", TRAIN, ("report=false",)
     )
-    times["predict with filter"] = predict(
-        "5/6 predict the test set with the classifier's No-finding filter",
+    steps, batch = run_settings(TRAIN)
+    validations, val_s = validation_seconds()
+    done(
+        stages,
+        Stage(
+            "train",
+            f"Faster R-CNN R50-FPN from random init, {steps} steps of {batch} images",
+            None if seconds is None else seconds - val_s,
+        ),
+    )
+    done(
+        stages,
+        Stage(
+            "validate",
+            f"{validations} validations, the best: {ckpt.name}",
+            None if seconds is None else val_s,
+        ),
+    )
+    classifier, seconds = train(
+        "3/7 train the No-finding classifier (about 40 seconds)", "demo_nofinding", NOFINDING
+    )
+    steps, batch = run_settings(NOFINDING)
+    done(
+        stages,
+        Stage(
+            "classify",
+            f"ResNet-18 No-finding classifier from random init, {steps} steps of {batch} "
+            f"images, the best: {classifier.name}",
+            seconds,
+        ),
+    )
+    seconds = predict(
+        "4/7 predict the test set with the detector alone", WITHOUT_FILTER, [ckpt], []
+    )
+    done(stages, Stage("predict", f"{n_test} test images, the detector alone", seconds))
+    seconds = predict(
+        "5/7 predict the test set with the classifier's No-finding filter",
         SUBMISSION,
         [ckpt, classifier],
         [f"nofinding.ckpt_path={classifier}"],
     )
-    print("\n=== 6/6 score both submissions against test_labels.csv", flush=True)
-    # after the steps: keeps the demo's own start-up light
+    done(
+        stages,
+        Stage("filter", "the same images, No-finding lines from the classifier", seconds),
+    )
+    print("\n=== 6/7 score both submissions and the classifier against test_labels.csv")
+    start = time.perf_counter()
+    rows = test_rows(classifier)
+    done(
+        stages,
+        Stage(
+            "score",
+            "both submissions and the classifier against test_labels.csv, with intervals",
+            time.perf_counter() - start,
+        ),
+    )
+    seconds = report("7/7 report: the detector's figures on its validation images", ckpt)
+    done(stages, Stage("report", f"figures and {TRAIN / 'report' / 'index.html'}", seconds))
+    rows = validation_rows(TRAIN / "report" / "figures.json") + rows
+    predict_json = pd.read_json(SUBMISSION.with_name("predict.json"), typ="series")
+    images_per_s = training_images_per_s()
+    if images_per_s is not None:
+        rows.append(("training images/s", f"{images_per_s:.2f}"))
+    rows.append(("prediction images/s (with the filter)", f"{predict_json['images_per_s']:.2f}"))
+    page = TRAIN / "report" / "index.html"
+    add_to_report(page, stages, rows)
+    rows += [("detector", str(ckpt)), ("classifier", str(classifier))]
+    rows += [("metrics", str(TRAIN / "csv" / "metrics.csv")), ("figures", str(TRAIN / "report"))]
+    rows.append(("report (open in a browser)", str(page)))
+    rows += [("submission", str(SUBMISSION)), ("without the filter", str(WITHOUT_FILTER))]
+    print_summary(stages, rows)
+
+
+def test_rows(classifier: Path) -> list[tuple[str, str]]:
+    """The test set's figures: the detector alone, the classifier, the filter and its paired
+    gain."""
     from cxrdet.evaluation.bootstrap import (
         RESAMPLES,
         ci_text,
@@ -195,57 +275,27 @@ def main(argv: list[str] | None = None) -> None:
         paired_difference,
     )
     from cxrdet.evaluation.score import score
+    from cxrdet.inference.predictor import PROBS_CSV
 
-    labels = str(RAW / "test_labels.csv")
-    alone = score(labels, str(WITHOUT_FILTER), bootstrap=RESAMPLES)
-    filtered = score(labels, str(SUBMISSION), bootstrap=RESAMPLES)
+    labels = RAW / "test_labels.csv"
+    alone = score(str(labels), str(WITHOUT_FILTER), bootstrap=RESAMPLES)
+    filtered = score(str(labels), str(SUBMISSION), bootstrap=RESAMPLES)
     gt, alone_dets = alone["scored"]
     gain = paired_difference(
         gt, alone_dets, filtered["scored"][1], image_weights(len(gt), RESAMPLES, 0)
     )
-    predict_json = pd.read_json(SUBMISSION.with_name("predict.json"), typ="series")
-    images_per_s = training_images_per_s()
-    print("\n=== cxrdet demo summary")
-    rows = validation_rows(TRAIN / "report" / "figures.json")
-    rows.append((f"test AP40 ({alone['images']} images)", f"{alone['AP40']:.3f}"))
-    rows.append(
-        (
-            f"test mAP40 ({alone['images']} images)",
-            f"{alone['mAP40']:.3f}{ci_text(alone['mAP40_ci'])}",
-        )
-    )
-    rows.append(classifier_row(NOFINDING))
-    rows.append(
+    where = f"{alone['images']} images"
+    return [
+        (f"test AP40 ({where})", f"{alone['AP40']:.3f}"),
+        (f"test mAP40 ({where})", f"{alone['mAP40']:.3f}{ci_text(alone['mAP40_ci'])}"),
+        classifier_validation_row(NOFINDING),
+        classifier_test_row(SUBMISSION.with_name(PROBS_CSV), labels, classifier),
         (
             "test mAP40 with the No-finding filter",
             f"{filtered['mAP40']:.3f}{ci_text(filtered['mAP40_ci'])}",
-        )
-    )
-    rows.append(("the filter's gain (paired)", difference_text(*gain)))
-    if images_per_s is not None:
-        rows.append(("training images/s", f"{images_per_s:.2f}"))
-    rows.append(("prediction images/s (with the filter)", f"{predict_json['images_per_s']:.2f}"))
-    ran = {k: v for k, v in times.items() if v is not None}
-    rows.append(("step times", ", ".join(f"{k} {v:.0f} s" for k, v in ran.items()) or "-"))
-    rows += [("detector", str(ckpt)), ("classifier", str(classifier))]
-    rows += [("metrics", str(TRAIN / "csv" / "metrics.csv")), ("figures", str(TRAIN / "report"))]
-    rows.append(("report (open in a browser)", str(TRAIN / "report" / "index.html")))
-    rows += [("submission", str(SUBMISSION)), ("without the filter", str(WITHOUT_FILTER))]
-    for name, value in rows:
-        print(f"  {name:<40s} {value}")
-    print(
-        "  AP40: the seed's COCO-style AP at IoU 0.4 over findings 0-13; mAP40: the competition's\n"
-        "  VOC AP at IoU 0.4 over the classes present, No finding included. Validation: the\n"
-        "  best checkpoint (the one predicting the test set) against the three readers fused\n"
-        "  with WBF; test: one consensus reader. Each reader at their operating point: their\n"
-        "  share of the other two's lesions found at their false positives per image, the model\n"
-        "  read at the same rate (paired interval). CPM: mean share of lesions found at 1/8..8\n"
-        "  false positives per image (readers' boxes fused per lesion; any class on a lesion\n"
-        "  finds it). The filter\n"
-        "  (predict.py nofinding.low/high) makes each image's No-finding line from the\n"
-        "  classifier's P(abnormal) instead of from the detector's top score. [low, high]: 95 %\n"
-        "  intervals over 1,000 bootstrap resamples of the test images (the gain's paired)."
-    )
+        ),
+        ("the filter's gain (paired)", difference_text(*gain)),
+    ]
 
 
 if __name__ == "__main__":

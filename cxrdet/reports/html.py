@@ -61,6 +61,29 @@ def table(header: list[str], rows: list[list], row_class: list[str] | None = Non
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+SUMMARY_START, SUMMARY_END = "<!-- summary -->", "<!-- /summary -->"
+
+
+def with_summary(path: Path, title: str, rows: list[tuple[str, str]], note: str = "") -> Path:
+    """Open a written page with a table of ``(name, value)`` rows (and a note under it), right
+    after its title; a summary put there before is replaced (a rerun of ``make demo``)."""
+    page = path.read_text(encoding="utf-8")
+    if SUMMARY_START in page:
+        before, rest = page.split(SUMMARY_START, 1)
+        page = before + rest.split(SUMMARY_END, 1)[1]
+    head, title_end, rest = page.partition("</h1>")
+    if not title_end:
+        raise ValueError(f"{path}: no <h1> title to put the summary under")
+    section = (
+        f"{SUMMARY_START}<h2>{html.escape(title)}</h2>"
+        + table(["stage or figure", "what it did: time, or value"], [list(r) for r in rows])
+        + (f"<p class='note'>{html.escape(note)}</p>" if note else "")
+        + SUMMARY_END
+    )
+    path.write_text(head + title_end + section + rest, encoding="utf-8")
+    return path
+
+
 def settings_section(settings: dict) -> str:
     return "<h2>Run</h2>" + table(["setting", "value"], [[k, v] for k, v in settings.items()])
 

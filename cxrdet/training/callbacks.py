@@ -59,6 +59,27 @@ class ModelSize(pl.Callback):
         )
 
 
+class ValidationTime(pl.Callback):
+    """Logs ``time/validation_s``: each validation's wall time, its metrics included (rank 0;
+    the sanity check is not counted). Written to the loggers directly, at the step it ran
+    after: Lightning's ``self.log`` is closed once validation has ended."""
+
+    def __init__(self, clock=None):
+        self.clock = clock or time.perf_counter
+        self.start: float | None = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.start = None if trainer.sanity_checking else self.clock()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.start is None or not trainer.is_global_zero:
+            return
+        seconds = self.clock() - self.start
+        for logger in trainer.loggers:
+            logger.log_metrics({"time/validation_s": seconds}, step=trainer.global_step)
+        self.start = None
+
+
 class StepTimeMonitor(pl.Callback):
     """Training speed without making the host wait every step: logs ``time/images_per_s`` and
     ``time/data_wait_share`` every ``trainer.log_every_n_steps`` steps (rank 0), and warns once

@@ -122,3 +122,29 @@ def test_a_whole_train_py_step_waits_for_the_device_only_in_the_model(tiny_data,
     # The model's own: ROI pooling's four FPN levels (nonzero) and the RPN's one NMS; no
     # .item() anywhere (seen failing with train/loss logged with prog_bar=True).
     assert counts["by_op"] == {"aten::nonzero": 4, "torchvision::nms": 1}
+
+
+def test_each_validation_s_wall_time_is_logged_at_its_step_but_not_the_sanity_check():
+    """time/validation_s reaches every logger at the step it ran after (the demo's 'validate'
+    stage reads it). Fails if the sanity check is counted or the time is not the wall time."""
+    from cxrdet.training.callbacks import ValidationTime
+
+    class Logger:
+        def __init__(self):
+            self.rows = []
+
+        def log_metrics(self, metrics, step):
+            self.rows.append((step, metrics))
+
+    clock, trainer = _Clock(), _Trainer()
+    trainer.loggers = [Logger()]
+    timer = ValidationTime(clock=clock)
+    trainer.sanity_checking = True
+    timer.on_validation_start(trainer, None)
+    clock.now += 5.0
+    timer.on_validation_end(trainer, None)
+    trainer.sanity_checking, trainer.global_step = False, 150
+    timer.on_validation_start(trainer, None)
+    clock.now += 12.5
+    timer.on_validation_end(trainer, None)
+    assert trainer.loggers[0].rows == [(150, {"time/validation_s": 12.5})]
