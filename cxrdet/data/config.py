@@ -31,6 +31,8 @@ class DataConfig:
     val_fusion: str = "none"
     fusion_iou: float = 0.4
     use_class14: bool = False
+    classes: str | None = None  # kaggle14 | local22 | null: the labels file's own
+    global_labels: str | None = None  # the release's image_labels_train.csv (model.targets=global6)
     empty_images: Any = "drop"  # drop | keep | a fraction: checked by the data module
     label_issues: str = "stop"  # stop | drop: images whose boxes cannot fit their meta sizes
     batch_size: int = 2

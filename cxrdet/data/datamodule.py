@@ -18,6 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from cxrdet.data.config import class14_problem, fold_problem
 from cxrdet.data.dataset import DetectionDataset, build_records, collate, load_png
 from cxrdet.data.fusion import fuse_readers
+from cxrdet.data.global_labels import read_global_labels
 from cxrdet.data.label_check import (
     LABEL_ISSUES,
     MISMATCH_COLUMNS,
@@ -182,11 +183,27 @@ class EpochSampler(DistributedSampler):
         return ((epoch, i) for i in self._indices())
 
 
+def add_diagnoses(records: list, path: str) -> None:
+    """Give each record its diagnoses from the release's image labels file."""
+    table = read_global_labels(path).labels
+    missing = [r.image_id for r in records if r.image_id not in table.index]
+    if missing:
+        raise ValueError(
+            f"{path}: no diagnoses for {len(missing)} of the {len(records)} images (e.g. "
+            f"{missing[0]}): data.global_labels must label every image of data.labels_csv"
+        )
+    values = table.to_numpy(np.float32)
+    row = {image_id: k for k, image_id in enumerate(table.index)}
+    for r in records:
+        r.diagnoses = values[row[r.image_id]]
+
+
 class CXRDataModule(pl.LightningDataModule):
     """Train/validation detection data from ``labels_csv`` + ``image_dir`` + ``meta_csv``.
 
     Args:
-        labels_csv: train.csv (Kaggle columns; boxes in original pixels).
+        labels_csv: Kaggle's train.csv or the VinDr-CXR release's annotations_train.csv
+            (:func:`cxrdet.data.labels.read_labels`; boxes in original pixels).
         image_dir: folder of ``<image_id>.png`` (e.g. ``prepared/512/train``).
         meta_csv: ``image_id,dim0,dim1`` with the original sizes.
         image_size: side of the prepared PNGs the model is built for; a mismatch is logged.
@@ -199,6 +216,11 @@ class CXRDataModule(pl.LightningDataModule):
         val_fusion: the same for the validation ground truth.
         fusion_iou: IoU threshold of the fusion.
         use_class14: train "No finding" as a class with a ``0 0 1 1`` box.
+        classes: the class set, ``kaggle14`` or ``local22`` (None: the labels file's own;
+            :mod:`cxrdet.data.classes`).
+        global_labels: the release's ``image_labels_train.csv``: each image's 6 diagnoses (the
+            readers' majority) in its target as ``diagnoses``, for ``model.targets=global6``;
+            an image it lacks is refused, naming it. None: no diagnoses.
         label_issues: images whose boxes cannot fit the sizes ``meta_csv`` gives them: ``stop``
             (raise :class:`cxrdet.data.label_check.LabelMismatch`, listing them all) or
             ``drop`` (leave them out, with a count; ``mismatched`` lists them either way).
@@ -231,6 +253,8 @@ class CXRDataModule(pl.LightningDataModule):
         val_fusion: str = "none",
         fusion_iou: float = 0.4,
         use_class14: bool = False,
+        classes: str | None = None,
+        global_labels: str | None = None,
         empty_images: str | float = "keep",
         label_issues: str = "stop",
         batch_size: int = 2,
@@ -249,6 +273,8 @@ class CXRDataModule(pl.LightningDataModule):
         self.fold, self.n_folds = fold, n_folds
         self.fusion, self.val_fusion, self.fusion_iou = fusion, val_fusion, fusion_iou
         self.use_class14 = use_class14
+        self.classes = classes  # the class set's name (None: the labels file's own)
+        self.global_labels = global_labels  # image_labels_train.csv: each record's diagnoses
         self.empty_images = empty_images
         if label_issues not in LABEL_ISSUES:
             raise ValueError(
@@ -281,7 +307,7 @@ class CXRDataModule(pl.LightningDataModule):
         )
         if problem:
             raise ValueError(problem)
-        labels, _ = read_labels(self.labels_csv)
+        labels, _ = read_labels(self.labels_csv, self.classes)
         meta = read_meta(self.meta_csv)
         self.mismatched = mismatched_images(labels, meta)
         if len(self.mismatched):  # labels and sizes that cannot belong together
@@ -319,6 +345,8 @@ class CXRDataModule(pl.LightningDataModule):
         )
         if self.label_issues:
             log.warning("labels changed to fit their images: %s", describe(self.label_issues))
+        if self.global_labels:
+            add_diagnoses([*train, *val], self.global_labels)
         if not train:
             raise ValueError(
                 f"no usable training images: {self.labels_csv} and {self.image_dir} share no ids"

@@ -27,9 +27,9 @@ from cxrdet.data.dicom import MAX_PIXELS, DicomError, read_dicom
 from cxrdet.data.label_check import box_issues
 from cxrdet.data.labels import (
     BOX_COLUMNS,
-    NO_FINDING,
     NO_FINDING_BOX,
     ground_truth,
+    is_no_finding,
     normal_image_ids,
 )
 from cxrdet.data.meta import content_of, read_meta
@@ -45,11 +45,12 @@ class Record:
     image_id: str
     orig_hw: tuple[int, int]
     boxes: np.ndarray  # [N, 4] xyxy, original pixels
-    classes: np.ndarray  # [N] class ids 0..14
+    classes: np.ndarray  # [N] class ids of its class set ("No finding" the last)
     content: Content | None = None  # letterbox rectangle in the PNG; None = squashed
     normal: bool = False  # no reader marked a finding (cxrdet.data.labels.normal_image_ids)
     truth: tuple[np.ndarray, np.ndarray] | None = None  # what the scorer scores this image
     # against: (boxes as labelled, class ids), cxrdet.data.labels.ground_truth
+    diagnoses: np.ndarray | None = None  # the release's 6 diagnoses, 0/1 (data.global_labels)
 
     @property
     def has_finding(self) -> bool:
@@ -98,7 +99,7 @@ def build_records(
     Images without a meta row or PNG are skipped; boxes are clipped to the original image and
     dropped when nothing is left, each such box appended to ``issues``
     (:func:`cxrdet.data.label_check.box_issues`, ``split`` naming where it was). A normal image
-    (no reader marked a finding) gets one ``0 0 1 1`` class-14 box (prepared pixels, as the
+    (no reader marked a finding) gets one ``0 0 1 1`` "No finding" box (prepared pixels, as the
     seed did) when ``use_class14`` is set, none otherwise.
     """
     image_dir = Path(image_dir)
@@ -112,16 +113,16 @@ def build_records(
             continue
         hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
         rows = grouped.get(image_id, labels.iloc[:0])
-        finding = rows["class_id"].to_numpy() != NO_FINDING
+        finding = ~is_no_finding(rows).to_numpy()
         classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
         raw = rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64)
         boxes, keep, changed = box_issues(image_id, split, classes, raw, hw)
         if issues is not None:
             issues.extend(changed)
         boxes, classes = boxes[keep], classes[keep]
-        if use_class14 and image_id in normal:  # its box is set when loaded (image-level)
-            boxes = np.vstack([boxes, [[np.nan] * 4]])
-            classes = np.append(classes, NO_FINDING)
+        if use_class14 and image_id in normal:  # its box is set when loaded (image-level):
+            boxes = np.vstack([boxes, [[np.nan] * 4]])  # NaN marks it, its set's id with it
+            classes = np.append(classes, rows["class_id"].iloc[0])
         content = content_of(meta, image_id)
         records.append(
             Record(
@@ -176,7 +177,7 @@ class DetectionDataset(Dataset):
         image = load_png(self.image_dir / f"{r.image_id}.png")
         # "No finding" is an image-level label: its 0 0 1 1 box is added after the augmentation,
         # which must neither move nor drop it.
-        no_finding = r.classes == NO_FINDING
+        no_finding = np.isnan(r.boxes[:, 0])  # build_records' mark
         boxes = to_prepared(r.boxes[~no_finding], r.orig_hw, image.shape, r.content)
         boxes = clip(boxes, image.shape)
         keep = valid(boxes, min_size=0.5)
@@ -193,12 +194,13 @@ class DetectionDataset(Dataset):
             boxes, classes = boxes[keep], np.asarray(classes, np.int64).reshape(-1)[keep]
         if no_finding.any():
             boxes = np.vstack([np.asarray(boxes, np.float64).reshape(-1, 4), NO_FINDING_BOX])
-            classes = np.append(np.asarray(classes, np.int64), NO_FINDING)
+            classes = np.append(np.asarray(classes, np.int64), r.classes[no_finding][0])
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(classes, np.int64).reshape(-1)) + 1,
             "image_id": r.image_id,
             "normal": r.normal,  # no reader marked a finding (the "No finding" classifier's label)
+            "diagnoses": r.diagnoses,  # the 6 diagnoses (model.targets=global6), or None
             # For validation scored as the submission (cxrdet.evaluation.coco.DetectionEvaluator):
             "orig_hw": r.orig_hw,
             "image_hw": tuple(image.shape[:2]),

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from ensemble_boxes import nms, weighted_boxes_fusion
 
-from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, normal_image_ids
+from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, normal_image_ids
 
 FUSIONS = ("none", "wbf", "nms")
 FUSED_READER = "fused"
@@ -47,12 +47,15 @@ def fuse_readers(labels: pd.DataFrame, method: str = "wbf", iou: float = 0.4) ->
     if method not in FUSIONS:
         raise ValueError(f"unknown fusion {method!r}; expected one of {FUSIONS}")
     out = []
-    finding = labels["class_id"] != NO_FINDING
-    for image_id, rows in labels[finding].groupby("image_id", sort=False):
+    none = is_no_finding(labels)
+    for image_id, rows in labels[~none].groupby("image_id", sort=False):
         out += [[image_id, *r] for r in fuse_image(rows, method, iou)]
-    out += [[i, NO_FINDING, *[np.nan] * 4] for i in sorted(normal_image_ids(labels))]
+    normal = sorted(normal_image_ids(labels))
+    if normal:  # "No finding" keeps its set's id
+        out += [[i, int(labels.loc[none, "class_id"].iloc[0]), *[np.nan] * 4] for i in normal]
     fused = pd.DataFrame(out, columns=["image_id", "class_id", *BOX_COLUMNS])
     fused["class_id"] = fused["class_id"].astype(np.int64)
-    fused.insert(1, "class_name", [CLASS_NAMES[c] for c in fused["class_id"]])
+    names = labels.drop_duplicates("class_id").set_index("class_id")["class_name"]
+    fused.insert(1, "class_name", [names[c] for c in fused["class_id"]])
     fused.insert(3, "rad_id", FUSED_READER)
     return fused

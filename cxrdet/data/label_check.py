@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import clip, valid
-from cxrdet.data.labels import BOX_COLUMNS, NO_FINDING
+from cxrdet.data.labels import BOX_COLUMNS, is_no_finding
 
 log = logging.getLogger(__name__)
 ISSUE_COLUMNS = ["image_id", "split", "class_id", *BOX_COLUMNS, "issue"]
@@ -92,7 +92,7 @@ def mismatched_images(labels: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     """Every image whose boxes all fit only with dim0 and dim1 swapped (``swapped``), or whose
     boxes mostly lie mostly outside it (``outside``), with the meta's sizes
     (:data:`MISMATCH_COLUMNS`). A few boxes past an edge are the readers' own: not listed."""
-    findings = labels[(labels["class_id"] != NO_FINDING) & labels["image_id"].isin(meta.index)]
+    findings = labels[~is_no_finding(labels) & labels["image_id"].isin(meta.index)]
     if findings.empty:
         return pd.DataFrame(columns=MISMATCH_COLUMNS)
     joined = findings.join(meta[["dim0", "dim1"]], on="image_id")

@@ -1,4 +1,7 @@
-"""The 15 VinBigData classes and a validating reader for Kaggle's ``train.csv`` layout."""
+"""A validating reader for box labels in either layout: Kaggle's ``train.csv`` (``class_id``,
+the 14 findings of ``kaggle14``) or the VinDr-CXR release's ``annotations_train.csv`` /
+``annotations_test.csv`` (``class_name``, no ``class_id``; the 22 findings of ``local22``; the
+test file has no ``rad_id``: its boxes are the consensus of five radiologists)."""
 
 from __future__ import annotations
 
@@ -9,58 +12,52 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.classes import KAGGLE14, LOCAL22, NO_FINDING_NAME, ClassSet, class_set
 from cxrdet.data.csv_format import separator_note
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES = [
-    "Aortic enlargement",
-    "Atelectasis",
-    "Calcification",
-    "Cardiomegaly",
-    "Consolidation",
-    "ILD",
-    "Infiltration",
-    "Lung Opacity",
-    "Nodule/Mass",
-    "Other lesion",
-    "Pleural effusion",
-    "Pleural thickening",
-    "Pneumothorax",
-    "Pulmonary fibrosis",
-    "No finding",
-]
-NO_FINDING = 14
-NUM_FINDINGS = 14  # classes 0..13 have boxes; class 14 ("No finding") has none
+CLASS_NAMES = KAGGLE14.names  # Kaggle's train.csv: ids 0..13 findings, 14 "No finding"
+NO_FINDING = KAGGLE14.no_finding
+NUM_FINDINGS = KAGGLE14.num_findings  # classes 0..13 have boxes; class 14 ("No finding") has none
 LABEL_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+RELEASE_COLUMNS = ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
 BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 NO_FINDING_BOX = np.array([0.0, 0.0, 1.0, 1.0])  # the competition's box for a normal image
+
+
+def is_no_finding(labels: pd.DataFrame) -> pd.Series:
+    """The "No finding" rows, by name: the same in every class set (:mod:`cxrdet.data.classes`;
+    :func:`read_labels` writes each row's ``class_name`` as its set spells it)."""
+    return labels["class_name"] == NO_FINDING_NAME
 
 
 def normal_image_ids(labels: pd.DataFrame) -> set[str]:
     """The images no reader marked a finding on: cxrdet's one meaning of a normal image.
 
     A reader's "No finding" beside another reader's box does not make an image normal; an image
-    is normal when every row it has is class 14. Training, fusion, scoring and EDA all use this.
+    is normal when every row it has is "No finding". Training, fusion, scoring and EDA all use
+    this.
     """
-    finding = labels["class_id"] != NO_FINDING
+    finding = ~is_no_finding(labels)
     return set(labels["image_id"]) - set(labels.loc[finding, "image_id"])
 
 
 def ground_truth(labels: pd.DataFrame, image_ids) -> dict:
     """What a submission is scored against: image id → (boxes in original pixels, class ids),
-    the findings as labelled plus one ``0 0 1 1`` class-14 box per normal image
-    (:func:`normal_image_ids`); ids without label rows get nothing. Keyed in ``image_ids`` order.
+    the findings as labelled plus one ``0 0 1 1`` "No finding" box (its set's id) per normal
+    image (:func:`normal_image_ids`); ids without label rows get nothing. Keyed in
+    ``image_ids`` order.
     """
     gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in image_ids}
     normal = normal_image_ids(labels)
     for image_id, rows in labels[labels["image_id"].isin(gt)].groupby("image_id"):
-        finding = rows["class_id"].to_numpy() != NO_FINDING
+        finding = ~is_no_finding(rows).to_numpy()
         boxes = rows.loc[finding, BOX_COLUMNS].to_numpy(np.float64)
         classes = rows.loc[finding, "class_id"].to_numpy(np.int64)
         if image_id in normal:
             boxes = np.vstack([boxes, NO_FINDING_BOX])
-            classes = np.append(classes, NO_FINDING)
+            classes = np.append(classes, int(rows["class_id"].iloc[0]))
         gt[image_id] = (boxes, classes)
     return gt
 
@@ -73,6 +70,8 @@ class LabelReport:
     rows: int = 0
     skipped: dict[str, list[int]] = field(default_factory=dict)
     readers: bool = True  # the file has a rad_id column
+    layout: str = "kaggle"  # kaggle (train.csv) or release (VinDr-CXR's annotations_*.csv)
+    classes: ClassSet = KAGGLE14  # the class set its ids are of
 
     def skip(self, reason: str, rows: np.ndarray) -> None:
         if len(rows):
@@ -95,38 +94,90 @@ class LabelReport:
             )
 
 
-def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelReport]:
-    """Read a train.csv-format file and drop the rows that cannot be used.
+def label_layout(path: Path, columns) -> str:
+    """``kaggle`` (a ``class_id`` column) or ``release`` (``class_name`` without ``class_id``),
+    told by the columns; anything else is refused naming the columns of both."""
+    columns = set(columns)
+    if not {"image_id", *BOX_COLUMNS} <= columns:
+        layout = None
+    elif "class_id" in columns:
+        layout = "kaggle"
+    elif "class_name" in columns:
+        layout = "release"
+    else:
+        layout = None
+    if layout is None:
+        raise ValueError(
+            f"{path}: not a labels file: expected Kaggle's train.csv columns {LABEL_COLUMNS} or "
+            f"the VinDr-CXR release's annotations_*.csv columns {RELEASE_COLUMNS} (rad_id "
+            f"optional), found {sorted(columns)}" + separator_note(list(columns))
+        )
+    return layout
 
-    Boxes stay in original DICOM pixels. Rows with an unknown class id or, for classes 0..13,
-    a missing or zero-area box are dropped and reported (never raised halfway through training).
+
+def labels_class_set(path: str | Path, classes: str | ClassSet | None = None) -> ClassSet:
+    """The class set :func:`read_labels` will read ``path`` with, from its header alone (the
+    model's head is sized before the labels load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file not found: {path}")
+    layout = label_layout(path, pd.read_csv(path, nrows=0).columns)
+    own = KAGGLE14 if layout == "kaggle" else LOCAL22
+    chosen = class_set(classes, own)
+    if chosen is not own:  # no source says how one set maps onto the other
+        what = "Kaggle's train.csv" if layout == "kaggle" else "the VinDr-CXR release's file"
+        raise ValueError(
+            f"{path}: {what} is labelled with the {own.name} classes, not {chosen.name}; "
+            f"cxrdet does not map one set onto the other (set data.classes={own.name}, or "
+            "null for the file's own)"
+        )
+    return chosen
+
+
+def read_labels(
+    path: str | Path, classes: str | ClassSet | None = None
+) -> tuple[pd.DataFrame, LabelReport]:
+    """Read a labels file in either layout (:func:`label_layout`) and drop the rows that cannot
+    be used.
+
+    ``classes`` (``kaggle14``, ``local22``; None: the layout's own) must be the layout's own:
+    Kaggle's ``class_id`` are ``kaggle14``'s, the release's names ``local22``'s, and no source
+    says how one set maps onto the other, so any other is refused. A release file's
+    ``class_name`` is looked up in its set (case aside); a name outside it is dropped and
+    counted.
+    Boxes stay in original DICOM pixels. Rows with an unknown class or, for a finding, a missing
+    or zero-area box are dropped and reported (never raised halfway through training).
 
     Returns:
-        The clean rows (``class_id`` int64; box columns float) and a report of what was dropped.
+        The clean rows (``class_name`` as the set spells it, ``class_id`` int64, ``rad_id``;
+        box columns float) and a report of what was dropped, the layout and the class set.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file lacks required columns.
+        ValueError: the file is neither layout, or the class set does not fit it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels file not found: {path}")
-    df = pd.read_csv(path, dtype={"image_id": str, "rad_id": str})
-    missing = [c for c in ("image_id", "class_id", *BOX_COLUMNS) if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing}; expected {LABEL_COLUMNS}"
-            + separator_note(df.columns)
-        )
-    report = LabelReport(path=str(path), rows=len(df))
+    classes = labels_class_set(path, classes)
+    df = pd.read_csv(path, dtype={"image_id": str, "rad_id": str, "class_name": str})
+    layout = label_layout(path, df.columns)
+    report = LabelReport(path=str(path), rows=len(df), layout=layout, classes=classes)
     csv_line = df.index.to_numpy() + 2  # 1-based, after the header
 
-    class_id = pd.to_numeric(df["class_id"], errors="coerce")
-    bad_class = ~class_id.isin(range(len(CLASS_NAMES)))
-    report.skip("an unknown class_id (expected 0..14)", csv_line[bad_class.to_numpy()])
+    n = len(classes.names)
+    if layout == "kaggle":
+        class_id = pd.to_numeric(df["class_id"], errors="coerce")
+        bad_class = ~class_id.isin(range(n))
+        report.skip(f"an unknown class_id (expected 0..{n - 1})", csv_line[bad_class.to_numpy()])
+    else:
+        ids = {name.lower(): i for i, name in enumerate(classes.names)}
+        class_id = df["class_name"].str.strip().str.lower().map(ids)
+        bad_class = class_id.isna()
+        report.skip(f"a class_name outside {classes.name}", csv_line[bad_class.to_numpy()])
 
     boxes = df[BOX_COLUMNS].apply(pd.to_numeric, errors="coerce")
-    finding = class_id.between(0, NUM_FINDINGS - 1) & ~bad_class
+    finding = class_id.between(0, classes.num_findings - 1) & ~bad_class
     no_box = finding & boxes.isna().any(axis=1)
     report.skip("a missing box", csv_line[no_box.to_numpy()])
     empty = (
@@ -139,14 +190,19 @@ def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelReport]:
     keep = ~(bad_class | no_box | empty)
     out = df.loc[keep].copy()
     out["class_id"] = class_id[keep].astype(np.int64)
+    out["class_name"] = [classes.names[c] for c in out["class_id"]]  # one spelling per id
     out[BOX_COLUMNS] = boxes[keep].astype(float)
     if "rad_id" not in out.columns:  # the readers' figures need it: say so once
         out["rad_id"] = pd.Series(np.nan, index=out.index, dtype=object)
         report.readers = False
-        log.warning(
-            "%s has no rad_id column (which radiologist drew each box): every box counts as "
-            "one reader's, and the per-reader figures and the readers' baseline are not made",
-            path,
-        )
+        if layout == "release":  # annotations_test.csv: the consensus, one reader by design
+            log.info("%s has no rad_id column: one reader, the consensus of five", path)
+        else:
+            log.warning(
+                "%s has no rad_id column (which radiologist drew each box): every box counts "
+                "as one reader's, and the per-reader figures and the readers' baseline are not "
+                "made",
+                path,
+            )
     report.log()
     return out.reset_index(drop=True), report

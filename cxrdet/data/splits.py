@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from cxrdet.data.labels import CLASS_NAMES
-
 SPLIT_MODES = ("all_train", "valid20", "kfold")
 
 
@@ -48,7 +46,8 @@ def split_ids(
         if len(ids) < n_folds:
             raise ValueError(f"{len(ids)} images cannot make {n_folds} folds")
         onehot = pd.crosstab(labels["image_id"].astype(str), labels["class_id"]).clip(upper=1)
-        onehot = onehot.reindex(index=ids, columns=range(len(CLASS_NAMES)), fill_value=0)
+        width = int(labels["class_id"].max()) + 1  # every id up to "No finding", the last
+        onehot = onehot.reindex(index=ids, columns=range(width), fill_value=0)
         folds = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         train, val = list(folds.split(ids, onehot.to_numpy()))[fold]
         return sorted(ids[train].tolist()), sorted(ids[val].tolist())

@@ -1,11 +1,17 @@
-"""Synthetic VinBigData-layout dataset: real DICOM phantoms, 3 readers per train image.
+"""Synthetic dataset in the VinBigData (Kaggle) or VinDr-CXR release layout: real DICOM
+phantoms, 3 readers per train image.
 
-    cxrdet synth --out DIR --train 200 --test 50 --seed 0 [--workers 2]
+    cxrdet synth --out DIR --train 200 --test 50 --seed 0 [--workers 2] [--format kaggle|release]
 
-writes ``DIR/train/<id>.dicom``, ``DIR/test/<id>.dicom``, ``DIR/train.csv`` (Kaggle columns,
-three radiologists per image who jitter, sometimes miss and sometimes disagree) and
-``DIR/test_labels.csv`` (one consensus reader, for scoring). Deterministic for a seed; the
-DICOMs carry no patient identifiers.
+writes ``DIR/train/<id>.dicom``, ``DIR/test/<id>.dicom`` and, with ``--format kaggle`` (the
+default), ``DIR/train.csv`` (Kaggle columns, three radiologists per image who jitter, sometimes
+miss and sometimes disagree) and ``DIR/test_labels.csv`` (one consensus reader, for scoring).
+With ``--format release`` the labels are the release's (:func:`release_files`):
+``DIR/annotations/annotations_train.csv`` / ``annotations_test.csv`` (``class_name``, no
+``class_id``; the test file without ``rad_id``) with the ``local22`` names, four of the phantoms'
+kinds named as findings Kaggle does not have, and ``image_labels_train.csv`` /
+``image_labels_test.csv`` (the 22 local and 6 global labels per reader, or per image; the test
+file spells "Other disease"). Deterministic for a seed; the DICOMs carry no patient identifiers.
 """
 
 from __future__ import annotations
@@ -24,13 +30,31 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
 
-from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS, NO_FINDING
+from cxrdet.data.classes import GLOBAL6, LOCAL22, NO_FINDING_NAME
+from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS, NO_FINDING, RELEASE_COLUMNS
 from cxrdet.data.prepare import one_core
 from cxrdet.demo.phantom import CLASS_WEIGHTS, render
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 FREQUENT_READERS = ["R8", "R9", "R10"]  # read most images, never two of them on one image
 OTHER_READERS = [f"R{i}" for i in range(1, 18) if f"R{i}" not in FREQUENT_READERS]
+FORMATS = ("kaggle", "release")
+# --format release: the phantoms' kinds (Kaggle ids) by their local22 names; four are named as
+# findings only the release has, so that its ids beyond Kaggle's (up to 21) are exercised.
+RELEASE_NAMES = {
+    **{c: name for c, name in enumerate(CLASS_NAMES[:NO_FINDING])},
+    1: "Edema",
+    2: "Rib fracture",
+    9: "Lung cavity",
+    12: "Emphysema",
+}
+DIAGNOSIS_OF = {  # a local label → the diagnosis it stands for in the phantoms' image labels
+    "Nodule/Mass": "Lung tumor",
+    "Consolidation": "Pneumonia",
+    "Infiltration": "Pneumonia",
+    "Pulmonary fibrosis": "Tuberculosis",
+    "Emphysema": "COPD",
+}
 # A reader who mislabels a finding picks a look-alike class.
 CONFUSABLE = {0: 3, 3: 0, 4: 7, 7: 4, 6: 7, 5: 13, 13: 5, 10: 11, 11: 10, 8: 9, 9: 8, 1: 11}
 
@@ -150,6 +174,48 @@ def write_case(
     return rows
 
 
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Through a temporary file: never half a CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path.with_name(f"{path.name}.tmp"), index=False)
+    os.replace(path.with_name(f"{path.name}.tmp"), path)
+
+
+def image_labels(rows: pd.DataFrame, reader: bool) -> pd.DataFrame:
+    """The release's image-level labels of its box rows: per image and reader (``reader``) or
+    per image, a 0/1 column per local label and per diagnosis (:data:`DIAGNOSIS_OF`; "Other
+    diseases" for any other finding, "No finding" without one)."""
+    keys = ["image_id", "rad_id"] if reader else ["image_id"]
+    out = []
+    for key, group in rows.groupby(keys, sort=False):
+        marked = set(group["class_name"]) - {NO_FINDING_NAME}
+        local = {name: int(name in marked) for name in LOCAL22.findings}
+        diagnoses = {DIAGNOSIS_OF[n] for n in marked if n in DIAGNOSIS_OF}
+        if marked - set(DIAGNOSIS_OF):
+            diagnoses.add("Other diseases")
+        if not marked:
+            diagnoses.add(NO_FINDING_NAME)
+        ids = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        out.append({**ids, **local, **{d: int(d in diagnoses) for d in GLOBAL6}})
+    frame = pd.DataFrame(out)
+    return frame.rename(columns={"rad_id": "rad_ID"}) if reader else frame
+
+
+def release_files(out: Path, split: str, rows: list[list]) -> None:
+    """One split's labels in the release's layout (see the module docstring)."""
+    df = pd.DataFrame(rows, columns=LABEL_COLUMNS)
+    df["class_name"] = [
+        NO_FINDING_NAME if c == NO_FINDING else RELEASE_NAMES[c] for c in df["class_id"]
+    ]
+    reader = split == "train"
+    columns = RELEASE_COLUMNS if reader else [c for c in RELEASE_COLUMNS if c != "rad_id"]
+    write_csv(df[columns], out / "annotations" / f"annotations_{split}.csv")
+    labels = image_labels(df, reader)
+    if not reader:  # the release's test file spells it so
+        labels = labels.rename(columns={"Other diseases": "Other disease"})
+    write_csv(labels, out / "annotations" / f"image_labels_{split}.csv")
+
+
 def synthesize(
     out: str | Path,
     n_train: int = 200,
@@ -160,9 +226,13 @@ def synthesize(
     max_px: int = 3000,
     progress: bool = True,
     workers: int = 1,
+    layout: str = "kaggle",
 ) -> None:
     """Write the whole synthetic dataset under ``out`` (see the module docstring), with
-    ``workers`` processes; the files do not depend on how many."""
+    ``workers`` processes, labels in ``layout`` (``kaggle`` or ``release``); the files do not
+    depend on how many workers."""
+    if layout not in FORMATS:
+        raise ValueError(f"unknown format {layout!r}; expected one of {', '.join(FORMATS)}")
     out = Path(out)
     one_core()  # one process = one core: workers sets the parallelism
     with ExitStack() as stack:
@@ -188,16 +258,18 @@ def synthesize(
                 jobs, total=n, desc=f"synth {split}", disable=not progress, unit="img"
             ):
                 rows += case_rows
+            if layout == "release":
+                release_files(out, split, rows)
+                continue
             name = "train.csv" if split == "train" else "test_labels.csv"
-            df = pd.DataFrame(rows, columns=LABEL_COLUMNS)
-            df.to_csv(out / f"{name}.tmp", index=False)
-            os.replace(out / f"{name}.tmp", out / name)
+            write_csv(pd.DataFrame(rows, columns=LABEL_COLUMNS), out / name)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="cxrdet synth",
-        description="Write a synthetic chest-X-ray dataset in the VinBigData (Kaggle) layout.",
+        description="Write a synthetic chest-X-ray dataset in the VinBigData (Kaggle) layout "
+        "or the VinDr-CXR release's.",
     )
     p.add_argument("--out", required=True, help="output root (train/, test/, train.csv, ...)")
     p.add_argument("--train", type=int, default=200, help="number of train images (default 200)")
@@ -212,6 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-px", type=int, default=1500, help="smallest image side (default 1500)")
     p.add_argument("--max-px", type=int, default=3000, help="largest image side (default 3000)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="kaggle",
+        help="kaggle: train.csv and test_labels.csv (default); release: the VinDr-CXR "
+        "release's annotations/ (annotations_*.csv, image_labels_*.csv)",
+    )
     a = p.parse_args(argv)
     if not 0.0 <= a.normal_share <= 1.0:
         p.error("--normal-share must be within [0, 1]")
@@ -220,7 +299,15 @@ def main(argv: list[str] | None = None) -> None:
     if a.workers < 1:
         p.error("--workers must be at least 1")
     synthesize(
-        a.out, a.train, a.test, a.seed, a.normal_share, a.min_px, a.max_px, workers=a.workers
+        a.out,
+        a.train,
+        a.test,
+        a.seed,
+        a.normal_share,
+        a.min_px,
+        a.max_px,
+        workers=a.workers,
+        layout=a.format,
     )
     print(f"wrote {a.train} train + {a.test} test DICOMs and labels under {a.out}")
 

@@ -10,6 +10,8 @@ and 97.5th percentiles of the resampled figures.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from cxrdet.evaluation.competition import Matches, map_of, match_detections
@@ -79,7 +81,8 @@ def bootstrap_map(m: Matches, weights: np.ndarray) -> np.ndarray:
                 aps[:, c] = np.where(n_gt > 0, 0.0, np.nan)
                 continue
             aps[:, c] = weighted_voc_ap(m.tp[part], w[:, m.image[part]], n_gt)
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a resample without a finding: nan, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
             out[start : start + len(w)] = np.nanmean(aps, axis=1)
     return out
 
@@ -201,6 +204,7 @@ def bootstrap_ap40(m: dict, weights: np.ndarray) -> np.ndarray:
                 at = np.searchsorted(recall[row], RECALL_POINTS, side="left")
                 inside = at < len(tp)
                 aps[row, k] = np.where(inside, envelope[row, np.minimum(at, len(tp) - 1)], 0).mean()
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a resample without a finding: nan, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
             out[start : start + len(w)] = np.nanmean(aps, axis=1)
     return out

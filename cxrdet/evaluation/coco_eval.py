@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import io
 
+from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.evaluation.coco_json import coco_dataset
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], in this order
 
 
-def coco_stats(gt: dict, dets: dict, sizes: dict, backend: str = "pycocotools") -> dict:
+def coco_stats(
+    gt: dict, dets: dict, sizes: dict, backend: str = "pycocotools", classes: ClassSet = KAGGLE14
+) -> dict:
     """COCO's six AP figures of ``dets`` against ``gt``.
 
     Args:
@@ -28,6 +31,7 @@ def coco_stats(gt: dict, dets: dict, sizes: dict, backend: str = "pycocotools") 
         dets: image id → (boxes, scores, class ids), original pixels.
         sizes: image id → original (height, width), every evaluated image.
         backend: ``pycocotools`` or ``faster_coco_eval``.
+        classes: the class set of the ids (its findings are scored).
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``.
@@ -40,8 +44,8 @@ def coco_stats(gt: dict, dets: dict, sizes: dict, backend: str = "pycocotools") 
         from faster_coco_eval import COCOeval_faster as COCOeval
     else:
         raise ValueError(f"unknown COCO backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    truth = coco_dataset(gt, sizes, scored=False)
-    results = coco_dataset(dets, sizes, scored=True)["annotations"]
+    truth = coco_dataset(gt, sizes, False, classes)
+    results = coco_dataset(dets, sizes, True, classes)["annotations"]
     if not truth["annotations"]:
         return dict.fromkeys(STATS, -1.0)  # nothing to find: COCO's "undefined"
     if not results:

@@ -6,22 +6,25 @@ from __future__ import annotations
 import numpy as np
 import torch.distributed as dist
 
-from cxrdet.data.labels import NO_FINDING, NUM_FINDINGS
+from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.evaluation.coco import coco_ap
 from cxrdet.evaluation.competition import competition_map
 from cxrdet.evaluation.nofinding import with_no_finding
 from cxrdet.evaluation.submission import as_read_back, predictions_of, to_original_prediction
 
 
-def findings_only(table: dict) -> dict:
-    """image id → its rows (boxes, [scores,] classes) without "No finding": what AP40 scores."""
+def findings_only(table: dict, classes: ClassSet = KAGGLE14) -> dict:
+    """image id → its rows (boxes, [scores,] classes) without "No finding" (``classes``'
+    id): what AP40 scores."""
     return {
-        i: tuple(np.asarray(a)[np.asarray(v[-1]) != NO_FINDING] for a in v)
+        i: tuple(np.asarray(a)[np.asarray(v[-1]) != classes.no_finding] for a in v)
         for i, v in table.items()
     }
 
 
-def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = False) -> dict:
+def score_predictions(
+    gt: dict, dets: dict, iou: float = 0.4, curves: bool = False, classes: ClassSet = KAGGLE14
+) -> dict:
     """Both metrics of predictions in the submission's form, as ``cxrdet score``
     reports them.
 
@@ -32,6 +35,7 @@ def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = Fal
         dets: image id → (boxes, scores, class ids 0..14), "No finding" lines included.
         iou: the IoU threshold of both metrics.
         curves: also return the competition metric's precision-recall curves.
+        classes: the class set of the ids (kaggle14: 0..13 findings, 14 "No finding").
 
     Returns:
         ``{"mAP40", "mAP40_per_class", "AP40", "AP40_per_class", "images"}`` (+
@@ -39,7 +43,9 @@ def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = Fal
         COCO-style AP over the findings 0-13 (class-14 boxes and lines left out).
     """
     competition = competition_map(gt, dets, iou, curves=curves)
-    coco = coco_ap(findings_only(gt), findings_only(dets), NUM_FINDINGS, iou)
+    coco = coco_ap(
+        findings_only(gt, classes), findings_only(dets, classes), classes.num_findings, iou
+    )
     result = {
         "mAP40": competition["mAP"],
         "mAP40_per_class": competition["per_class"],
@@ -52,11 +58,14 @@ def score_predictions(gt: dict, dets: dict, iou: float = 0.4, curves: bool = Fal
     return result
 
 
-def original_predictions(targets: list[dict], outputs: list[dict]) -> list:
+def original_predictions(
+    targets: list[dict], outputs: list[dict], classes: ClassSet = KAGGLE14
+) -> list:
     """A batch's model outputs as the submission has them before its No-finding line: boxes
-    mapped to original pixels and clipped, class ids 0..14, class 14 as one line."""
+    mapped to original pixels and clipped, class ids of ``classes``, "No finding" as one
+    line."""
     return [
-        to_original_prediction(p, t["orig_hw"], t["image_hw"], t["content"])
+        to_original_prediction(p, t["orig_hw"], t["image_hw"], t["content"], classes.no_finding)
         for t, p in zip(targets, predictions_of(outputs))
     ]
 
@@ -73,9 +82,10 @@ class DetectionEvaluator:
     ``truth``: the validation labels in original pixels (:func:`cxrdet.data.labels.ground_truth`).
     """
 
-    def __init__(self, iou: float = 0.4, class14_head: bool = False):
+    def __init__(self, iou: float = 0.4, class14_head: bool = False, classes: ClassSet = KAGGLE14):
         self.iou = iou
         self.class14_head = class14_head  # the model scores "No finding" itself
+        self.classes = classes
         self.reset()
 
     def reset(self) -> None:
@@ -86,14 +96,15 @@ class DetectionEvaluator:
         """Add one batch: targets as :class:`cxrdet.data.dataset.DetectionDataset` makes them
         (``image_id``, ``truth``, ``orig_hw``, ``image_hw``, ``content``) and the model's
         outputs on those images (torchvision's labels = class id + 1)."""
-        for t, prediction in zip(targets, original_predictions(targets, outputs)):
+        for t, prediction in zip(targets, original_predictions(targets, outputs, self.classes)):
             self.add(t["image_id"], t["truth"], prediction)
 
     def add(self, image_id: str, truth, prediction) -> None:
         """One image: its ground truth and its prediction in original pixels (class 14 as one
         line, :func:`cxrdet.evaluation.submission.to_original_prediction`)."""
-        line = with_no_finding(*prediction, class14_head=self.class14_head)
-        self.dets[image_id] = as_read_back(*line)
+        no_finding = self.classes.no_finding
+        line = with_no_finding(*prediction, class14_head=self.class14_head, no_finding=no_finding)
+        self.dets[image_id] = as_read_back(*line, self.classes)
         self.gt[image_id] = truth
 
     def gather(self) -> None:
@@ -113,4 +124,4 @@ class DetectionEvaluator:
         """:func:`score_predictions` of everything processed, images in id order (as the
         scorer orders them)."""
         gt = dict(sorted(self.gt.items()))
-        return score_predictions(gt, self.dets, self.iou, curves)
+        return score_predictions(gt, self.dets, self.iou, curves, self.classes)

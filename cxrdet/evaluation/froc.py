@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from cxrdet.data.boxes import pair_ious
-from cxrdet.data.labels import NUM_FINDINGS
+from cxrdet.data.labels import NO_FINDING  # kaggle14's: the default of no_finding below
 from cxrdet.evaluation.pairs import flatten, same_group_pairs
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -49,40 +49,52 @@ def sensitivity_at(fps: np.ndarray, sensitivity: np.ndarray, rates=FP_RATES) -> 
     return [float(sensitivity[fps <= rate].max()) for rate in rates]
 
 
-def hits(truth: dict, dets: dict, index: dict, iou: float, agnostic: bool):
+def hits(
+    truth: dict, dets: dict, index: dict, iou: float, agnostic: bool, no_finding: int = NO_FINDING
+):
     """Which (detection, truth box) pairs of the same image (and class, unless ``agnostic``)
-    overlap at ``iou``; with the flat detection and truth arrays."""
+    overlap at ``iou``; with the flat detection and truth arrays. The findings are the ids under
+    ``no_finding`` (the class set's "No finding" id, its last)."""
     g_img, g_cls, g_box = flatten(truth, False, index)
     d_img, d_cls, d_score, d_box = flatten(dets, True, index)
-    keep_d, keep_g = d_cls < NUM_FINDINGS, g_cls < NUM_FINDINGS
+    keep_d, keep_g = d_cls < no_finding, g_cls < no_finding
     d_img, d_cls, d_score, d_box = d_img[keep_d], d_cls[keep_d], d_score[keep_d], d_box[keep_d]
     g_img, g_cls, g_box = g_img[keep_g], g_cls[keep_g], g_box[keep_g]
-    d_key = d_img if agnostic else d_img * NUM_FINDINGS + d_cls
-    g_key = g_img if agnostic else g_img * NUM_FINDINGS + g_cls
+    d_key = d_img if agnostic else d_img * no_finding + d_cls
+    g_key = g_img if agnostic else g_img * no_finding + g_cls
     pair_d, pair_g = same_group_pairs(d_key, g_key)
     hit = pair_ious(d_box[pair_d], g_box[pair_g]) >= iou
     return (d_img, d_cls, d_score), (g_img, g_cls), pair_d[hit], pair_g[hit]
 
 
-def lesion_scores(truth: dict, ignore: dict, dets: dict, iou: float, agnostic: bool):
+def lesion_scores(
+    truth: dict, ignore: dict, dets: dict, iou: float, agnostic: bool, no_finding: int = NO_FINDING
+):
     """Each lesion's best hitting score, class and image index, each false positive's score,
     class and image index (images in ``truth``'s order)."""
     index = {image_id: i for i, image_id in enumerate(truth)}
     (d_img, d_cls, d_score), (g_img, g_cls), pair_d, pair_g = hits(
-        truth, dets, index, iou, agnostic
+        truth, dets, index, iou, agnostic, no_finding
     )
     best = np.full(len(g_cls), -np.inf)
     np.maximum.at(best, pair_g, d_score[pair_d])
     neutral = np.zeros(len(d_cls), bool)
     neutral[pair_d] = True
     if ignore:
-        _, _, ignored_d, _ = hits(ignore, dets, index, iou, agnostic)
+        _, _, ignored_d, _ = hits(ignore, dets, index, iou, agnostic, no_finding)
         neutral[ignored_d] = True
     fp = ~neutral
     return (best, g_cls, g_img), (d_score[fp], d_cls[fp], d_img[fp])
 
 
-def froc(truth: dict, dets: dict, iou: float = 0.4, rates=FP_RATES, ignore: dict | None = None):
+def froc(
+    truth: dict,
+    dets: dict,
+    iou: float = 0.4,
+    rates=FP_RATES,
+    ignore: dict | None = None,
+    no_finding: int = NO_FINDING,
+):
     """FROC per class and over all findings (see the module docstring).
 
     Args:
@@ -90,6 +102,7 @@ def froc(truth: dict, dets: dict, iou: float = 0.4, rates=FP_RATES, ignore: dict
             if any, are left out).
         dets: image id → (boxes, scores, class ids).
         ignore: image id → (boxes, class ids) of marks neither hit nor false positive.
+        no_finding: the class set's "No finding" id (the findings are the ids under it).
 
     Returns:
         ``{"rates", "images", "lesions", "CPM", "sensitivity", "curve",
@@ -99,13 +112,15 @@ def froc(truth: dict, dets: dict, iou: float = 0.4, rates=FP_RATES, ignore: dict
     n_images = max(len(truth), 1)
     ignore = ignore or {}
     out = {"rates": list(rates), "per_class": {}, "images": len(truth)}
-    (best, g_cls, _), (fp_score, fp_cls, _) = lesion_scores(truth, ignore, dets, iou, False)
+    (best, g_cls, _), (fp_score, fp_cls, _) = lesion_scores(
+        truth, ignore, dets, iou, False, no_finding
+    )
     for c in np.unique(g_cls):
         curve = froc_curve(best[g_cls == c], fp_score[fp_cls == c], n_images)
         s = sensitivity_at(*curve, rates)
         lesions = int((g_cls == c).sum())
         out["per_class"][int(c)] = {"CPM": float(np.mean(s)), "sensitivity": s, "lesions": lesions}
-    (best, _, _), (fp_score, _, _) = lesion_scores(truth, ignore, dets, iou, agnostic=True)
+    (best, _, _), (fp_score, _, _) = lesion_scores(truth, ignore, dets, iou, True, no_finding)
     out["lesions"] = len(best)
     if not len(best):
         return {**out, "CPM": float("nan"), "sensitivity": [], "curve": ([], [])}

@@ -15,7 +15,7 @@ import pandas as pd
 
 from cxrdet.data.boxes import pair_ious
 from cxrdet.data.fusion import fuse_readers
-from cxrdet.data.labels import BOX_COLUMNS, NO_FINDING, ground_truth
+from cxrdet.data.labels import BOX_COLUMNS, ground_truth, is_no_finding
 
 TRUTHS = ("fused", "agreement")
 LESION_FUSION = "wbf"  # how readers' boxes become lesions when the scored truth is unfused
@@ -43,7 +43,7 @@ def lesion_truth(
             "truth=agreement counts the readers of each lesion: the labels have no rad_id column"
         )
     readers = readers_per_lesion(labels, fused, fusion_iou)
-    agreed = (fused["class_id"] == NO_FINDING) | (readers >= 2)
+    agreed = is_no_finding(fused) | (readers >= 2)
     return ground_truth(fused[agreed], image_ids), {
         **empty,
         **ground_truth(fused[~agreed], sorted(set(fused.loc[~agreed, "image_id"]))),
@@ -54,7 +54,7 @@ def readers_per_lesion(labels: pd.DataFrame, fused: pd.DataFrame, iou: float) ->
     """For each fused row, how many distinct readers marked a box of its class on its image
     overlapping it at ``iou`` (0 for "No finding" rows)."""
     counts = np.zeros(len(fused), np.int64)
-    marks = labels[labels["class_id"] != NO_FINDING].groupby(["image_id", "class_id"])
+    marks = labels[~is_no_finding(labels)].groupby(["image_id", "class_id"])
     groups = {key: rows for key, rows in marks}
     for k, (image_id, class_id, box) in enumerate(
         zip(fused["image_id"], fused["class_id"], fused[BOX_COLUMNS].to_numpy(np.float64))

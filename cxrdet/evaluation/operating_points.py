@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrdet.data.labels import NO_FINDING  # kaggle14's: the default of no_finding
 from cxrdet.evaluation.bootstrap import (
     RESAMPLES,
     image_weights,
@@ -37,12 +38,16 @@ def reader_point(found: np.ndarray, lesion_image, fp_image, weights: np.ndarray)
     return sens, weights[:, fp_image].sum(axis=1, dtype=np.float64) / weights.shape[1]
 
 
-def compare(truth: dict, marks: dict, dets: dict, iou: float, resamples: int, seed: int):
+def compare(
+    truth: dict, marks: dict, dets: dict, iou: float, resamples: int, seed: int, no_finding: int
+):
     """The reader's point and the model at the reader's FP rate on ``truth`` (lesions; the
     class-agnostic pool when ``truth``'s classes are all the same class as the marks')."""
     ids = list(truth)
-    (human, _, human_image), (_, _, human_fp) = lesion_scores(truth, {}, marks, iou, True)
-    (best, _, image), (fp, _, fp_image) = lesion_scores(truth, {}, dets, iou, True)
+    (human, _, human_image), (_, _, human_fp) = lesion_scores(
+        truth, {}, marks, iou, True, no_finding
+    )
+    (best, _, image), (fp, _, fp_image) = lesion_scores(truth, {}, dets, iou, True, no_finding)
     if not len(best):
         return None
     found = np.isfinite(human).astype(np.float64)
@@ -75,15 +80,21 @@ def one_class(table: dict, c: int) -> dict:
 
 
 def operating_points(
-    sets: dict, dets: dict, iou: float = 0.4, resamples: int = RESAMPLES, seed: int = 0
+    sets: dict,
+    dets: dict,
+    iou: float = 0.4,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    no_finding: int = NO_FINDING,
 ) -> dict:
     """``{"readers": [{"reader", ...compare's keys}], "per_class": {class id: {...}}}`` (see
-    the module docstring); ``sets``: :func:`cxrdet.evaluation.readers.leave_one_out`'s."""
+    the module docstring); ``sets``: :func:`cxrdet.evaluation.readers.leave_one_out`'s;
+    ``no_finding``: the class set's "No finding" id."""
     out = {"readers": [], "per_class": {}}
     pooled_truth, pooled_marks, pooled_dets = {}, {}, {}
     for reader, (truth, marks) in sets.items():
         model = {i: dets.get(i, EMPTY) for i in truth}
-        row = compare(truth, marks, model, iou, resamples, seed)
+        row = compare(truth, marks, model, iou, resamples, seed, no_finding)
         if row is not None:
             out["readers"].append({"reader": reader, **row})
         for i in truth:
@@ -99,6 +110,7 @@ def operating_points(
             iou,
             resamples,
             seed,
+            no_finding,
         )
         if row is not None:
             out["per_class"][c] = row

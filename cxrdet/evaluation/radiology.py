@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.evaluation.bootstrap import bootstrap_cpm, ci_text, image_weights, interval
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES, error_breakdown
 from cxrdet.evaluation.froc import froc, lesion_scores
@@ -40,8 +40,10 @@ def radiology_scores(
     truth: str = "fused",
     resamples: int = 0,
     seed: int = 0,
+    classes: ClassSet = KAGGLE14,
 ) -> dict:
-    """The chosen metrics: ``{"readers", "froc", "errors"}`` (those asked for).
+    """The chosen metrics: ``{"readers", "froc", "errors"}`` (those asked for), each with its
+    ``class_names`` (by id, for the tables).
 
     Args:
         gt, dets: the scored ground truth and submission (original pixels, class 14 included).
@@ -55,26 +57,35 @@ def radiology_scores(
             others ignored by FROC).
         resamples, seed: bootstrap resamples of the images (0: none) for FROC's ``CPM_ci``
             and the readers' operating points' verdicts (:mod:`cxrdet.evaluation.bootstrap`).
+        classes: the class set of the ids.
     """
+    no_finding = classes.no_finding
     out = {}
     if readers:
         if labels is None:
             raise ValueError("the readers' baseline needs the labels before fusion")
         sets = leave_one_out(labels, fusion, fusion_iou)
-        out["readers"] = readers_baseline(sets, dets, iou)
+        out["readers"] = readers_baseline(sets, dets, iou, classes)
         out["readers"]["rad_id_missing"] = bool(labels["rad_id"].isna().all())
-        out["readers"]["operating_points"] = operating_points(sets, dets, iou, resamples, seed)
+        out["readers"]["operating_points"] = operating_points(
+            sets, dets, iou, resamples, seed, no_finding
+        )
     lesions, ignore = gt, {}
     if labels is not None and (froc_ or errors):
         lesions, ignore = lesion_truth(labels, list(gt), fusion, fusion_iou, truth)
     if froc_:
-        out["froc"] = {**froc(lesions, dets, iou, ignore=ignore), "truth": truth}
+        found = froc(lesions, dets, iou, ignore=ignore, no_finding=no_finding)
+        out["froc"] = {**found, "truth": truth}
         if resamples:
-            (best, _, image), (fp, _, fp_image) = lesion_scores(lesions, ignore, dets, iou, True)
+            (best, _, image), (fp, _, fp_image) = lesion_scores(
+                lesions, ignore, dets, iou, True, no_finding
+            )
             weights = image_weights(len(lesions), resamples, seed)
             out["froc"]["CPM_ci"] = interval(bootstrap_cpm(best, image, fp, fp_image, weights))
     if errors:
         out["errors"] = error_breakdown(lesions, dets, iou)
+    for result in out.values():
+        result["class_names"] = classes.names
     return out
 
 
@@ -115,15 +126,16 @@ def readers_table(r: dict) -> list[str]:
     lines.append(f"  {'class (AP at IoU 0.4)':<24s} {'readers':>12s} {'model':>11s}")
     for c, (human, model) in sorted(r["per_class"].items()):
         mark = "  model >= readers" if matches_readers(human, model) else ""
-        lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s} {fmt(human):>12s} {fmt(model):>11s}{mark}")
+        name = r["class_names"][c]
+        lines.append(f"  {c:2d} {name:<21s} {fmt(human):>12s} {fmt(model):>11s}{mark}")
     lines.append(
         "  (a reader's AP is one tied block, every mark at score 1: precision x recall, another "
         "construct than the model's ranked AP; the operating points below compare like with like)"
     )
-    return lines + operating_points_table(r.get("operating_points"))
+    return lines + operating_points_table(r.get("operating_points"), r["class_names"])
 
 
-def operating_points_table(points: dict | None) -> list[str]:
+def operating_points_table(points: dict | None, names: list[str]) -> list[str]:
     """Each reader's (sensitivity, FPs per image) on their leave-one-out lesions beside the
     model's sensitivity at that FP rate, and the paired verdict."""
     if not points or not (points["readers"] or points["per_class"]):
@@ -135,7 +147,7 @@ def operating_points_table(points: dict | None) -> list[str]:
         f"  {'':24s} {'lesions':>7s} {'FP/image':>9s} {'reader':>7s} {'model':>7s}  verdict",
     ]
     rows = [(f"reader {p['reader']}", p) for p in points["readers"]]
-    rows += [(f"{c:2d} {CLASS_NAMES[c]}", p) for c, p in sorted(points["per_class"].items())]
+    rows += [(f"{c:2d} {names[c]}", p) for c, p in sorted(points["per_class"].items())]
     for name, p in rows:
         verdict = p["verdict"] or "-"
         ci = ci_text(p["difference_ci"]) if p["verdict"] else ""
@@ -162,7 +174,8 @@ def froc_table(r: dict) -> list[str]:
     for c, v in sorted(r["per_class"].items()):
         values = "".join(f"{s:7.3f}" for s in v["sensitivity"])
         lines.append(
-            f"  {c:2d} {CLASS_NAMES[c]:<21s}{values}  {v['CPM']:.3f}  {v.get('lesions', ''):>7}"
+            f"  {c:2d} {r['class_names'][c]:<21s}{values}  {v['CPM']:.3f}"
+            f"  {v.get('lesions', ''):>7}"
         )
     return lines
 
@@ -188,7 +201,7 @@ def errors_table(r: dict) -> list[str]:
     classes = sorted({c for t in ERROR_TYPES for c in r["counts"][t]})
     for c in classes:
         cells = "".join(f"{error_cell(r, t, c):>13s}" for t in ERROR_TYPES)
-        lines.append(f"  {c:2d} {CLASS_NAMES[c]:<21s}{cells}")
+        lines.append(f"  {c:2d} {r['class_names'][c]:<21s}{cells}")
     return lines
 
 

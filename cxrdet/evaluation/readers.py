@@ -22,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.data.fusion import fuse_readers
-from cxrdet.data.labels import BOX_COLUMNS, NO_FINDING, NO_FINDING_BOX, ground_truth
+from cxrdet.data.labels import BOX_COLUMNS, NO_FINDING_BOX, ground_truth, is_no_finding
 from cxrdet.evaluation.competition import competition_map, match_detections
 from cxrdet.evaluation.evaluator import score_predictions
 
@@ -33,9 +34,9 @@ EMPTY = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
 def reader_marks(rows: pd.DataFrame) -> tuple:
     """One reader's rows of one image as a submission line: findings at score 1, or the
     "No finding" box when there is none."""
-    finding = rows[rows["class_id"] != NO_FINDING]
-    if finding.empty:
-        return NO_FINDING_BOX[None, :].copy(), np.ones(1), np.array([NO_FINDING])
+    finding = rows[~is_no_finding(rows)]
+    if finding.empty:  # every row is "No finding": its set's id
+        return NO_FINDING_BOX[None, :].copy(), np.ones(1), rows["class_id"].to_numpy()[:1]
     boxes = finding[BOX_COLUMNS].to_numpy(np.float64)
     return boxes, np.ones(len(boxes)), finding["class_id"].to_numpy(np.int64)
 
@@ -56,11 +57,11 @@ def leave_one_out(labels: pd.DataFrame, fusion: str = "wbf", fusion_iou: float =
     return out
 
 
-def scored(gt: dict, dets: dict, iou: float) -> dict:
+def scored(gt: dict, dets: dict, iou: float, classes: ClassSet = KAGGLE14) -> dict:
     """:func:`score_predictions`, AP40 nan without a finding in ``gt`` (a reader whose
     colleagues saw only normal images) instead of a warning per reader."""
-    if any((classes != NO_FINDING).any() for _, classes in gt.values()):
-        return score_predictions(gt, dets, iou)
+    if any((c != classes.no_finding).any() for _, c in gt.values()):
+        return score_predictions(gt, dets, iou, classes=classes)
     competition = competition_map(gt, dets, iou)
     return {
         "mAP40": competition["mAP"],
@@ -92,12 +93,15 @@ def weighted(values: list[float], weights: list[int]) -> float:
     return float(np.average(v[ok], weights=w[ok])) if ok.any() else float("nan")
 
 
-def readers_baseline(sets: dict, dets: dict, iou: float = 0.4) -> dict:
+def readers_baseline(
+    sets: dict, dets: dict, iou: float = 0.4, classes: ClassSet = KAGGLE14
+) -> dict:
     """Each reader and the model scored on the reader's leave-one-out test.
 
     Args:
         sets: :func:`leave_one_out`'s result.
         dets: the model's submission, image id → (boxes, scores, class ids), original pixels.
+        classes: the class set of the ids.
 
     Returns:
         ``{"readers": [{"reader", "images", "reader_mAP40", "model_mAP40", "reader_AP40",
@@ -108,7 +112,7 @@ def readers_baseline(sets: dict, dets: dict, iou: float = 0.4) -> dict:
     rows = []
     for reader, (gt, marks) in sets.items():
         human = tied_map(gt, marks, iou)
-        model = scored(gt, {i: dets.get(i, EMPTY) for i in gt}, iou)
+        model = scored(gt, {i: dets.get(i, EMPTY) for i in gt}, iou, classes)
         rows.append(
             {
                 "reader": reader,

@@ -4,16 +4,23 @@
         [--iou 0.4] [--fusion none|wbf|nms --fusion-iou 0.4] [--json]
         [--split valid20|kfold --fold K --seed S --val-fraction 0.2 --n-folds 5]
         [--coco-out DIR --meta META.csv] [--readers] [--froc] [--errors]
-        [--truth fused|agreement]
+        [--truth fused|agreement] [--classes kaggle14|local22]
+    cxrdet score --labels image_labels_test.csv --diagnoses diagnoses.csv
 
-LABELS is in train.csv format (boxes in original pixels); several readers are allowed and
-``--fusion`` merges them first (see cxrdet.data.fusion). Prints
+LABELS is Kaggle's train.csv or the VinDr-CXR release's annotations_train.csv /
+annotations_test.csv (boxes in original pixels; told apart by their columns). Their class ids
+(``--classes``: the file's own, Kaggle's 14 findings for train.csv, the release's 22 for its
+files; another is refused) are the submission's, "No finding" the last (14, or 22). Several
+readers are allowed and ``--fusion`` merges them first (see cxrdet.data.fusion); the release's
+test file is one reader, the consensus of five, scored as it is. With ``--diagnoses``, the
+release's image labels score a global6 classifier's diagnoses instead
+(:mod:`cxrdet.evaluation.diagnoses`). Prints
 
 - **mAP40**, the competition metric (cxrdet.evaluation.competition): VOC all-point AP per
-  class at IoU >= 0.4 over the 15 classes with ground truth, "No finding" scored as a
+  class at IoU >= 0.4 over the classes with ground truth, "No finding" scored as a
   ``0 0 1 1`` box (one per image whose readers found nothing);
 - **AP40**, the seed's metric: COCO-style 101-point AP at IoU 0.4, 100 detections per image,
-  over the findings 0..13 — the same code as ``val/AP40`` in training;
+  over the findings (0..13, or 0..21) — the same code as ``val/AP40`` in training;
 
 and a per-class table. ``--json`` prints one object:
 ``{"mAP40", "AP40", "per_class": {"<class id>": competition AP}, "images"}``.
@@ -44,8 +51,9 @@ import json
 import sys
 from pathlib import Path
 
+from cxrdet.data.classes import CLASS_SETS
 from cxrdet.data.fusion import FUSIONS, fuse_readers
-from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS, ground_truth, read_labels
+from cxrdet.data.labels import ground_truth, read_labels
 from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.evaluation.bootstrap import (
@@ -113,8 +121,12 @@ def score(
     truth: str = "fused",
     bootstrap: int = 0,
     bootstrap_seed: int = 0,
+    classes: str | None = None,
 ) -> dict:
     """Both metrics of a submission; see the module docstring.
+
+    ``classes`` (``kaggle14``, ``local22``; by default the labels file's own,
+    :func:`cxrdet.data.labels.read_labels`) sets the ids of the labels and of the submission.
 
     ``iou`` is the metric's threshold and ``fusion_iou`` the one at which ``fusion`` merges the
     readers' boxes (training's ``data.fusion_iou``). With ``split`` (``valid20`` or ``kfold``),
@@ -130,7 +142,8 @@ def score(
     """
     if coco_out and not meta_csv:
         raise ValueError("--coco-out needs --meta (the meta CSV with the original image sizes)")
-    labels, _ = read_labels(labels_csv)
+    labels, report = read_labels(labels_csv, classes)
+    class_set = report.classes
     all_labels = labels
     if split:
         _, val_ids = split_ids(labels, split, val_fraction, seed, fold, n_folds)
@@ -141,26 +154,28 @@ def score(
     labels = fuse_readers(labels, fusion, fusion_iou)
     image_ids = sorted(labels["image_id"].unique())
     try:
-        sub = read_submission(submission_csv, image_ids=image_ids)
+        sub = read_submission(submission_csv, image_ids=image_ids, classes=class_set)
     except SubmissionError as e:
         hint = None
         if split is None and Path(submission_csv).is_file():
             hint = split_hint(submission_csv, all_labels)
         raise SubmissionError(f"{e}{hint}" if hint else str(e)) from None
     gt = ground_truth(labels, image_ids)
-    result = score_predictions(gt, sub, iou=iou)
+    result = score_predictions(gt, sub, iou=iou, classes=class_set)
     if coco_out:
         meta = read_meta(meta_csv)
         missing = [i for i in image_ids if i not in meta.index]
         if missing:
             raise ValueError(f"{meta_csv}: no size for {len(missing)} image(s), e.g. {missing[0]}")
         sizes = {i: (int(meta.at[i, "dim0"]), int(meta.at[i, "dim1"])) for i in image_ids}
-        write_coco(gt, sub, sizes, coco_out)
+        write_coco(gt, sub, sizes, coco_out, class_set)
     weights = image_weights(len(gt), bootstrap, bootstrap_seed) if bootstrap else None
     map_ci = ap40_ci = None
     if weights is not None:
         map_ci = interval(bootstrap_map(match_detections(gt, sub, iou), weights))
-        matches = coco_matches(findings_only(gt), findings_only(sub), NUM_FINDINGS, iou)
+        matches = coco_matches(
+            findings_only(gt, class_set), findings_only(sub, class_set), class_set.num_findings, iou
+        )
         ap40_ci = interval(bootstrap_ap40(matches, weights))
     radiology = {}
     if readers or froc or errors:
@@ -177,6 +192,7 @@ def score(
             truth,
             bootstrap,
             bootstrap_seed,
+            class_set,
         )
     return {
         "radiology": radiology,
@@ -188,7 +204,21 @@ def score(
         "per_class": result["mAP40_per_class"],
         "AP40_per_class": result["AP40_per_class"],
         "images": result["images"],
+        "classes": class_set,
     }
+
+
+def main_diagnoses(a) -> int:
+    """``--diagnoses``: the 6 diagnoses' AUCs (:mod:`cxrdet.evaluation.diagnoses`)."""
+    from cxrdet.evaluation.diagnoses import diagnoses_table, score_diagnoses
+
+    try:
+        r = score_diagnoses(a.labels, a.diagnoses, a.bootstrap, a.bootstrap_seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(r) if a.json else "\n".join(diagnoses_table(r)))
+    return 0
 
 
 def recorded_split(submission_csv: str) -> dict:
@@ -208,10 +238,26 @@ def recorded_split(submission_csv: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="cxrdet score",
-        description="Score a Kaggle-format submission against train.csv-format labels.",
+        description="Score a Kaggle-format submission against train.csv-format labels, or the "
+        "VinDr-CXR release's annotations (its consensus test set: annotations_test.csv).",
     )
-    p.add_argument("--labels", required=True, help="ground truth in train.csv format")
-    p.add_argument("--submission", required=True, help="image_id,PredictionString CSV")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="ground truth: Kaggle's train.csv or the release's annotations_*.csv",
+    )
+    p.add_argument(
+        "--classes",
+        choices=list(CLASS_SETS),
+        help="the class set of the labels and the submission (default: the labels file's own: "
+        "kaggle14 for train.csv, local22 for the release)",
+    )
+    p.add_argument("--submission", help="image_id,PredictionString CSV")
+    p.add_argument(
+        "--diagnoses",
+        help="predict.py's diagnoses.csv (a global6 classifier's P(diagnosis)) scored instead of "
+        "a submission, against --labels image_labels_test.csv: AUC per diagnosis",
+    )
     p.add_argument("--iou", type=float, default=0.4, help="IoU threshold (default 0.4)")
     p.add_argument("--fusion", choices=FUSIONS, default="none", help="merge readers first")
     p.add_argument(
@@ -266,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         help="TIDE-style error breakdown and the mAP40 each error type costs",
     )
     a = p.parse_args(argv)
+    if bool(a.submission) == bool(a.diagnoses):
+        p.error("give --submission (boxes) or --diagnoses (the 6 diagnoses), one of them")
+    if a.diagnoses:
+        return main_diagnoses(a)
     try:
         if a.split == "from_checkpoint":
             split = recorded_split(a.submission)
@@ -290,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             truth=a.truth,
             bootstrap=a.bootstrap,
             bootstrap_seed=a.bootstrap_seed,
+            classes=a.classes,
         )
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -312,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"mAP40 {r['mAP40']:.4f}{ci_text(r['mAP40_ci'])} (competition)   AP40 {r['AP40']:.4f}"
-        f"{ci_text(r['AP40_ci'])} (COCO-style, 0-13)   {r['images']} images"
+        f"{ci_text(r['AP40_ci'])} (COCO-style, 0-{r['classes'].num_findings - 1})   "
+        f"{r['images']} images ({r['classes'].name})"
     )
     if r["mAP40_ci"]:
         print(
@@ -323,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     for c, v in sorted(r["per_class"].items()):
         coco = r["AP40_per_class"].get(c)
         coco_text = f"{coco:7.4f}" if coco is not None else f"{'-':>7s}"
-        print(f"  {c:2d} {CLASS_NAMES[c]:<21s} {v:7.4f} {coco_text}")
+        print(f"  {c:2d} {r['classes'].names[c]:<21s} {v:7.4f} {coco_text}")
     tables = {"readers": readers_table, "froc": froc_table, "errors": errors_table}
     for key, table in tables.items():
         if key in r["radiology"]:

@@ -1,5 +1,6 @@
 """The Kaggle submission format: ``image_id,PredictionString`` with
-``class score x_min y_min x_max y_max ...`` in original pixels; nothing found → ``14 1 0 0 1 1``."""
+``class score x_min y_min x_max y_max ...`` in original pixels; nothing found → ``14 1 0 0 1 1``
+(the class set's "No finding" id: ``22 1 0 0 1 1`` with ``local22``)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,30 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import Content, clip, to_original, valid
+from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.data.csv_format import separator_note
-from cxrdet.data.labels import NO_FINDING
 from cxrdet.evaluation.nofinding import Prediction, no_finding_as_image_label
 
-EMPTY_PREDICTION = f"{NO_FINDING} 1 0 0 1 1"
+
+def empty_prediction(classes: ClassSet = KAGGLE14) -> str:
+    """An image with nothing found: "No finding" at score 1."""
+    return f"{classes.no_finding} 1 0 0 1 1"
+
+
+EMPTY_PREDICTION = empty_prediction(KAGGLE14)
 
 
 class SubmissionError(ValueError):
     """A malformed submission; the message names the file, row and reason."""
 
 
-def format_prediction(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> str:
-    """One PredictionString, highest score first; an empty set becomes ``14 1 0 0 1 1``."""
+def format_prediction(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, class_set: ClassSet = KAGGLE14
+) -> str:
+    """One PredictionString, highest score first; an empty set becomes ``14 1 0 0 1 1``
+    (:func:`empty_prediction` of ``class_set``)."""
     if len(scores) == 0:
-        return EMPTY_PREDICTION
+        return empty_prediction(class_set)
     order = np.argsort(-np.asarray(scores), kind="stable")
     parts = []
     for i in order:
@@ -35,14 +45,19 @@ def format_prediction(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
     return " ".join(parts)
 
 
-def as_read_back(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray):
+def as_read_back(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, class_set: ClassSet = KAGGLE14
+):
     """A prediction exactly as the scorer reads it from a submission: 4-decimal scores, 0.1-px
     boxes, highest score first (formatted, then parsed)."""
-    return parse_prediction(format_prediction(boxes, scores, classes))
+    return parse_prediction(format_prediction(boxes, scores, classes, class_set), class_set)
 
 
-def parse_prediction(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PredictionString → (boxes [N, 4], scores [N], classes [N]); raises ValueError with why."""
+def parse_prediction(
+    text: str, class_set: ClassSet = KAGGLE14
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PredictionString → (boxes [N, 4], scores [N], classes [N]), class ids of ``class_set``;
+    raises ValueError with why."""
     tokens = str(text).split() if isinstance(text, str) else []
     if not tokens or len(tokens) % 6:
         raise ValueError(f"{len(tokens)} tokens, expected a positive multiple of 6")
@@ -52,8 +67,11 @@ def parse_prediction(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"non-numeric token ({e})") from None
     classes, scores, boxes = values[:, 0], values[:, 1], values[:, 2:]
     for k, (c, s, b) in enumerate(zip(classes, scores, boxes)):
-        if c != int(c) or not 0 <= c <= NO_FINDING:
-            raise ValueError(f"prediction {k + 1}: class {c:g} outside 0..14")
+        if c != int(c) or not 0 <= c <= class_set.no_finding:
+            raise ValueError(
+                f"prediction {k + 1}: class {c:g} outside 0..{class_set.no_finding} "
+                f"({class_set.name})"
+            )
         if not 0.0 <= s <= 1.0:
             raise ValueError(f"prediction {k + 1}: score {s:g} outside [0, 1]")
         if b[0] >= b[2] or b[1] >= b[3]:
@@ -63,12 +81,13 @@ def parse_prediction(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return boxes, scores, classes.astype(np.int64)
 
 
-def read_submission(path: str | Path, image_ids=None) -> dict:
+def read_submission(path: str | Path, image_ids=None, classes: ClassSet = KAGGLE14) -> dict:
     """Read and validate a submission; returns image id → (boxes, scores, classes).
 
     Args:
         path: the CSV.
         image_ids: when given, the ids that must appear exactly once (no more, no fewer).
+        classes: the class set its ids are of.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,7 +103,7 @@ def read_submission(path: str | Path, image_ids=None) -> dict:
         if image_id in out:
             raise SubmissionError(f"{path}, line {row}: image_id {image_id} appears twice")
         try:
-            out[image_id] = parse_prediction(text)
+            out[image_id] = parse_prediction(text, classes)
         except ValueError as e:
             raise SubmissionError(f"{path}, line {row} ({image_id}): {e}") from None
     if image_ids is not None:
@@ -143,7 +162,11 @@ def predictions_of(outputs: list[dict]) -> list[Prediction]:
 
 
 def to_original_prediction(
-    pred: Prediction, orig_hw, image_hw, content: Content | None = None
+    pred: Prediction,
+    orig_hw,
+    image_hw,
+    content: Content | None = None,
+    no_finding: int = KAGGLE14.no_finding,
 ) -> Prediction:
     """A prediction on a prepared image as the submission writes it: boxes mapped back to
     original pixels and clipped to the image; a box that ends up under a pixel (one lying in
@@ -154,6 +177,6 @@ def to_original_prediction(
     """
     boxes, scores, classes = pred
     boxes = clip(to_original(boxes, orig_hw, image_hw, content), orig_hw)
-    boxes, scores, classes = no_finding_as_image_label(boxes, scores, classes)
+    boxes, scores, classes = no_finding_as_image_label(boxes, scores, classes, no_finding)
     keep = valid(boxes)
     return boxes[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from cxrdet.data.classes import KAGGLE14
 from cxrdet.data.config import fold_index
 from cxrdet.data.dataset import ImageDataset
 from cxrdet.data.fusion import fuse_readers
@@ -76,7 +77,7 @@ def cross_validate_classifier(
     out.mkdir(exist_ok=True)
     runs = fold_runs(sweep_dir)
     data = runs[0][1].data
-    labels, _ = read_labels(data.labels_csv)
+    labels, report = read_labels(data.labels_csv, data.get("classes"))
     normal = normal_image_ids(labels)
     dev = pick_device(device)
     precision = choose_precision(precision, dev.type, "--precision", dev.index)
@@ -105,8 +106,9 @@ def cross_validate_classifier(
         check_same_folds(runs, detector_runs, "classifier", "detector")
         gt = fused_truth(labels, sorted(probs), detector_runs[0][1].data)
         class14 = bool(detector_runs[0][1].data.get("use_class14", False))
-        sub = read_detector_oof(detector_oof, probs)
-        search = filter_search(sub, probs, gt, fold_of, class14)
+        sub = read_detector_oof(detector_oof, probs, report.classes)
+        no_finding = report.classes.no_finding
+        search = filter_search(sub, probs, gt, fold_of, class14, no_finding=no_finding)
         result["oof"].update(search)
         if search["recommended"]:
             command += f" nofinding.low={search['low']} nofinding.high={search['high']}"
@@ -136,7 +138,7 @@ def validation_auc(run: Path, device: str = "cpu", trust: bool = False) -> dict:
     s = split_of(d)
     if s is None:
         raise ValueError(f"{ckpt}: made before checkpoints recorded their data and split")
-    labels, _ = read_labels(s.labels_csv)
+    labels, _ = read_labels(s.labels_csv, d.get("classes"))
     _, ids = split_ids(labels, s.mode, s.val_fraction, s.seed, s.fold, s.n_folds)
     dev = pick_device(device)
     classifiers = load_classifiers(str(ckpt), dev, trust, "--trust")
@@ -169,9 +171,10 @@ def fused_truth(labels, ids: list[str], detector_data) -> dict:
     return ground_truth(ours, ids)
 
 
-def read_detector_oof(path: str, probs: dict) -> dict:
-    """The detector's out-of-fold submission, for every image the classifiers scored."""
-    sub = read_submission(path)
+def read_detector_oof(path: str, probs: dict, classes=KAGGLE14) -> dict:
+    """The detector's out-of-fold submission (ids of ``classes``), for every image the
+    classifiers scored."""
+    sub = read_submission(path, classes=classes)
     missing = [i for i in probs if i not in sub]
     if missing:
         raise ValueError(f"{path}: no prediction for {len(missing)} image(s), e.g. {missing[0]}")
@@ -179,19 +182,28 @@ def read_detector_oof(path: str, probs: dict) -> dict:
 
 
 def filter_search(
-    sub: dict, probs: dict, gt: dict, fold_of: dict, class14_head: bool = False, seed: int = 0
+    sub: dict,
+    probs: dict,
+    gt: dict,
+    fold_of: dict,
+    class14_head: bool = False,
+    seed: int = 0,
+    no_finding: int = KAGGLE14.no_finding,
 ) -> dict:
     """The detector's out-of-fold mAP40 without the filter and with it at each pair of the
     grid, each image's row as ``predict.py`` would write it (:func:`nofinding_filter` on
     :func:`filter_input`: ``class14_head``, whether the detector scores class 14 itself); the
     pair chosen out of sample per fold, the pair best on all folds, the grid's top five, and
     whether to use the filter at all: only when the held-out gain's paired 95 % bootstrap
-    interval lies above 0 (``recommended``)."""
+    interval lies above 0 (``recommended``); ``no_finding``: the class set's "No finding"
+    id."""
     ids = sorted(probs)
-    source = {i: filter_input(sub[i], class14_head) for i in ids}
+    source = {i: filter_input(sub[i], class14_head, no_finding) for i in ids}
 
     def filtered(i: str, pair) -> tuple:
-        return sub[i] if pair is None else nofinding_filter(source[i], probs[i], *pair)
+        if pair is None:
+            return sub[i]
+        return nofinding_filter(source[i], probs[i], *pair, no_finding=no_finding)
 
     def score(subset: list[str], pair=None) -> float:
         dets = {i: filtered(i, pair) for i in subset}

@@ -38,7 +38,7 @@ import pandas as pd
 
 from cxrdet.data.config import fold_index
 from cxrdet.data.datamodule import worker_count
-from cxrdet.data.labels import CLASS_NAMES, read_labels
+from cxrdet.data.labels import read_labels
 from cxrdet.evaluation.bootstrap import ci_text, difference_text
 from cxrdet.evaluation.score import score
 from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
@@ -69,7 +69,8 @@ def cross_validate(
     folds, raw, ranked, ckpts = [], {}, {}, []
     runs = fold_runs(sweep_dir)
     data = runs[0][1].data
-    labels, _ = read_labels(data.labels_csv)
+    labels, report = read_labels(data.labels_csv, data.get("classes"))
+    classes = report.classes
     for run, cfg in runs:
         d = cfg.data
         ckpt = checkpoint_of(run, trust)
@@ -101,7 +102,12 @@ def cross_validate(
             "n_folds": d.n_folds,
         }
         r = score(
-            d.labels_csv, str(fold_csv), fusion=d.val_fusion, fusion_iou=d.fusion_iou, **split
+            d.labels_csv,
+            str(fold_csv),
+            fusion=d.val_fusion,
+            fusion_iou=d.fusion_iou,
+            classes=classes,
+            **split,
         )
         folds.append(
             {
@@ -113,9 +119,10 @@ def cross_validate(
                 "mAP40": r["mAP40"],
             }
         )
-        predictions = read_submission(fold_csv)
+        predictions = read_submission(fold_csv, classes=classes)
         raw.update(_rows(fold_csv))
-        ranked.update({i: format_prediction(*p) for i, p in rank_calibrated(predictions).items()})
+        calibrated = rank_calibrated(predictions).items()
+        ranked.update({i: format_prediction(*p, classes) for i, p in calibrated})
         ckpts.append(str(ckpt))
     pooled = {}
     for name, rows in (("none", raw), ("rank", ranked)):
@@ -126,6 +133,7 @@ def cross_validate(
             fusion=data.val_fusion,
             fusion_iou=data.fusion_iou,
             image_ids=list(rows),  # the images the folds predicted (all, when every fold ran)
+            classes=classes,
         )
     oof_csv = out / "oof_submission.csv"
     os.replace(out / f"oof_submission_{calibrate}.csv", oof_csv)
@@ -133,6 +141,7 @@ def cross_validate(
     chosen = pooled[calibrate]
     oof = {k: chosen[k] for k in ("AP40", "mAP40", "images", "per_class", "AP40_per_class")}
     oof.update(
+        class_names=classes.names,
         calibrate=calibrate,
         mAP40_uncalibrated=pooled["none"]["mAP40"],
         mAP40_rank=pooled["rank"]["mAP40"],
@@ -234,7 +243,8 @@ def print_detector(r: dict) -> None:
     for c, v in sorted(oof["per_class"].items()):
         coco = oof["AP40_per_class"].get(c)
         print(
-            f"  {c:2d} {CLASS_NAMES[c]:<21s} {v:7.4f} {'-' if coco is None else f'{coco:.4f}':>7s}"
+            f"  {c:2d} {oof['class_names'][c]:<21s} {v:7.4f} "
+            f"{'-' if coco is None else f'{coco:.4f}':>7s}"
         )
     print(f"\nout-of-fold predictions: {r['oof_submission']}")
     print(f"ensemble the folds:\n  {r['command']}")

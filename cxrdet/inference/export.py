@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrdet.data.classes import NO_FINDING_NAME
 from cxrdet.data.dataset import load_png
-from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.inference.exported import load_exported
 from cxrdet.models.module import load_detector
 from cxrdet.models.safe_load import TRUST_HELP
@@ -71,7 +71,8 @@ def export(
     model = GreyImageDetector(module.model.eval()).eval()
     info = {
         "prepared_size": int(module.hparams.model.get("image_size", size)),
-        "class14": len(module.class_names) > NUM_FINDINGS,  # "No finding" scored by the head
+        "class14": NO_FINDING_NAME in module.class_names,  # "No finding" scored by the head
+        "classes": module.classes.name,  # kaggle14 | local22: the ids it writes
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

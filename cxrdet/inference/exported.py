@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrdet.data.classes import class_set
 from cxrdet.data.dataset import grey_pixels
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,12 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu"):
 
 def export_info(recorded: dict) -> dict:
     """What ``cxrdet export`` records in the file: the prepared size its checkpoint trained on
-    (512 if absent) and whether it scores "No finding" as a class (no, for older files)."""
+    (512 if absent), whether it scores "No finding" as a class (no, for older files) and its
+    class set (Kaggle's for older files)."""
     return {
         "prepared_size": int(recorded.get("prepared_size", 512)),
         "class14": str(recorded.get("class14", False)).lower() in ("true", "1"),
+        "classes": class_set(recorded.get("classes")),
     }
 
 
@@ -120,6 +123,7 @@ class ExportedDetector:
     ):
         self.run, info = load_exported(path, device)
         self.prepared_size, self.class14 = info["prepared_size"], info["class14"]
+        self.classes = info["classes"]
         self.score_thresh = score_thresh
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict]:

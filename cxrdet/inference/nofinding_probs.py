@@ -1,6 +1,8 @@
 """P(abnormal) for the "No finding" filter: computed in the prediction run from classifier
 checkpoints (``predict.py nofinding.ckpt_path=``), or read from a CSV (``nofinding.probs=``).
-Either way the submission's folder gets them as ``nofinding_probs.csv``."""
+Either way the submission's folder gets them as ``nofinding_probs.csv``; classifiers of the
+release's 6 diagnoses (``model.targets=global6``) also give ``diagnoses.csv`` there
+(:func:`predict_diagnoses`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from cxrdet.data.classes import GLOBAL6
 from cxrdet.data.dataset import prediction_loader
 from cxrdet.models.precision import autocast
 
@@ -64,6 +67,30 @@ def batch_probs(classifiers, images: list[torch.Tensor], tta: str = "none") -> l
     views = [batch, batch.flip(-1)] if tta == "hflip" else [batch]
     p = torch.stack([torch.sigmoid(c(view)).float() for c in classifiers for view in views])
     return p.mean(0).cpu().tolist()
+
+
+def diagnosis_classifiers(classifiers) -> list:
+    """The classifiers that learned the release's 6 diagnoses (``model.targets=global6``)."""
+    return [c for c in classifiers or [] if getattr(c, "targets", "nofinding") == "global6"]
+
+
+@torch.inference_mode()
+def predict_diagnoses(
+    classifiers, dataset, device, batch_size: int = 4, num_workers: int = 0, precision="32-true"
+) -> pd.DataFrame:
+    """Each readable image's mean P(diagnosis) over ``classifiers`` (global6 ones):
+    ``image_id`` and one column per diagnosis of :data:`cxrdet.data.classes.GLOBAL6`."""
+    device = torch.device(device)
+    loader = prediction_loader(dataset, batch_size, num_workers, device)
+    rows = []
+    for images, infos in loader:
+        batch = [im.to(device) for im in images]
+        with autocast(device, precision):
+            p = torch.stack([torch.sigmoid(c.logits(batch)).float() for c in classifiers])
+        for info, values in zip(infos, p.mean(0).cpu().tolist()):
+            if not info.get("error"):
+                rows.append([info["image_id"], *values])
+    return pd.DataFrame(rows, columns=["image_id", *GLOBAL6])
 
 
 @torch.inference_mode()

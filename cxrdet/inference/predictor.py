@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cxrdet.data.boxes import to_prepared
+from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.data.datamodule import worker_count
 from cxrdet.data.dataset import (
     DicomDataset,
@@ -28,10 +29,9 @@ from cxrdet.data.dataset import (
     load_png,
     prediction_loader,
 )
-from cxrdet.data.labels import NUM_FINDINGS
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
-    EMPTY_PREDICTION,
+    empty_prediction,
     format_prediction,
     predictions_of,
     read_submission,
@@ -43,7 +43,9 @@ from cxrdet.inference.exported import ExportedDetector, load_exported
 from cxrdet.inference.nofinding_probs import (
     batch_probs,
     check_tta,
+    diagnosis_classifiers,
     load_classifiers,
+    predict_diagnoses,
     read_probs,
     write_probs,
 )
@@ -54,14 +56,26 @@ from cxrdet.reports.draw import draw_boxes
 
 log = logging.getLogger(__name__)
 PROBS_CSV = "nofinding_probs.csv"  # the filter's P(abnormal), written beside the submission
+DIAGNOSES_CSV = "diagnoses.csv"  # global6 classifiers' P(diagnosis), beside the submission
 
 
 def has_class14_head(model) -> bool:
     """Whether a detector (torchvision's, or an exported file) was trained with "No finding"
-    as a class: its box head has 14 findings + class 14 + background."""
+    as a class: its box head has the findings + "No finding" + background."""
     if hasattr(model, "roi_heads"):
-        return model.roi_heads.box_predictor.cls_score.out_features > NUM_FINDINGS + 1
+        findings = getattr(model, "classes", KAGGLE14).num_findings
+        return model.roi_heads.box_predictor.cls_score.out_features > findings + 1
     return bool(getattr(model, "class14", False))
+
+
+def class_set_of(models) -> ClassSet:
+    """The class set the detectors write ids of (``load_models`` and an exported file record
+    it; Kaggle's for a model without one); an ensemble of different sets is refused."""
+    sets = {getattr(m, "classes", KAGGLE14) for m in models}
+    if len(sets) > 1:
+        names = ", ".join(sorted(s.name for s in sets))
+        raise ValueError(f"the detectors were trained on different class sets ({names})")
+    return sets.pop() if sets else KAGGLE14
 
 
 def trained_size(ckpt_path, model_file: str | None, trust: bool = False) -> int:
@@ -117,6 +131,7 @@ def load_models(
     for path in ckpt_paths:
         module = load_detector(path, trust, opt_in)
         model = module.model.to(device).eval()
+        model.classes = module.classes  # the ids it writes (class_set_of)
         if score_thresh is not None:
             model.roi_heads.score_thresh = score_thresh
         if max_detections is not None:
@@ -181,6 +196,7 @@ def predict_dataset(
     weights = list(o.weights) if o.weights else [1.0] * len(models)
     if len(weights) != len(models):
         raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
+    no_finding = class_set_of(models).no_finding
     loader = prediction_loader(dataset, o.batch_size, o.num_workers, device)
     device = torch.device(device)
     results, errors, probs = {}, {}, {}
@@ -211,15 +227,22 @@ def predict_dataset(
             )
             top = np.argsort(-scores, kind="stable")[: o.max_detections]
             results[image_id] = to_original_prediction(
-                (boxes[top], scores[top], classes[top]), info["orig_hw"], hw, info["content"]
+                (boxes[top], scores[top], classes[top]),
+                info["orig_hw"],
+                hw,
+                info["content"],
+                no_finding,
             )
             if on_result is not None:
                 on_result(image_id, results[image_id], probs.get(image_id))
     return results, errors, probs
 
 
-def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 0.3) -> None:
-    """The first ``n`` images with their predicted boxes (original-pixel boxes drawn to scale)."""
+def write_viz(
+    dataset, results: dict, out_dir: Path, n: int, min_score: float = 0.3, names=None
+) -> None:
+    """The first ``n`` images with their predicted boxes (original-pixel boxes drawn to scale);
+    ``names``: the class set's names by id."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for i in range(min(n, len(dataset))):
         image, info = dataset[i]
@@ -234,6 +257,7 @@ def write_viz(dataset, results: dict, out_dir: Path, n: int, min_score: float = 
             classes,
             scores,
             min_score,
+            names,
         )
         cv2.imwrite(str(out_dir / f"{info['image_id']}.png"), drawn)
 
@@ -287,14 +311,16 @@ def predict(
     if nofinding.ckpt_path:
         classifiers = load_classifiers(nofinding.ckpt_path, dev, cfg.trust_checkpoint, opt_in)
     class14 = any(has_class14_head(m) for m in models)  # the line's one source
+    classes = class_set_of(models)
+    no_finding, empty = classes.no_finding, empty_prediction(classes)
     rows = {}  # formatted in a thread of their own while the models run
 
     def row(pred, p_abnormal):
         if p_abnormal is not None:
-            pred = nofinding_filter(pred, p_abnormal, nofinding.low, nofinding.high)
+            pred = nofinding_filter(pred, p_abnormal, nofinding.low, nofinding.high, no_finding)
         elif cfg.nofinding_line:
-            pred = with_no_finding(*pred, class14_head=class14)
-        return format_prediction(*pred)
+            pred = with_no_finding(*pred, class14_head=class14, no_finding=no_finding)
+        return format_prediction(*pred, classes)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="submission") as writer:
@@ -323,18 +349,22 @@ def predict(
             classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
             on_result=on_result,
         )
-        rows = {i: EMPTY_PREDICTION if i in errors else rows[i].result() for i in dataset.ids}
+        rows = {i: empty if i in errors else rows[i].result() for i in dataset.ids}
     seconds = time.perf_counter() - start
     if classifiers:
         probs = classifier_probs
     for image_id, error in errors.items():
-        log.warning("%s: written as '%s': %s", image_id, EMPTY_PREDICTION, error)
+        log.warning("%s: written as '%s': %s", image_id, empty, error)
     path = write_submission(rows, cfg.output)
-    read_submission(path, image_ids=dataset.ids)  # the scorer's own checks, before "done"
+    read_submission(path, dataset.ids, classes)  # the scorer's own checks, before "done"
     if probs is not None:  # what the filter used, beside the submission
         write_probs({i: probs[i] for i in dataset.ids if i in probs}, path.with_name(PROBS_CSV))
+    diagnosing = diagnosis_classifiers(classifiers)
+    if diagnosing:  # the release's 6 diagnoses: cxrdet score --diagnoses scores them
+        diagnoses = predict_diagnoses(diagnosing, dataset, dev, cfg.batch_size, workers, precision)
+        diagnoses.to_csv(path.with_name(DIAGNOSES_CSV), index=False, float_format="%.6f")
     if cfg.viz:
-        write_viz(dataset, results, Path(path).parent / "viz", cfg.viz)
+        write_viz(dataset, results, Path(path).parent / "viz", cfg.viz, names=classes.names)
     summary = {
         "submission": str(path),
         "images": len(rows),
@@ -347,6 +377,7 @@ def predict(
         "device": str(dev),
         "precision": precision,
         "nofinding_classifiers": len(classifiers or []),
+        "classes": classes.name,  # the class set of the ids written
     }
     if image_ids is not None and cfg.split.mode:  # the held-out images: cxrdet score reads it
         summary["split"] = asdict(cfg.split)

@@ -12,18 +12,26 @@ module does (ImageNet mean and std on the grey image repeated over three channel
 training, ``predict.py``, ``cxrdet cv`` and every later use see what the pretrained weights
 expect. A checkpoint records the convention (``input_norm``); one made before it is loaded
 as it was trained (no normalisation), with a log line.
+
+With ``model.targets=global6`` it learns the VinDr-CXR release's 6 diagnoses instead (one
+sigmoid each, BCE; the readers' majority per image from ``data.global_labels``:
+:mod:`cxrdet.data.global_labels`); its "No finding" output stays the filter's input
+(P(abnormal) = 1 - P(No finding)), and validation logs ``val/AUC/<diagnosis>`` with ``val/AUC``
+their mean.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 from torchvision import models
 
+from cxrdet.data.classes import GLOBAL6, NO_FINDING_NAME
 from cxrdet.data.dataset import unit_float
 from cxrdet.models.module import read_checkpoint
 from cxrdet.models.schedule import lightning_optimizers
@@ -33,6 +41,7 @@ log = logging.getLogger(__name__)
 # What torchvision's ImageNet classifiers were trained on (their weights' transforms).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INPUT_NORMS = ("imagenet", "none")  # none: checkpoints made before the module normalised
+TARGETS = {"nofinding": 1, "global6": len(GLOBAL6)}  # model.targets → outputs
 # arch → (torchvision builder, its weights enum); ImageNet weights by name, e.g. IMAGENET1K_V1
 ARCHS = {
     "resnet18": (models.resnet18, models.ResNet18_Weights),
@@ -47,8 +56,9 @@ def build_classifier(
     weights: str | None = None,
     channels_last: bool = False,
     trust_weights: bool = False,
+    outputs: int = 1,
 ) -> nn.Module:
-    """A torchvision backbone with one output logit; ``weights`` a torchvision name of that
+    """A torchvision backbone with ``outputs`` logits; ``weights`` a torchvision name of that
     architecture (read from the cache, as for the detector: :mod:`cxrdet.models.weights`), a
     local file (one that needs full unpickling only with ``trust_weights``), or None (random
     init); ``channels_last``: its convolutions' weights in NHWC order (the GPU's tensor
@@ -60,9 +70,9 @@ def build_classifier(
     if not no_source(weights):
         load_weights(net, weights, weights_enum, "model.weights", trust_weights)
     if arch.startswith("resnet"):
-        net.fc = nn.Linear(net.fc.in_features, 1)
+        net.fc = nn.Linear(net.fc.in_features, outputs)
     else:  # EfficientNet and ConvNeXt end in a Sequential whose last layer is the Linear
-        net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, 1)
+        net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, outputs)
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
@@ -101,6 +111,8 @@ class NoFindingModule(pl.LightningModule):
         image_size: the side of the images it trains on (``data.image_size``), recorded in the
             checkpoint: images of another size (the detector's, in ``predict.py`` and
             ``cxrdet cv``) are resized to it first (bilinear, antialiased). None: as given.
+        targets: ``nofinding`` (P(a finding)) or ``global6`` (the release's 6 diagnoses; the
+            data module's targets carry them as ``diagnoses``).
         trust_weights: as :class:`cxrdet.models.module.DetectorModule`'s; not a hyper-parameter.
     """
 
@@ -121,13 +133,17 @@ class NoFindingModule(pl.LightningModule):
         high: float = 0.95,
         input_norm: str = "imagenet",
         image_size: int | None = None,
+        targets: str = "nofinding",
         trust_weights: bool = False,
     ):
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm={input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
+        if targets not in TARGETS:
+            raise ValueError(f"model.targets={targets!r}: expected one of {', '.join(TARGETS)}")
         self.save_hyperparameters(ignore=["trust_weights"])
-        self.net = build_classifier(**model, trust_weights=trust_weights)
+        self.net = build_classifier(**model, trust_weights=trust_weights, outputs=TARGETS[targets])
+        self.targets = targets
         norm = input_norm == "imagenet"
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if norm else ((0.0,) * 3, (1.0,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -136,8 +152,8 @@ class NoFindingModule(pl.LightningModule):
         self.val_probs: list[torch.Tensor] = []
         self.val_labels: list[torch.Tensor] = []
 
-    def forward(self, images) -> torch.Tensor:
-        """Logits of P(abnormal), one per image (a batch of same-sized images: uint8 as the
+    def logits(self, images) -> torch.Tensor:
+        """Every output's logits, [N, outputs] (a batch of same-sized images: uint8 as the
         loader ships them, or float in [0, 1]); grey images are expanded to three channels."""
         x = unit_float(torch.stack(list(images)))
         size = self.hparams.get("image_size")
@@ -145,39 +161,65 @@ class NoFindingModule(pl.LightningModule):
             x = nn.functional.interpolate(
                 x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        return self.net((x - self.mean) / self.std).squeeze(1)
+        return self.net((x - self.mean) / self.std)
 
-    @staticmethod
-    def labels(targets) -> torch.Tensor:
-        """1 for an image some reader marked a finding on, 0 for a normal image."""
+    def forward(self, images) -> torch.Tensor:
+        """Logits of P(abnormal), one per image: the one output, or with ``global6`` minus
+        the "No finding" diagnosis' logit (sigmoid(-x) = 1 - sigmoid(x))."""
+        logits = self.logits(images)
+        if self.targets == "global6":
+            return -logits[:, GLOBAL6.index(NO_FINDING_NAME)]
+        return logits.squeeze(1)
+
+    def labels(self, targets) -> torch.Tensor:
+        """What it learns: 1 for an image some reader marked a finding on, 0 for a normal
+        image; with ``global6``, each image's 6 diagnoses (0/1)."""
+        if self.targets == "global6":
+            return torch.tensor(np.stack([t["diagnoses"] for t in targets]), dtype=torch.float32)
         return torch.tensor([0.0 if t["normal"] else 1.0 for t in targets])
+
+    def outputs(self, images) -> torch.Tensor:
+        """The logits its loss takes: [N] (nofinding) or [N, 6] (global6)."""
+        return self.logits(images) if self.targets == "global6" else self(images)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        loss = self.loss(self(images), self.labels(targets).to(self.device))
+        loss = self.loss(self.outputs(images), self.labels(targets).to(self.device))
         self.log("train/loss", loss, batch_size=len(images))  # ProgressBar shows it
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self.val_probs, self.val_labels = [], []
+        self.val_probs, self.val_labels, self.val_normal = [], [], []
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
-        logits, labels = self(images), self.labels(targets).to(self.device)
+        logits, labels = self.outputs(images), self.labels(targets).to(self.device)
         self.log("val/loss", self.loss(logits, labels), batch_size=len(images), sync_dist=True)
         self.val_probs.append(torch.sigmoid(logits).float())
         self.val_labels.append(labels)
+        normal = [1.0 if t["normal"] else 0.0 for t in targets]
+        self.val_normal.append(torch.tensor(normal, device=self.device))
 
     def on_validation_epoch_end(self) -> None:
         if not self.val_probs:
             return
-        probs = self.all_gather(torch.cat(self.val_probs)).reshape(-1)
-        labels = self.all_gather(torch.cat(self.val_labels)).reshape(-1)
-        both = bool(labels.min() < 1 <= labels.max())  # AUC needs both kinds of image
-        auc = float(binary_auroc(probs, labels.long())) if both else 0.0
+        probs = self.all_gather(torch.cat(self.val_probs))
+        labels = self.all_gather(torch.cat(self.val_labels))
+        abnormal = 1.0 - self.all_gather(torch.cat(self.val_normal)).reshape(-1)
+        if self.targets == "global6":
+            width = len(GLOBAL6)
+            probs, labels = probs.reshape(-1, width), labels.reshape(-1, width)
+            aucs = {name: auc_or_none(probs[:, k], labels[:, k]) for k, name in enumerate(GLOBAL6)}
+            self.log_dict({f"val/AUC/{n}": v for n, v in aucs.items() if v is not None})
+            scored = [v for v in aucs.values() if v is not None]
+            auc = sum(scored) / len(scored) if scored else 0.0
+            p_abnormal = 1.0 - probs[:, GLOBAL6.index(NO_FINDING_NAME)]
+        else:
+            probs, labels = probs.reshape(-1), labels.reshape(-1)
+            auc, p_abnormal = auc_or_none(probs, labels) or 0.0, probs
         self.log("val/AUC", auc, prog_bar=True)
         self.log("val/images", float(len(probs)))
-        figures = filter_figures(probs, labels, self.hparams.low, self.hparams.high)
+        figures = filter_figures(p_abnormal, abnormal, self.hparams.low, self.hparams.high)
         self.log_dict({f"val/{k}": v for k, v in figures.items()})
 
     def configure_optimizers(self):
@@ -187,6 +229,13 @@ class NoFindingModule(pl.LightningModule):
             self.hparams.scheduler,
             lambda: int(self.trainer.estimated_stepping_batches),
         )
+
+
+def auc_or_none(probs: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """ROC AUC, or None without both kinds of image (no AUC to speak of)."""
+    if not bool(labels.min() < 1 <= labels.max()):
+        return None
+    return float(binary_auroc(probs, labels.long()))
 
 
 def load_classifier(
@@ -210,6 +259,7 @@ def load_classifier(
         hparams["high"],
         input_norm=input_norm,
         image_size=hparams.get("image_size"),  # older checkpoints: the images as given
+        targets=hparams.get("targets", "nofinding"),
     )
     module.load_state_dict(state)
     return module.eval()

@@ -7,7 +7,7 @@ import logging
 import pytorch_lightning as pl
 import torch
 
-from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.data.classes import KAGGLE14, of_names
 from cxrdet.evaluation.evaluator import original_predictions
 from cxrdet.models.detector import build_fasterrcnn, resolved_batchnorm
 from cxrdet.models.nonfinite import NonFiniteGuard, zero_momentum
@@ -54,7 +54,10 @@ class DetectorModule(pl.LightningModule):
         model = resolved_batchnorm(model)  # recorded in the checkpoint as resolved
         self.save_hyperparameters(ignore=["trust_weights"])
         self.model = build_fasterrcnn(**model, trust_weights=trust_weights)
-        self.class_names = list(class_names or CLASS_NAMES[: model.get("num_classes", 14)])
+        if class_names is None:  # checkpoints from before the class sets: Kaggle's
+            class_names = KAGGLE14.names[: model.get("num_classes", KAGGLE14.num_findings)]
+        self.class_names = list(class_names)
+        self.classes = of_names(self.class_names)  # the class set (its "No finding" id)
         self.schedule_steps: int | None = None  # the LR schedule's length, kept in checkpoints
         self.resumed_from: tuple[int, int] | None = None  # (its schedule length, step) on resume
         self.nonfinite = NonFiniteGuard(on_nonfinite)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.reports.figures import plt, save_figure
 
 LOSSES = {"train/loss": "training loss", "val/loss": "validation loss"}
@@ -57,7 +56,10 @@ def per_class_bars(
     validation's in metrics.csv (labelled so)."""
     if scores:
         values = {
-            metric: {CLASS_NAMES[c]: v for c, v in sorted(scores[f"{metric}_per_class"].items())}
+            metric: {
+                scores["class_names"][c]: v
+                for c, v in sorted(scores[f"{metric}_per_class"].items())
+            }
             for metric in ("AP40", "mAP40")
         }
         return values, f"{source}, {scores['images']} validation images"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cxrdet.data.labels import CLASS_NAMES
+from cxrdet.data.classes import KAGGLE14, NO_FINDING_NAME
 
-# 15 distinguishable BGR colours (tab20-like).
+# 23 distinguishable BGR colours (tab20-like, then darker ones): one per id of either class set.
 COLOURS = [
     (180, 119, 31),
     (14, 127, 255),
@@ -24,21 +24,31 @@ COLOURS = [
     (138, 223, 152),
     (150, 152, 255),
     (213, 176, 197),
+    (0, 0, 139),
+    (0, 100, 0),
+    (139, 0, 0),
+    (0, 140, 255),
+    (128, 0, 128),
+    (0, 128, 128),
+    (128, 128, 0),
+    (203, 192, 255),
 ]
 
 
-def draw_boxes(image: np.ndarray, boxes, classes, scores=None, min_score: float = 0.0):
-    """A BGR copy of a grey or BGR image with labelled boxes scoring at least ``min_score``."""
+def draw_boxes(image: np.ndarray, boxes, classes, scores=None, min_score: float = 0.0, names=None):
+    """A BGR copy of a grey or BGR image with labelled boxes scoring at least ``min_score``;
+    ``names``: the class set's names by id (Kaggle's when None)."""
+    names = KAGGLE14.names if names is None else names
     out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     scores = np.ones(len(classes)) if scores is None else np.asarray(scores)
     thick = max(1, round(max(out.shape[:2]) / 400))
     for b, c, s in zip(np.asarray(boxes).reshape(-1, 4), classes, scores):
-        if s < min_score or int(c) >= len(CLASS_NAMES) - 1:  # "No finding" has no place
+        if s < min_score or names[int(c)] == NO_FINDING_NAME:  # it has no place
             continue
         colour = COLOURS[int(c)]
         x0, y0, x1, y1 = (int(round(v)) for v in b)
         cv2.rectangle(out, (x0, y0), (x1, y1), colour, thick)
-        label = CLASS_NAMES[int(c)] + (f" {s:.2f}" if s < 1 else "")
+        label = names[int(c)] + (f" {s:.2f}" if s < 1 else "")
         cv2.putText(
             out,
             label,

@@ -1,12 +1,16 @@
-"""The report's dataset figures and tables from a train.csv-format file.
+"""The report's dataset figures and tables from a labels file: Kaggle's train.csv, or the
+VinDr-CXR release's annotations_train.csv / annotations_test.csv (its 22 classes).
 
     cxrdet eda --labels train.csv [--meta train_meta.csv] --out DIR
         [--split valid20 --seed 111] [--augment-preview N --images PNG_DIR]
+        [--global-labels image_labels_train.csv]
 
 Writes PNG figures (findings per class: report figs 1/2; annotations per radiologist: fig 3;
 box area per class: fig 8, needs --meta; spatial heatmaps: fig 9, needs --meta; class
-co-occurrence; boxes per image; reader agreement), ``summary.json`` and ``summary.md``.
-``--augment-preview N`` draws one image with its boxes and N augmented variants (fig 13).
+co-occurrence; boxes per image; reader agreement), ``summary.json`` and ``summary.md``, one
+entry per class of the file's class set. ``--augment-preview N`` draws one image with its boxes
+and N augmented variants (fig 13). ``--global-labels`` adds the release's 6 diagnoses: images per
+diagnosis (the readers' majority; :mod:`cxrdet.data.global_labels`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.classes import KAGGLE14, ClassSet
+from cxrdet.data.global_labels import GlobalLabels, read_global_labels
 from cxrdet.data.label_check import box_issues, issues_frame, mismatch
 from cxrdet.data.label_check import summary as issue_summary
-from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, read_labels
+from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, read_labels
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.reports.stats import heatmaps, reader_agreement, relative_boxes, summarise
@@ -38,9 +44,13 @@ def _bar(ax, names, values, title, xlabel):
         ax.text(v, y, f" {v:g}", va="center", fontsize=7)
 
 
-def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) -> dict:
-    """Every figure; returns the extra summary entries they computed."""
-    findings = labels[labels["class_id"] != NO_FINDING]
+def write_figures(
+    labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path, classes: ClassSet = KAGGLE14
+) -> dict:
+    """Every figure (one entry per class of ``classes``); returns the extra summary entries
+    they computed."""
+    findings = labels[~is_no_finding(labels)]
+    n = len(classes.names)
     s = summarise(labels)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     names = list(s["images_per_class"])
@@ -59,12 +69,12 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
 
     images = sorted(labels["image_id"].unique())
     present = pd.crosstab(labels["image_id"], labels["class_id"]).clip(upper=1)
-    present = present.reindex(index=images, columns=range(len(CLASS_NAMES)), fill_value=0)
+    present = present.reindex(index=images, columns=range(n), fill_value=0)
     co = present.T.to_numpy() @ present.to_numpy()
     fig, ax = plt.subplots(figsize=(8, 7))
     im = ax.imshow(np.log1p(co), cmap="viridis")
-    ax.set_xticks(range(15), CLASS_NAMES, rotation=90, fontsize=7)
-    ax.set_yticks(range(15), CLASS_NAMES, fontsize=7)
+    ax.set_xticks(range(n), classes.names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), classes.names, fontsize=7)
     ax.set_title("Class co-occurrence (images, log scale)")
     fig.colorbar(im, ax=ax)
     save_figure(fig, out / "class_cooccurrence.png")
@@ -92,26 +102,44 @@ def write_figures(labels: pd.DataFrame, meta: pd.DataFrame | None, out: Path) ->
     if meta is not None:
         rel = relative_boxes(findings, meta)
         area = (rel.x_max - rel.x_min) * (rel.y_max - rel.y_min) * 100
-        groups = [area[rel.class_id == c].to_numpy() for c in range(NUM_FINDINGS)]
+        groups = [area[rel.class_id == c].to_numpy() for c in range(classes.num_findings)]
         fig, ax = plt.subplots(figsize=(10, 5))
-        ax.boxplot(groups, tick_labels=CLASS_NAMES[:NUM_FINDINGS], showfliers=False)
+        ax.boxplot(groups, tick_labels=list(classes.findings), showfliers=False)
         ax.tick_params(axis="x", rotation=90, labelsize=7)
         ax.set_ylabel("box area, % of the image")
         ax.set_title("Box size per class (fig. 8)")
         save_figure(fig, out / "fig8_box_area_per_class.png")
-        maps = heatmaps(rel)
-        fig, axes = plt.subplots(3, 5, figsize=(14, 9))
+        maps = heatmaps(rel, classes.num_findings)
+        rows = (classes.num_findings + 1 + 4) // 5  # a panel per finding, then their mean
+        fig, axes = plt.subplots(rows, 5, figsize=(14, 3 * rows))
         for k, ax in enumerate(axes.flat):
-            data, title = (maps[k], CLASS_NAMES[k]) if k < NUM_FINDINGS else (maps.mean(0), "Mean")
+            if k > classes.num_findings:
+                ax.axis("off")
+                continue
+            last = k == classes.num_findings
+            data, title = (maps.mean(0), "Mean") if last else (maps[k], classes.findings[k])
             ax.imshow(data, cmap="hot")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
         fig.suptitle("Where boxes lie (fig. 9)")
         save_figure(fig, out / "fig9_heatmaps.png")
         extra["box_area_percent_median"] = {
-            CLASS_NAMES[c]: float(np.median(g)) for c, g in enumerate(groups) if len(g)
+            classes.findings[c]: float(np.median(g)) for c, g in enumerate(groups) if len(g)
         }
     return extra
+
+
+def diagnosis_figure(g: GlobalLabels, out: Path) -> dict:
+    """Images per diagnosis (the readers' majority), drawn and returned for the summary."""
+    counts = {name: int(n) for name, n in g.labels.sum().items()}
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    _bar(ax, list(counts), list(counts.values()), "Images per diagnosis", "images")
+    save_figure(fig, out / "diagnoses.png")
+    if g.readers > 1:
+        source = f"{Path(g.path).name}, the majority of up to {g.readers} readers an image"
+    else:
+        source = f"{Path(g.path).name}, one label set an image"
+    return {"source": source, "images": counts, "labelled_images": len(g.labels)}
 
 
 def augment_preview(
@@ -137,7 +165,8 @@ def augment_preview(
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"augment={augment}"])
     transform = instantiate(cfg.augment) if cfg.augment else None
-    findings = labels[(labels["class_id"] != NO_FINDING) & labels["image_id"].isin(meta.index)]
+    findings = labels[~is_no_finding(labels) & labels["image_id"].isin(meta.index)]
+    names = dict(zip(labels["class_id"].astype(int), labels["class_name"]))
     candidates = [i for i in findings["image_id"].unique() if (images_dir / f"{i}.png").is_file()]
     if not candidates:
         raise FileNotFoundError(f"no image with findings has a PNG in {images_dir}")
@@ -196,7 +225,7 @@ def augment_preview(
                     b[:2], b[2] - b[0], b[3] - b[1], fill=False, color=plt.cm.tab20(int(c)), lw=1.2
                 )
             )
-            ax.text(b[0], b[1], CLASS_NAMES[int(c)], color="yellow", fontsize=6)
+            ax.text(b[0], b[1], names[int(c)], color="yellow", fontsize=6)
         ax.set_title(title, fontsize=9)
     path = out / "fig13_augment_preview.png"
     save_figure(fig, path)
@@ -235,6 +264,10 @@ def write_markdown(summary: dict, path: Path) -> None:
         lines.append(f"| {name} | {n} | {summary['images_per_class'].get(name, 0)} | {a} |")
     lines += ["", "| radiologist | rows |", "|---|---:|"]
     lines += [f"| {r} | {n} |" for r, n in summary["rad_counts"].items()]
+    if "diagnoses" in summary:
+        d = summary["diagnoses"]
+        lines += ["", f"Diagnoses ({d['source']}):", "", "| diagnosis | images |", "|---|---:|"]
+        lines += [f"| {name} | {n} |" for name, n in d["images"].items()]
     if "split" in summary:
         sp = summary["split"]
         lines += [
@@ -249,7 +282,7 @@ def label_figures(labels: pd.DataFrame, meta: pd.DataFrame, meta_csv, out: Path)
     """What training would change in the labels to fit them to the meta's image sizes (boxes
     clipped, dropped; ``label_issues.csv``), and whether the two belong together at all."""
     issues = []
-    findings = labels[labels["class_id"] != NO_FINDING]
+    findings = labels[~is_no_finding(labels)]
     for image_id, rows in findings[findings["image_id"].isin(meta.index)].groupby("image_id"):
         hw = (int(meta.at[image_id, "dim0"]), int(meta.at[image_id, "dim1"]))
         boxes = rows[BOX_COLUMNS].to_numpy(np.float64)
@@ -266,7 +299,11 @@ def label_figures(labels: pd.DataFrame, meta: pd.DataFrame, meta_csv, out: Path)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cxrdet eda", description=__doc__.split("\n")[0])
-    p.add_argument("--labels", required=True, help="train.csv-format labels")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="Kaggle's train.csv or the release's annotations_train.csv / annotations_test.csv",
+    )
     p.add_argument("--meta", help="image_id,dim0,dim1 CSV (enables figs 8 and 9)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", choices=SPLIT_MODES, help="also report this split's sizes")
@@ -281,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--images", help="prepared PNG folder for --augment-preview")
     p.add_argument("--augment", default="seed", help="augment config name (default seed)")
+    p.add_argument(
+        "--global-labels",
+        help="the release's image_labels_train.csv or image_labels_test.csv: images per "
+        "diagnosis (the readers' majority)",
+    )
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,10 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(labels)
         summary["skipped_rows"] = report.n_skipped
         if not report.readers:
-            summary["readers"] = f"{a.labels} has no rad_id column: no per-reader figures"
+            why = "no rad_id column"
+            if report.layout == "release":
+                why = "the consensus of five readers"
+            summary["readers"] = (
+                f"{a.labels} has one label set an image ({why}): no per-reader figures"
+            )
         if meta is not None:
             summary.update(label_figures(labels, meta, a.meta, out))
-        summary.update(write_figures(labels, meta, out))
+        summary.update(write_figures(labels, meta, out, report.classes))
+        if a.global_labels:
+            summary["diagnoses"] = diagnosis_figure(read_global_labels(a.global_labels), out)
         if a.split:
             train, val = split_ids(labels, a.split, seed=a.seed, fold=a.fold)
             summary["split"] = {

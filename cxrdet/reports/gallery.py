@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import to_prepared
-from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NUM_FINDINGS
+from cxrdet.data.classes import KAGGLE14, ClassSet
+from cxrdet.data.labels import BOX_COLUMNS
 from cxrdet.evaluation.errors import ERROR_NAMES
 from cxrdet.reports.draw import draw_boxes
 from cxrdet.reports.figures import plt, save_figure
@@ -38,10 +39,12 @@ def froc_figure(f: dict, out: Path) -> Path | None:
     return save_figure(fig, out / "froc.png")
 
 
-def chosen_errors(errors: pd.DataFrame, per_class: int = 2) -> pd.DataFrame:
+def chosen_errors(
+    errors: pd.DataFrame, per_class: int = 2, classes: ClassSet = KAGGLE14
+) -> pd.DataFrame:
     """Per finding class, the ``per_class`` highest-scoring false positives and the first
     ``per_class`` missed boxes."""
-    errors = errors[errors["class_id"] < NUM_FINDINGS]
+    errors = errors[errors["class_id"] < classes.num_findings]
     false = errors[errors["type"] != "Miss"].sort_values("score", ascending=False, kind="stable")
     missed = errors[errors["type"] == "Miss"]
     parts = [false.groupby("class_id").head(per_class), missed.groupby("class_id").head(per_class)]
@@ -53,16 +56,19 @@ def panel(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (max(1, round(image.shape[1] * scale)), PANEL))
 
 
-def gallery_items(errors: pd.DataFrame, load, per_class: int = 2) -> list[tuple[np.ndarray, str]]:
+def gallery_items(
+    errors: pd.DataFrame, load, classes: ClassSet = KAGGLE14, per_class: int = 2
+) -> list[tuple[np.ndarray, str]]:
     """(ground truth | prediction image, caption) per chosen error.
 
     Args:
         errors: :func:`cxrdet.evaluation.errors.error_breakdown`'s rows (original pixels).
         load: image id → (grey uint8 image as prepared, its ground-truth boxes and class ids on
             it, orig_hw, image_hw, content), or None when the image is not at hand.
+        classes: the class set of the ids.
     """
-    items = []
-    for row in chosen_errors(errors, per_class).itertuples(index=False):
+    items, names = [], classes.names
+    for row in chosen_errors(errors, per_class, classes).itertuples(index=False):
         loaded = load(row.image_id)
         if loaded is None:
             continue
@@ -70,17 +76,17 @@ def gallery_items(errors: pd.DataFrame, load, per_class: int = 2) -> list[tuple[
         box = to_prepared(
             np.array([[getattr(row, c) for c in BOX_COLUMNS]]), orig_hw, image_hw, content
         )[0]
-        left = draw_boxes(image, gt_boxes, gt_classes)
+        left = draw_boxes(image, gt_boxes, gt_classes, names=names)
         right = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         cv2.rectangle(right, (x0, y0), (x1, y1), RED, max(1, round(max(image.shape) / 300)))
         pair = np.hstack([panel(left), np.full((PANEL, 4, 3), 255, np.uint8), panel(right)])
-        name = CLASS_NAMES[int(row.class_id)]
+        name = names[int(row.class_id)]
         if row.type == "Miss":
             caption = f"missed: {name}"
         else:
             caption = f"{ERROR_NAMES[row.type]}: {name} {row.score:.2f}"
             if row.target_class >= 0 and row.type == "Cls":
-                caption += f" (the box is {CLASS_NAMES[int(row.target_class)]})"
+                caption += f" (the box is {names[int(row.target_class)]})"
         items.append((pair, caption))
     return items

@@ -16,7 +16,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.bootstrap import ci_text
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES
 from cxrdet.evaluation.radiology import TRUTH_NOTES, error_cell, fmt, matches_readers
@@ -90,7 +89,7 @@ def settings_section(settings: dict) -> str:
 
 def per_class_section(scores: dict, source: str | None) -> str:
     rows = [
-        [f"{c} {CLASS_NAMES[c]}", ap, scores["AP40_per_class"].get(c)]
+        [f"{c} {scores['class_names'][c]}", ap, scores["AP40_per_class"].get(c)]
         for c, ap in sorted(scores["mAP40_per_class"].items())
     ]
     return (
@@ -98,8 +97,9 @@ def per_class_section(scores: dict, source: str | None) -> str:
         f"<p>mAP40 {scores['mAP40']:.3f}{ci_text(scores.get('mAP40_ci'))} (the competition's; "
         "[low, high]: its 95 % bootstrap interval over the images) and AP40 "
         f"{scores['AP40']:.3f} "
-        f"(COCO-style, findings 0-13) of {html.escape(source or 'the checkpoint')} on "
-        f"{scores['images']} validation images.</p>" + table(["class", "mAP40", "AP40"], rows)
+        f"(COCO-style, findings 0-{len(scores['class_names']) - 2}) of "
+        f"{html.escape(source or 'the checkpoint')} on {scores['images']} validation images.</p>"
+        + table(["class", "mAP40", "AP40"], rows)
     )
 
 
@@ -121,17 +121,17 @@ def readers_section(r: dict) -> str:
         "<p class='note'>Per class: the competition's AP at IoU 0.4. Green: classes where the "
         "model already matches or beats the readers.</p>"
     )
-    rows = [[f"{c} {CLASS_NAMES[c]}", h, m] for c, (h, m) in per_class]
+    rows = [[f"{c} {r['class_names'][c]}", h, m] for c, (h, m) in per_class]
     out += table(["class", "readers AP", "model AP"], rows, marks)
     out += (
         "<p class='note'>A reader's AP is one tied block (every mark at score 1: precision x "
         "recall), another construct than the model's ranked AP. The operating points compare "
         "like with like.</p>"
     )
-    return out + operating_points_section(r.get("operating_points"))
+    return out + operating_points_section(r.get("operating_points"), r["class_names"])
 
 
-def operating_points_section(points: dict | None) -> str:
+def operating_points_section(points: dict | None, names: list[str]) -> str:
     if not points or not (points["readers"] or points["per_class"]):
         return ""
     out = (
@@ -142,7 +142,7 @@ def operating_points_section(points: dict | None) -> str:
         "lies above 0, holds it, or lies under it. Per class, the readers pooled.</p>"
     )
     rows = [[f"reader {p['reader']}", p] for p in points["readers"]]
-    rows += [[f"{c} {CLASS_NAMES[c]}", p] for c, p in sorted(points["per_class"].items())]
+    rows += [[f"{c} {names[c]}", p] for c, p in sorted(points["per_class"].items())]
     body = [
         [
             name,
@@ -176,7 +176,7 @@ def froc_section(f: dict, figure: Path | None) -> str:
     if rows:
         rows[0].append(f.get("lesions"))
     rows += [
-        [f"{c} {CLASS_NAMES[c]}", *v["sensitivity"], v["CPM"], v.get("lesions")]
+        [f"{c} {f['class_names'][c]}", *v["sensitivity"], v["CPM"], v.get("lesions")]
         for c, v in sorted(f["per_class"].items())
     ]
     return out + table(["", *(f"{r:g} FP" for r in f["rates"]), "CPM", "lesions"], rows)
@@ -193,7 +193,7 @@ def errors_section(e: dict) -> str:
     rows = [["mAP40 gained if fixed", *(e["dAP"][t] for t in ERROR_TYPES)]]
     classes = sorted({c for t in ERROR_TYPES for c in e["counts"][t]})
     rows += [
-        [f"{c} {CLASS_NAMES[c]}", *(error_cell(e, t, c) for t in ERROR_TYPES)] for c in classes
+        [f"{c} {e['class_names'][c]}", *(error_cell(e, t, c) for t in ERROR_TYPES)] for c in classes
     ]
     return out + table(header, rows)
 

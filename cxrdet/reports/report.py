@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.classes import NO_FINDING_NAME
 from cxrdet.data.dataset import grey_pixels
-from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.evaluation.bootstrap import RESAMPLES, bootstrap_map, image_weights, interval
 from cxrdet.evaluation.competition import match_detections
 from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
@@ -71,8 +71,10 @@ def validation_figures(
         return [], {}
     module = load_detector(str(ckpt), trust, "--trust")
     model = module.model.eval()
-    class14 = len(module.class_names) > NUM_FINDINGS
-    evaluator, shown, where = DetectionEvaluator(class14_head=class14), [], {}
+    class_set = module.classes
+    names = class_set.names
+    class14 = NO_FINDING_NAME in module.class_names
+    evaluator, shown, where = DetectionEvaluator(class14_head=class14, classes=class_set), [], {}
     with torch.inference_mode():
         for i in range(len(datamodule.val_set)):
             image, target = datamodule.val_set[i]
@@ -92,6 +94,7 @@ def validation_figures(
     gt = dict(sorted(evaluator.gt.items()))
     resampled = bootstrap_map(match_detections(gt, evaluator.dets), image_weights(len(gt)))
     evaluation["mAP40_ci"] = interval(resampled)
+    evaluation["class_names"] = names
     fusion = cfg.data.get("val_fusion", "none")
     radiology = radiology_scores(
         dict(sorted(evaluator.gt.items())),
@@ -100,6 +103,7 @@ def validation_figures(
         fusion=fusion if fusion != "none" else READERS_FUSION,
         fusion_iou=cfg.data.get("fusion_iou", 0.4),
         resamples=RESAMPLES,
+        classes=class_set,
     )
 
     def load(image_id):
@@ -112,7 +116,7 @@ def validation_figures(
         "scores": evaluation,
         "radiology": radiology,
         "froc_figure": froc_figure(radiology["froc"], out),
-        "gallery": gallery_items(radiology["errors"]["errors"], load),
+        "gallery": gallery_items(radiology["errors"]["errors"], load, class_set),
     }
     result = {"per_class": evaluation["mAP40_per_class"], "curves": evaluation["mAP40_curves"]}
     written = []
@@ -132,7 +136,7 @@ def validation_figures(
         ax.step(recall, precision, where="post")
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"{CLASS_NAMES[c]} (AP {result['per_class'][c]:.2f})", fontsize=8)
+        ax.set_title(f"{names[c]} (AP {result['per_class'][c]:.2f})", fontsize=8)
         ax.set_xlabel("recall", fontsize=7)
         ax.set_ylabel("precision", fontsize=7)
     fig.suptitle(f"Precision-recall at IoU 0.4, validation split: {label or ckpt.name}")
@@ -140,10 +144,11 @@ def validation_figures(
     if shown:
         fig, axes = plt.subplots(len(shown), 2, figsize=(7, 3.5 * len(shown)), squeeze=False)
         for row, (image, boxes, classes_, (pb, ps, pc)) in zip(axes, shown):
-            row[0].imshow(draw_boxes(image, boxes, classes_)[..., ::-1])
+            row[0].imshow(draw_boxes(image, boxes, classes_, names=names)[..., ::-1])
             row[0].set_title("ground truth", fontsize=8)
             keep, title = drawn_predictions(ps)
-            row[1].imshow(draw_boxes(image, pb[keep], pc[keep], ps[keep])[..., ::-1])
+            drawn = draw_boxes(image, pb[keep], pc[keep], ps[keep], names=names)
+            row[1].imshow(drawn[..., ::-1])
             row[1].set_title(title, fontsize=8)
             for ax in row:
                 ax.axis("off")

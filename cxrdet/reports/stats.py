@@ -6,15 +6,22 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import iou_matrix
-from cxrdet.data.labels import BOX_COLUMNS, CLASS_NAMES, NO_FINDING, NUM_FINDINGS, normal_image_ids
+from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, normal_image_ids
 
 GRID = 128  # heatmap resolution (normalised image coordinates)
+
+
+def names_of(labels: pd.DataFrame) -> dict[int, str]:
+    """Class id → name, as the labels spell them (:func:`cxrdet.data.labels.read_labels`
+    writes each set's names)."""
+    return dict(zip(labels["class_id"].astype(int), labels["class_name"]))
 
 
 def summarise(labels: pd.DataFrame) -> dict:
     """Counts for summary.json: rows, images, normal images, per class and per reader."""
     per_image = labels.groupby("image_id")["class_id"]
-    findings = labels[labels["class_id"] != NO_FINDING]
+    findings = labels[~is_no_finding(labels)]
+    names = names_of(labels)
     boxes_per_image = (
         findings.groupby("image_id").size().reindex(per_image.size().index, fill_value=0)
     )
@@ -23,11 +30,10 @@ def summarise(labels: pd.DataFrame) -> dict:
         "images": int(labels["image_id"].nunique()),
         "normal_images": len(normal_image_ids(labels)),
         "class_counts": {
-            CLASS_NAMES[c]: int(n)
-            for c, n in labels["class_id"].value_counts().sort_index().items()
+            names[c]: int(n) for c, n in labels["class_id"].value_counts().sort_index().items()
         },
         "images_per_class": {
-            CLASS_NAMES[c]: int(n)
+            names[c]: int(n)
             for c, n in labels.groupby("class_id")["image_id"].nunique().sort_index().items()
         },
         "rad_counts": {
@@ -57,9 +63,10 @@ def relative_boxes(findings: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def heatmaps(rel: pd.DataFrame) -> np.ndarray:
-    """[14, GRID, GRID] box coverage per class (2-D difference arrays, then cumulative sums)."""
-    maps = np.zeros((NUM_FINDINGS, GRID + 1, GRID + 1), np.float64)
+def heatmaps(rel: pd.DataFrame, num_findings: int) -> np.ndarray:
+    """[num_findings, GRID, GRID] box coverage per class (2-D difference arrays, then
+    cumulative sums)."""
+    maps = np.zeros((num_findings, GRID + 1, GRID + 1), np.float64)
     cells = np.rint(rel[BOX_COLUMNS].to_numpy() * GRID).astype(int)
     c = rel["class_id"].to_numpy()
     x0, y0, x1, y1 = cells.T
@@ -74,6 +81,7 @@ def reader_agreement(findings: pd.DataFrame) -> dict[str, float]:
     Only images where that class was marked by at least two readers count.
     """
     scores: dict[int, list[float]] = {}
+    names = names_of(findings)
     for (_, cls), rows in findings.groupby(["image_id", "class_id"], sort=False):
         readers = rows["rad_id"].to_numpy()
         if len(set(readers)) < 2:
@@ -82,4 +90,4 @@ def reader_agreement(findings: pd.DataFrame) -> dict[str, float]:
         iou = iou_matrix(boxes, boxes)
         iou[readers[:, None] == readers[None, :]] = 0.0  # only other readers' boxes
         scores.setdefault(int(cls), []).extend(iou.max(1).tolist())
-    return {CLASS_NAMES[c]: float(np.mean(v)) for c, v in sorted(scores.items())}
+    return {names[c]: float(np.mean(v)) for c, v in sorted(scores.items())}

@@ -42,14 +42,15 @@ def prepare_device(cfg: DictConfig) -> None:
 def build_module(cfg: DictConfig) -> pl.LightningModule:
     """The detector, or the "No finding" classifier when the model config names an ``arch``;
     weights that cannot load are refused here, before any data loads."""
-    from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+    from cxrdet.data.labels import labels_class_set
     from cxrdet.models.classifier import NoFindingModule, build_classifier
     from cxrdet.models.detector import build_fasterrcnn
     from cxrdet.models.module import DetectorModule
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     takes = build_classifier if "arch" in model_cfg else build_fasterrcnn
-    refuse_unknown_keys("model", [k for k in model_cfg if k not in ("low", "high")], takes)
+    own = ("low", "high", "targets")  # the classifier module's, not its network's
+    refuse_unknown_keys("model", [k for k in model_cfg if k not in own], takes)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     scheduler = (
         OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
@@ -57,6 +58,12 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
     try:
         if "arch" in model_cfg:
             low, high = model_cfg.pop("low", 0.08), model_cfg.pop("high", 0.95)
+            targets = model_cfg.pop("targets", "nofinding")
+            if targets == "global6" and not cfg.data.get("global_labels"):
+                raise StartupError(
+                    "model.targets=global6 learns the release's diagnoses: set "
+                    "data.global_labels to its annotations/image_labels_train.csv"
+                )
             return NoFindingModule(
                 model_cfg,
                 optim,
@@ -64,14 +71,18 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
                 low=low,
                 high=high,
                 image_size=cfg.data.image_size,
+                targets=targets,
                 trust_weights=cfg.trust_checkpoint,
             )
-        num_classes = NUM_FINDINGS + 1 if cfg.data.use_class14 else NUM_FINDINGS
+        # The head's size and names: the class set's findings (+ "No finding" with
+        # use_class14), from the labels file's header and data.classes.
+        classes = labels_class_set(cfg.data.labels_csv, cfg.data.get("classes"))
+        num_classes = classes.num_findings + (1 if cfg.data.use_class14 else 0)
         return DetectorModule(
             model={**model_cfg, "num_classes": num_classes},
             optim=optim,
             scheduler=scheduler,
-            class_names=CLASS_NAMES[:num_classes],
+            class_names=classes.names[:num_classes],
             on_nonfinite=cfg.on_nonfinite,
             trust_weights=cfg.trust_checkpoint,
         )

@@ -25,7 +25,7 @@ import logging
 import pytorch_lightning as pl
 import torch.distributed as dist
 
-from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
+from cxrdet.data.classes import KAGGLE14, NO_FINDING_NAME, ClassSet, of_names
 from cxrdet.evaluation.coco_eval import STATS, coco_stats
 from cxrdet.evaluation.evaluator import DetectionEvaluator
 from cxrdet.evaluation.froc import froc
@@ -80,11 +80,18 @@ class ValidationScores(pl.Callback):
         raise NotImplementedError
 
 
+def class_set_of(pl_module) -> ClassSet:
+    """The class set of the module being validated (Kaggle's for a module without names)."""
+    names = getattr(pl_module, "class_names", None)
+    return of_names(names) if names is not None else KAGGLE14
+
+
 def submission_of(outputs: dict, pl_module, iou: float) -> DetectionEvaluator:
     """The validation images' ground truth and detections as the submission of those images
     would have them (``evaluator.gt``, ``evaluator.dets``)."""
-    names = list(getattr(pl_module, "class_names", CLASS_NAMES))
-    evaluator = DetectionEvaluator(iou, class14_head=len(names) > NUM_FINDINGS)
+    classes = class_set_of(pl_module)
+    class14_head = NO_FINDING_NAME in getattr(pl_module, "class_names", ())
+    evaluator = DetectionEvaluator(iou, class14_head, classes)
     for image_id, (truth, prediction, _) in outputs.items():
         evaluator.add(image_id, truth, prediction)
     return evaluator
@@ -107,8 +114,7 @@ class CompetitionEvaluation(ValidationScores):
     def scores(self, pl_module) -> dict[str, float]:
         self.evaluator = submission_of(self.outputs, pl_module, self.iou)
         result = self.evaluator.evaluate()
-        names = list(getattr(pl_module, "class_names", CLASS_NAMES))
-        names = [*names, *CLASS_NAMES[len(names) :]]
+        names = class_set_of(pl_module).names
         logged = {"val/images": float(result["images"])}
         for metric in ("AP40", "mAP40"):
             value = result[metric]
@@ -137,7 +143,7 @@ class CocoEvaluation(ValidationScores):
         gt = {i: self.outputs[i][0] for i in ids}
         dets = {i: self.outputs[i][1] for i in ids}
         sizes = {i: tuple(self.outputs[i][2]) for i in ids}
-        stats = coco_stats(gt, dets, sizes, self.backend)
+        stats = coco_stats(gt, dets, sizes, self.backend, class_set_of(pl_module))
         return {f"val/{name}": value for name, value in stats.items()}
 
 
@@ -188,9 +194,11 @@ class RadiologyEvaluation(ValidationScores):
         evaluator = submission_of(self.outputs, pl_module, self.iou)
         gt = dict(sorted(evaluator.gt.items()))
         sets, lesions = self.reader_sets(pl_module, gt)
-        logged = {"val/CPM": nan_as_zero(froc(lesions, evaluator.dets, self.iou)["CPM"])}
+        classes = evaluator.classes
+        found = froc(lesions, evaluator.dets, self.iou, no_finding=classes.no_finding)
+        logged = {"val/CPM": nan_as_zero(found["CPM"])}
         if sets:
-            r = readers_baseline(sets, evaluator.dets, self.iou)
+            r = readers_baseline(sets, evaluator.dets, self.iou, classes)
             logged["val/mAP40_vs_readers"] = nan_as_zero(r["mAP40_vs_readers"])
             logged["val/readers_mAP40"] = nan_as_zero(r["readers_mAP40"])
         return logged

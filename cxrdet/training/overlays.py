@@ -17,28 +17,31 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
 from cxrdet.data.boxes import to_prepared
+from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.data.dataset import load_png
-from cxrdet.data.labels import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.training.evaluation import CompetitionEvaluation
 
-CLASS_LABELS = {c: CLASS_NAMES[c] for c in range(NUM_FINDINGS)}
 
-
-def box_group(boxes, classes, scores, orig_hw, image_hw, content) -> dict:
-    """One W&B box group: findings 0-13 as fractions of the PNG, captions in original pixels."""
+def box_group(
+    boxes, classes, scores, orig_hw, image_hw, content, class_set: ClassSet = KAGGLE14
+) -> dict:
+    """One W&B box group: the class set's findings as fractions of the PNG, captions in
+    original pixels."""
+    names = class_set.names
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     on_png = to_prepared(boxes, orig_hw, image_hw, content) / np.tile(image_hw[::-1], 2)
     data = []
-    for k in np.flatnonzero(np.asarray(classes) < NUM_FINDINGS):
+    for k in np.flatnonzero(np.asarray(classes) < class_set.num_findings):
         x0, y0, x1, y1 = on_png[k].clip(0, 1).tolist()
         c = int(classes[k])
         box = {"position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1}, "class_id": c}
         score = "" if scores is None else f" {scores[k]:.2f}"
-        box["box_caption"] = f"{CLASS_NAMES[c]}{score} [{', '.join(f'{v:.0f}' for v in boxes[k])}]"
+        box["box_caption"] = f"{names[c]}{score} [{', '.join(f'{v:.0f}' for v in boxes[k])}]"
         if scores is not None:
             box["scores"] = {"score": float(scores[k])}
         data.append(box)
-    return {"box_data": data, "class_labels": CLASS_LABELS}
+    labels = {c: names[c] for c in range(class_set.num_findings)}
+    return {"box_data": data, "class_labels": labels}
 
 
 class WandbBoxOverlays(pl.Callback):
@@ -64,15 +67,17 @@ class WandbBoxOverlays(pl.Callback):
             r, (gt_boxes, gt_classes) = records[image_id], evaluator.gt[image_id]
             boxes, scores, classes = evaluator.dets[image_id]
             image = load_png(val_set.image_dir / f"{image_id}.png")
-            no_finding = scores[classes == NUM_FINDINGS]
+            no_finding = scores[classes == evaluator.classes.no_finding]
             caption = (
                 f"{image_id}  No finding {no_finding.max():.2f}" if len(no_finding) else image_id
             )
             groups = {
                 "ground_truth": box_group(
-                    gt_boxes, gt_classes, None, r.orig_hw, image.shape, r.content
+                    gt_boxes, gt_classes, None, r.orig_hw, image.shape, r.content, evaluator.classes
                 ),
-                "predictions": box_group(boxes, classes, scores, r.orig_hw, image.shape, r.content),
+                "predictions": box_group(
+                    boxes, classes, scores, r.orig_hw, image.shape, r.content, evaluator.classes
+                ),
             }
             rows.append([image_id, wandb.Image(image, boxes=groups, caption=caption)])
         if not rows:

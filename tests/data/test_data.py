@@ -92,7 +92,7 @@ def test_bad_label_rows_are_skipped_and_counted(tmp_path, caplog):
 def test_labels_missing_columns_error_names_file(tmp_path):
     path = tmp_path / "labels.csv"
     pd.DataFrame({"image_id": ["a"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"labels\.csv: missing column"):
+    with pytest.raises(ValueError, match=r"labels\.csv: not a labels file: expected Kaggle"):
         read_labels(path)
 
 
@@ -106,14 +106,14 @@ def test_a_csv_with_another_separator_is_named_so(tmp_path):
     labels.write_text("image_id;class_name;class_id;rad_id\na;Aortic enlargement;0;R1\n")
     meta.write_text("image_id\tdim0\tdim1\na\t10\t10\n")
     sub.write_text("image_id;PredictionString\na;14 1 0 0 1 1\n")
-    with pytest.raises(ValueError, match="train.csv: missing .* separated by semicolons"):
+    with pytest.raises(ValueError, match="train.csv: not a labels file.* separated by semicolons"):
         read_labels(labels)
     with pytest.raises(ValueError, match="meta.csv: missing .* separated by tabs"):
         read_meta(meta)
     with pytest.raises(SubmissionError, match="sub.csv: columns .* separated by semicolons"):
         read_submission(sub)
     labels.write_text("image_id,class_id\na,0\n")  # commas, a column short: no separator note
-    with pytest.raises(ValueError, match="missing") as e:
+    with pytest.raises(ValueError, match="not a labels file") as e:
         read_labels(labels)
     assert "separated" not in str(e.value)
 

@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 
 from cxrdet.data.fusion import fuse_readers
-from cxrdet.data.labels import LABEL_COLUMNS
+from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS
 
 
 def _rows(rows):
-    return pd.DataFrame([[i, "x", c, r, *b] for i, c, r, b in rows], columns=LABEL_COLUMNS)
+    """Label rows as read_labels gives them (each class_name its id's)."""
+    return pd.DataFrame(
+        [[i, CLASS_NAMES[c], c, r, *b] for i, c, r, b in rows], columns=LABEL_COLUMNS
+    )
 
 
 @pytest.mark.parametrize("method", ["wbf", "nms"])

@@ -148,3 +148,29 @@ def test_images_of_another_size_are_resized_to_the_one_it_trained_at(tmp_path):
             module.net((large.float() / 255 - module.mean) / module.std),
             module.net((small - module.mean) / module.std),
         )
+
+
+def test_the_diagnoses_head_learns_six_labels_and_hands_the_filter_1_minus_p_no_finding():
+    """model.targets=global6: six logits, BCE on each image's diagnoses, and the filter's
+    P(abnormal) = 1 - P(No finding). Fails if forward gives another output than minus the
+    "No finding" logit, or if the loss reads the image-level "normal" flag instead."""
+    from cxrdet.data.classes import GLOBAL6
+    from cxrdet.models.classifier import NoFindingModule
+
+    optim = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
+    module = NoFindingModule({"arch": "resnet18", "weights": None}, optim, targets="global6")
+    module.eval()
+    images = [torch.rand(3, 32, 32) for _ in range(2)]
+    with torch.no_grad():
+        logits = module.logits(images)
+        assert logits.shape == (2, len(GLOBAL6))
+        p_abnormal = torch.sigmoid(module(images))
+    p_no_finding = torch.sigmoid(logits[:, GLOBAL6.index("No finding")])
+    assert torch.allclose(p_abnormal, 1 - p_no_finding, atol=1e-6)
+    targets = [
+        {"normal": False, "diagnoses": np.array([1, 0, 0, 0, 1, 0], np.float32)},
+        {"normal": True, "diagnoses": np.array([0, 0, 0, 0, 0, 1], np.float32)},
+    ]
+    assert module.labels(targets).tolist() == [[1, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]
+    with pytest.raises(ValueError, match="model.targets='global5'"):
+        NoFindingModule({"arch": "resnet18", "weights": None}, optim, targets="global5")

@@ -64,7 +64,7 @@ def test_heatmap_counts_box_coverage():
             "class_id": [3, 3],
         }
     )
-    maps = heatmaps(rel)
+    maps = heatmaps(rel, 14)
     assert maps.shape == (14, 128, 128)
     assert maps[3, 10, 10] == 1 and maps[3, 100, 100] == 1 and maps[3, 10, 100] == 0
     assert maps[3].sum() == 2 * 64 * 64 and maps[0].sum() == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.reports.curves import APS, curve_points, per_class_bars
 from cxrdet.reports.report import drawn_predictions
 from cxrdet.reports.settings import label_changes, run_settings, run_title
@@ -28,6 +29,7 @@ SCORES = {  # an evaluated checkpoint's (cxrdet.evaluation.evaluator)
     "mAP40_per_class": {3: 0.65, 14: 0.9},
     "AP40_per_class": {3: 0.55},
     "images": 8,
+    "class_names": CLASS_NAMES,  # the report's page and figures name the classes so
 }
 
 
