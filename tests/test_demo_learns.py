@@ -64,6 +64,12 @@ def test_the_demo_detector_learns(phantoms, tmp_path):
         ]
     )
     assert validated(run_dir, "val/mAP40") > DETECTOR_FLOOR
+    # The demo's "validate" stage reads the time logged on the validation's own row.
+    metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    steps = [
+        metrics.dropna(subset=[k])["step"].tolist() for k in ("val/mAP40", "time/validation_s")
+    ]
+    assert steps[0] == steps[1] == [DETECTOR_STEPS - 1]
 
 
 def test_the_demo_classifier_learns(phantoms, tmp_path):

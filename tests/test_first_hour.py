@@ -227,7 +227,7 @@ def test_the_help_offers_only_real_options():
         [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True
     ).stdout
     (data_line,) = [line for line in out.splitlines() if line.startswith("data:")]
-    assert data_line == "data: 256, 512, 1024, demo"  # not the typed schema they extend
+    assert data_line == "data: 256, 512, 1024, demo, vindr"  # not the typed schema they extend
 
 
 def test_score_on_a_held_out_file_suggests_the_split(tiny_data, tmp_path):

@@ -61,8 +61,9 @@ class ModelSize(pl.Callback):
 
 class ValidationTime(pl.Callback):
     """Logs ``time/validation_s``: each validation's wall time, its metrics included (rank 0;
-    the sanity check is not counted). Written to the loggers directly, at the step it ran
-    after: Lightning's ``self.log`` is closed once validation has ended."""
+    the sanity check is not counted). Written to the loggers directly (Lightning's ``self.log``
+    is closed once validation has ended), at the step Lightning logs that validation's metrics
+    at (its count of optimizer steps taken, one under ``global_step`` there)."""
 
     def __init__(self, clock=None):
         self.clock = clock or time.perf_counter
@@ -75,8 +76,10 @@ class ValidationTime(pl.Callback):
         if self.start is None or not trainer.is_global_zero:
             return
         seconds = self.clock() - self.start
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        step = getattr(loop, "_batches_that_stepped", trainer.global_step)
         for logger in trainer.loggers:
-            logger.log_metrics({"time/validation_s": seconds}, step=trainer.global_step)
+            logger.log_metrics({"time/validation_s": seconds}, step=step)
         self.start = None
 
 

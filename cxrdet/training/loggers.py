@@ -37,7 +37,9 @@ class ContinuedMetricsWriter(ExperimentWriter):
         pass  # keep the file: save() continues it
 
     def save(self) -> None:
-        if self.metrics and not self.continued and self._fs.isfile(self.metrics_file_path):
+        if not self.metrics:  # nothing to write: the file is continued at the first rows
+            return
+        if not self.continued and self._fs.isfile(self.metrics_file_path):
             first = min(int(m.get("step", 0)) for m in self.metrics)
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                 reader = csv.DictReader(file)

@@ -196,7 +196,9 @@ def test_train_without_cached_weights_stops_before_the_data_in_one_line(tmp_path
         monkeypatch.setenv(no_proxy, "")
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "train.csv").write_text("not,a,labels,file\n")  # reading it would fail, loudly
+    # The header sizes the head (its class set); a row would fail, loudly, if anything read it.
+    header = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max"
+    (raw / "train.csv").write_text(f"{header}\n1,2,3,4,5,6,7,8,9,10,11\n")
     args = [
         "data=512",
         "model=frcnn_r50fpn",
@@ -211,7 +213,7 @@ def test_train_without_cached_weights_stops_before_the_data_in_one_line(tmp_path
         train_in_process(args)
     error = str(stopped.value.code)
     assert error.startswith("error: model.weights=DEFAULT") and cache_file(COCO).name in error
-    assert "\n" not in error  # one line, and the labels were never read
+    assert "\n" not in error  # one line, and the labels' rows were never read
 
 
 def test_a_broken_file_in_the_cache_is_named_with_the_cure(torch_home):
