@@ -37,10 +37,6 @@ class ClassSet:
         """Every class's name, by id ("No finding" last)."""
         return [*self.findings, NO_FINDING_NAME]
 
-    def ids(self) -> dict[str, int]:
-        """Class name → id."""
-        return {name: i for i, name in enumerate(self.names)}
-
 
 KAGGLE14 = ClassSet(
     "kaggle14",

@@ -73,15 +73,17 @@ def test_nan_on_one_rank_stops_every_rank_with_the_message(tiny_data, tmp_path):
     done = _ddp_train(tiny_data, tmp_path / "run", "on_nonfinite=stop")
     assert done.returncode != 0
     assert time.monotonic() - start < 90  # start-up (~30 s on 2 cores) + the stop: no hang
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     expected = (
-        r"error: non-finite loss at step 1 \(rank 1: loss_objectness=\S+, loss_rpn_box_reg=\S+, "
-        r"loss_classifier=\S+, loss_box_reg=\S+; images [0-9a-f]{32}, [0-9a-f]{32}\)\. Lower "
-        r"optim\.lr, set trainer\.gradient_clip_val, or on_nonfinite=skip; the checkpoints "
-        r"written so far are intact\."
+        r"error: non-finite loss at step 1 \(rank 1: loss_objectness=[^,\s]+, "
+        r"loss_rpn_box_reg=[^,\s]+, loss_classifier=[^,\s]+, loss_box_reg=[^;\s]+; images "
+        r"[0-9a-f]{32}, [0-9a-f]{32}\)\. Lower optim\.lr, set trainer\.gradient_clip_val, or "
+        r"on_nonfinite=skip; the checkpoints written so far are intact\."
     )
-    assert errors and all(re.fullmatch(expected, e) and "nan" in e for e in errors), errors
-    assert len(set(errors)) == 1  # every rank says the same
+    # Found in the whole of stderr: the two ranks write to one pipe, and one rank's line can
+    # land inside the other's (seen on 2 cores).
+    errors = re.findall(expected, done.stderr)
+    assert len(errors) == done.stderr.count("error:") >= 1, done.stderr[-2000:]
+    assert all("nan" in e for e in errors) and len(set(errors)) == 1  # every rank the same
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # no step 3
 
 
