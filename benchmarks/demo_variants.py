@@ -28,7 +28,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrdet.demo.run import PREPARED, RAW, SIZE, best_checkpoint, make_data, predict, run
+from cxrdet.demo.run import (
+    PREPARED,
+    RAW,
+    SIZE,
+    best_checkpoint,
+    make_data,
+    predict,
+    prepare,
+    run,
+)
 
 OUT = Path("outputs/demo-variants")
 DETECTOR, CLASSIFIER = "demo", "demo_nofinding"
@@ -72,11 +81,7 @@ def prepare_size(size: int) -> None:
     for split in ("train", "test"):
         if (PREPARED / str(size) / f"{split}_meta.csv").is_file():
             continue
-        run(
-            f"prepare {split} at {size} px",
-            [sys.executable, "-m", "cxrdet", "prepare", "--input", str(RAW / split)]
-            + ["--output", str(PREPARED), "--sizes", str(size), "--workers", "2"],
-        )
+        prepare(f"prepare {split} at {size} px", split, size)
 
 
 def best_validation(run_dir: Path, ckpt: Path, keys: list[str]) -> dict[str, float]:

@@ -192,10 +192,9 @@ def add_diagnoses(records: list, path: str) -> None:
             f"{path}: no diagnoses for {len(missing)} of the {len(records)} images (e.g. "
             f"{missing[0]}): data.global_labels must label every image of data.labels_csv"
         )
-    values = table.to_numpy(np.float32)
-    row = {image_id: k for k, image_id in enumerate(table.index)}
-    for r in records:
-        r.diagnoses = values[row[r.image_id]]
+    values = table.loc[[r.image_id for r in records]].to_numpy(np.float32)
+    for r, diagnoses in zip(records, values):
+        r.diagnoses = diagnoses
 
 
 class CXRDataModule(pl.LightningDataModule):

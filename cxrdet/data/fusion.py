@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from ensemble_boxes import nms, weighted_boxes_fusion
 
-from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, normal_image_ids
+from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, names_of, normal_image_ids
 
 FUSIONS = ("none", "wbf", "nms")
 FUSED_READER = "fused"
@@ -55,7 +55,7 @@ def fuse_readers(labels: pd.DataFrame, method: str = "wbf", iou: float = 0.4) ->
         out += [[i, int(labels.loc[none, "class_id"].iloc[0]), *[np.nan] * 4] for i in normal]
     fused = pd.DataFrame(out, columns=["image_id", "class_id", *BOX_COLUMNS])
     fused["class_id"] = fused["class_id"].astype(np.int64)
-    names = labels.drop_duplicates("class_id").set_index("class_id")["class_name"]
+    names = names_of(labels)
     fused.insert(1, "class_name", [names[c] for c in fused["class_id"]])
     fused.insert(3, "rad_id", FUSED_READER)
     return fused

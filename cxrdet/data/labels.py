@@ -32,6 +32,11 @@ def is_no_finding(labels: pd.DataFrame) -> pd.Series:
     return labels["class_name"] == NO_FINDING_NAME
 
 
+def names_of(labels: pd.DataFrame) -> dict[int, str]:
+    """Class id → name, as the rows spell them (:func:`read_labels` writes each set's)."""
+    return dict(zip(labels["class_id"].astype(int), labels["class_name"]))
+
+
 def normal_image_ids(labels: pd.DataFrame) -> set[str]:
     """The images no reader marked a finding on: cxrdet's one meaning of a normal image.
 
@@ -98,21 +103,16 @@ def label_layout(path: Path, columns) -> str:
     """``kaggle`` (a ``class_id`` column) or ``release`` (``class_name`` without ``class_id``),
     told by the columns; anything else is refused naming the columns of both."""
     columns = set(columns)
-    if not {"image_id", *BOX_COLUMNS} <= columns:
-        layout = None
-    elif "class_id" in columns:
-        layout = "kaggle"
-    elif "class_name" in columns:
-        layout = "release"
-    else:
-        layout = None
-    if layout is None:
-        raise ValueError(
-            f"{path}: not a labels file: expected Kaggle's train.csv columns {LABEL_COLUMNS} or "
-            f"the VinDr-CXR release's annotations_*.csv columns {RELEASE_COLUMNS} (rad_id "
-            f"optional), found {sorted(columns)}" + separator_note(list(columns))
-        )
-    return layout
+    if {"image_id", *BOX_COLUMNS} <= columns:
+        if "class_id" in columns:
+            return "kaggle"
+        if "class_name" in columns:
+            return "release"
+    raise ValueError(
+        f"{path}: not a labels file: expected Kaggle's train.csv columns {LABEL_COLUMNS} or "
+        f"the VinDr-CXR release's annotations_*.csv columns {RELEASE_COLUMNS} (rad_id "
+        f"optional), found {sorted(columns)}" + separator_note(list(columns))
+    )
 
 
 def labels_class_set(path: str | Path, classes: str | ClassSet | None = None) -> ClassSet:
@@ -121,7 +121,11 @@ def labels_class_set(path: str | Path, classes: str | ClassSet | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels file not found: {path}")
-    layout = label_layout(path, pd.read_csv(path, nrows=0).columns)
+    return layout_class_set(path, label_layout(path, pd.read_csv(path, nrows=0).columns), classes)
+
+
+def layout_class_set(path: Path, layout: str, classes: str | ClassSet | None) -> ClassSet:
+    """``classes`` for a file of ``layout``: its own set (None), or refused when another."""
     own = KAGGLE14 if layout == "kaggle" else LOCAL22
     chosen = class_set(classes, own)
     if chosen is not own:  # no source says how one set maps onto the other
@@ -159,9 +163,9 @@ def read_labels(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels file not found: {path}")
-    classes = labels_class_set(path, classes)
     df = pd.read_csv(path, dtype={"image_id": str, "rad_id": str, "class_name": str})
     layout = label_layout(path, df.columns)
+    classes = layout_class_set(path, layout, classes)
     report = LabelReport(path=str(path), rows=len(df), layout=layout, classes=classes)
     csv_line = df.index.to_numpy() + 2  # 1-based, after the header
 
@@ -190,7 +194,7 @@ def read_labels(
     keep = ~(bad_class | no_box | empty)
     out = df.loc[keep].copy()
     out["class_id"] = class_id[keep].astype(np.int64)
-    out["class_name"] = [classes.names[c] for c in out["class_id"]]  # one spelling per id
+    out["class_name"] = np.array(classes.names, object)[out["class_id"]]  # one spelling an id
     out[BOX_COLUMNS] = boxes[keep].astype(float)
     if "rad_id" not in out.columns:  # the readers' figures need it: say so once
         out["rad_id"] = pd.Series(np.nan, index=out.index, dtype=object)

@@ -97,7 +97,7 @@ def meta_frame(dims: dict[str, tuple[int, int]], size: int, keep_ratio: bool) ->
 def write_metas(metas: dict[int, Path], dims: dict, keep_ratio: bool) -> None:
     """Write every size's meta CSV (atomically) for the images prepared so far."""
     for size, path in metas.items():
-        _atomic_csv(meta_frame(dims, size, keep_ratio), path)
+        atomic_csv(meta_frame(dims, size, keep_ratio), path)
 
 
 def one_core() -> None:
@@ -105,7 +105,8 @@ def one_core() -> None:
     cv2.setNumThreads(1)
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+def atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` through a temporary file: never half a CSV."""
     tmp = path.with_name(f".{path.name}.tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
@@ -208,7 +209,7 @@ def prepare(
         write_metas(metas, known, keep_ratio)
     fail_path = output / f"failures_{split}.csv"
     if failures:
-        _atomic_csv(pd.DataFrame(failures), fail_path)
+        atomic_csv(pd.DataFrame(failures), fail_path)
         for f in failures[:5]:
             log.warning("skipped %s", f["reason"])
         log.warning("%d file(s) skipped; all listed in %s", len(failures), fail_path)

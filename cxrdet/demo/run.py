@@ -57,24 +57,14 @@ def make_data() -> dict[str, float]:
             "1/7 synth", [py, "-m", "cxrdet", "synth", "--out", str(RAW), *SYNTH_ARGS]
         )
     for split in ("train", "test"):
-        times[f"prepare {split}"] = run(
-            f"1/7 prepare {split}",
-            [
-                py,
-                "-m",
-                "cxrdet",
-                "prepare",
-                "--input",
-                str(RAW / split),
-                "--output",
-                str(PREPARED),
-                "--sizes",
-                str(SIZE),
-                "--workers",
-                "2",
-            ],
-        )
+        times[f"prepare {split}"] = prepare(f"1/7 prepare {split}", split)
     return times
+
+
+def prepare(step: str, split: str, size: int = SIZE) -> float:
+    """``cxrdet prepare`` of one split's phantoms as ``size``-px PNGs; returns its time."""
+    cmd = [sys.executable, "-m", "cxrdet", "prepare", "--input", str(RAW / split)]
+    return run(step, [*cmd, "--output", str(PREPARED), "--sizes", str(size), "--workers", "2"])
 
 
 def best_checkpoint(train_dir: Path = TRAIN) -> Path | None:
@@ -126,12 +116,14 @@ def predict(
     return run(step, cmd)
 
 
-def training_images_per_s(train_dir: Path = TRAIN) -> float | None:
-    """The mean training images/s the run logged (metrics.csv's ``time/images_per_s``)."""
+def run_metrics(train_dir: Path = TRAIN) -> pd.DataFrame:
+    """The run's ``csv/metrics.csv`` (empty when it has none)."""
     path = train_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        return None
-    m = pd.read_csv(path)
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def training_images_per_s(m: pd.DataFrame) -> float | None:
+    """The mean training images/s the run logged (``time/images_per_s``)."""
     if "time/images_per_s" not in m or not m["time/images_per_s"].notna().any():
         return None
     return float(m["time/images_per_s"].dropna().mean())
@@ -145,10 +137,8 @@ def run_settings(run_dir: Path) -> tuple[int, int]:
     return int(cfg.trainer.max_steps), int(cfg.data.batch_size)
 
 
-def validation_seconds(train_dir: Path = TRAIN) -> tuple[int, float]:
+def validation_seconds(m: pd.DataFrame) -> tuple[int, float]:
     """How many validations the run made and their seconds (``time/validation_s``)."""
-    path = train_dir / "csv" / "metrics.csv"
-    m = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     if "time/validation_s" not in m:
         return 0, 0.0
     seconds = m["time/validation_s"].dropna()
@@ -192,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         "2/7 train the detector (about 5 minutes)", "demo", TRAIN, ("report=false",)
     )
     steps, batch = run_settings(TRAIN)
-    validations, val_s = validation_seconds()
+    metrics = run_metrics()
+    validations, val_s = validation_seconds(metrics)
     done(
         stages,
         Stage(
@@ -251,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     done(stages, Stage("report", f"figures and {TRAIN / 'report' / 'index.html'}", seconds))
     rows = validation_rows(TRAIN / "report" / "figures.json") + rows
     predict_json = pd.read_json(SUBMISSION.with_name("predict.json"), typ="series")
-    images_per_s = training_images_per_s()
+    images_per_s = training_images_per_s(metrics)
     if images_per_s is not None:
         rows.append(("training images/s", f"{images_per_s:.2f}"))
     rows.append(("prediction images/s (with the filter)", f"{predict_json['images_per_s']:.2f}"))

@@ -34,12 +34,12 @@ class Stage:
     did: str
     seconds: float | None
 
-    def line(self) -> str:
-        took = "reused (make demo FORCE=1 redoes it)" if self.seconds is None else self.took()
-        return f"{self.name:<9s} {self.did}: {took}"
-
     def took(self) -> str:
-        return f"{self.seconds:.0f} s"
+        return "reused" if self.seconds is None else f"{self.seconds:.0f} s"
+
+    def line(self) -> str:
+        hint = " (make demo FORCE=1 redoes it)" if self.seconds is None else ""
+        return f"{self.name:<9s} {self.did}: {self.took()}{hint}"
 
 
 def validation_rows(path: Path) -> list[tuple[str, str]]:
@@ -121,6 +121,6 @@ def add_to_report(page: Path, stages: list[Stage], rows: list[tuple[str, str]]) 
 
     if not page.is_file():
         return False
-    lines = [(s.name, f"{s.did}: {'reused' if s.seconds is None else s.took()}") for s in stages]
+    lines = [(s.name, f"{s.did}: {s.took()}") for s in stages]
     with_summary(page, "make demo", [*lines, *rows], NOTE)
     return True

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from cxrdet.data.classes import GLOBAL6, LOCAL22, NO_FINDING_NAME
 from cxrdet.data.labels import CLASS_NAMES, LABEL_COLUMNS, NO_FINDING, RELEASE_COLUMNS
-from cxrdet.data.prepare import one_core
+from cxrdet.data.prepare import atomic_csv, one_core
 from cxrdet.demo.phantom import CLASS_WEIGHTS, render
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -174,13 +174,6 @@ def write_case(
     return rows
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Through a temporary file: never half a CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path.with_name(f"{path.name}.tmp"), index=False)
-    os.replace(path.with_name(f"{path.name}.tmp"), path)
-
-
 def image_labels(rows: pd.DataFrame, reader: bool) -> pd.DataFrame:
     """The release's image-level labels of its box rows: per image and reader (``reader``) or
     per image, a 0/1 column per local label and per diagnosis (:data:`DIAGNOSIS_OF`; "Other
@@ -195,7 +188,7 @@ def image_labels(rows: pd.DataFrame, reader: bool) -> pd.DataFrame:
             diagnoses.add("Other diseases")
         if not marked:
             diagnoses.add(NO_FINDING_NAME)
-        ids = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        ids = dict(zip(keys, key))  # grouped by a list: a tuple key
         out.append({**ids, **local, **{d: int(d in diagnoses) for d in GLOBAL6}})
     frame = pd.DataFrame(out)
     return frame.rename(columns={"rad_id": "rad_ID"}) if reader else frame
@@ -209,11 +202,12 @@ def release_files(out: Path, split: str, rows: list[list]) -> None:
     ]
     reader = split == "train"
     columns = RELEASE_COLUMNS if reader else [c for c in RELEASE_COLUMNS if c != "rad_id"]
-    write_csv(df[columns], out / "annotations" / f"annotations_{split}.csv")
+    (out / "annotations").mkdir(exist_ok=True)
+    atomic_csv(df[columns], out / "annotations" / f"annotations_{split}.csv")
     labels = image_labels(df, reader)
     if not reader:  # the release's test file spells it so
         labels = labels.rename(columns={"Other diseases": "Other disease"})
-    write_csv(labels, out / "annotations" / f"image_labels_{split}.csv")
+    atomic_csv(labels, out / "annotations" / f"image_labels_{split}.csv")
 
 
 def synthesize(
@@ -262,7 +256,7 @@ def synthesize(
                 release_files(out, split, rows)
                 continue
             name = "train.csv" if split == "train" else "test_labels.csv"
-            write_csv(pd.DataFrame(rows, columns=LABEL_COLUMNS), out / name)
+            atomic_csv(pd.DataFrame(rows, columns=LABEL_COLUMNS), out / name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,14 @@ def ci_text(ci) -> str:
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def class_mean(aps: np.ndarray) -> np.ndarray:
+    """Each resample's mean over the classes it holds (rows of ``aps``; nan, not a warning,
+    for a resample without any)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(aps, axis=1)
+
+
 def weighted_voc_ap(tp: np.ndarray, w: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
     """All-point interpolated AP of one class's ranked detections under each row of weights
     ``w`` (resamples x detections); ``n_gt``: the weighted box count per resample (nan where
@@ -81,9 +89,7 @@ def bootstrap_map(m: Matches, weights: np.ndarray) -> np.ndarray:
                 aps[:, c] = np.where(n_gt > 0, 0.0, np.nan)
                 continue
             aps[:, c] = weighted_voc_ap(m.tp[part], w[:, m.image[part]], n_gt)
-        with warnings.catch_warnings():  # a resample without a finding: nan, not a warning
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[start : start + len(w)] = np.nanmean(aps, axis=1)
+        out[start : start + len(w)] = class_mean(aps)
     return out
 
 
@@ -204,7 +210,5 @@ def bootstrap_ap40(m: dict, weights: np.ndarray) -> np.ndarray:
                 at = np.searchsorted(recall[row], RECALL_POINTS, side="left")
                 inside = at < len(tp)
                 aps[row, k] = np.where(inside, envelope[row, np.minimum(at, len(tp) - 1)], 0).mean()
-        with warnings.catch_warnings():  # a resample without a finding: nan, not a warning
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[start : start + len(w)] = np.nanmean(aps, axis=1)
+        out[start : start + len(w)] = class_mean(aps)
     return out

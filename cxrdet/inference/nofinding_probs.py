@@ -1,8 +1,8 @@
 """P(abnormal) for the "No finding" filter: computed in the prediction run from classifier
 checkpoints (``predict.py nofinding.ckpt_path=``), or read from a CSV (``nofinding.probs=``).
 Either way the submission's folder gets them as ``nofinding_probs.csv``; classifiers of the
-release's 6 diagnoses (``model.targets=global6``) also give ``diagnoses.csv`` there
-(:func:`predict_diagnoses`)."""
+release's 6 diagnoses (``model.targets=global6``) also give ``diagnoses.csv`` there, from the
+same pass (:func:`batch_outputs`)."""
 
 from __future__ import annotations
 
@@ -59,38 +59,40 @@ def check_tta(tta: str, key: str = "nofinding.tta") -> None:
         raise ValueError(f"unknown {key} {tta!r}; expected none or hflip")
 
 
-def batch_probs(classifiers, images: list[torch.Tensor], tta: str = "none") -> list[float]:
+def batch_outputs(
+    classifiers, images: list[torch.Tensor], tta: str = "none"
+) -> tuple[list[float], list[list[float]] | None]:
     """Mean P(abnormal) of the classifiers (and of each one's flipped view with ``hflip``) for
     a batch of same-sized images already on the classifiers' device (under the caller's
-    autocast)."""
+    autocast); and, when some of them learned the release's 6 diagnoses
+    (``model.targets=global6``), those ones' mean P(diagnosis) per image (None otherwise).
+    Each classifier runs once per view for both."""
     batch = torch.stack(list(images))
     views = [batch, batch.flip(-1)] if tta == "hflip" else [batch]
-    p = torch.stack([torch.sigmoid(c(view)).float() for c in classifiers for view in views])
-    return p.mean(0).cpu().tolist()
+    abnormal, diagnoses = [], []
+    for c in classifiers:
+        for view in views:
+            logits = c.logits(view)
+            abnormal.append(torch.sigmoid(c.abnormal(logits)).float())
+            if c.targets == "global6":
+                diagnoses.append(torch.sigmoid(logits).float())
+    p = torch.stack(abnormal).mean(0).cpu().tolist()
+    return p, (torch.stack(diagnoses).mean(0).cpu().tolist() if diagnoses else None)
 
 
-def diagnosis_classifiers(classifiers) -> list:
-    """The classifiers that learned the release's 6 diagnoses (``model.targets=global6``)."""
-    return [c for c in classifiers or [] if getattr(c, "targets", "nofinding") == "global6"]
+def batch_probs(classifiers, images: list[torch.Tensor], tta: str = "none") -> list[float]:
+    """:func:`batch_outputs`' mean P(abnormal)."""
+    return batch_outputs(classifiers, images, tta)[0]
 
 
-@torch.inference_mode()
-def predict_diagnoses(
-    classifiers, dataset, device, batch_size: int = 4, num_workers: int = 0, precision="32-true"
-) -> pd.DataFrame:
-    """Each readable image's mean P(diagnosis) over ``classifiers`` (global6 ones):
-    ``image_id`` and one column per diagnosis of :data:`cxrdet.data.classes.GLOBAL6`."""
-    device = torch.device(device)
-    loader = prediction_loader(dataset, batch_size, num_workers, device)
-    rows = []
-    for images, infos in loader:
-        batch = [im.to(device) for im in images]
-        with autocast(device, precision):
-            p = torch.stack([torch.sigmoid(c.logits(batch)).float() for c in classifiers])
-        for info, values in zip(infos, p.mean(0).cpu().tolist()):
-            if not info.get("error"):
-                rows.append([info["image_id"], *values])
-    return pd.DataFrame(rows, columns=["image_id", *GLOBAL6])
+def write_diagnoses(diagnoses: dict[str, list[float]], path: str | Path) -> Path:
+    """Write ``image_id`` and one P(diagnosis) column per diagnosis of
+    :data:`cxrdet.data.classes.GLOBAL6` (6 decimals)."""
+    path = Path(path)
+    frame = pd.DataFrame(list(diagnoses.values()), columns=list(GLOBAL6))
+    frame.insert(0, "image_id", list(diagnoses))
+    frame.to_csv(path, index=False, float_format="%.6f")
+    return path
 
 
 @torch.inference_mode()

@@ -41,12 +41,11 @@ from cxrdet.evaluation.submission import (
 from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.exported import ExportedDetector, load_exported
 from cxrdet.inference.nofinding_probs import (
-    batch_probs,
+    batch_outputs,
     check_tta,
-    diagnosis_classifiers,
     load_classifiers,
-    predict_diagnoses,
     read_probs,
+    write_diagnoses,
     write_probs,
 )
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
@@ -177,18 +176,20 @@ def predict_dataset(
     options: PassOptions | None = None,
     classifiers: list | None = None,
     on_result=None,
+    diagnoses: dict | None = None,
 ) -> tuple[dict, dict, dict]:
     """Run every model (and its flipped view with ``options.tta="hflip"``) over ``dataset``,
     and the "No finding" classifiers, if any, on the same batches (each image is read once).
 
     Each batch's detections come to the host in one copy per model and view; ``on_result``,
     if given, is called with each image's id, prediction and P(abnormal) (None without
-    classifiers) as soon as the image is done.
+    classifiers) as soon as the image is done. ``diagnoses``, if given, gets image id → the
+    diagnoses classifiers' mean P(diagnosis) (:func:`batch_outputs`; none without them).
 
     Returns:
         image id → (boxes in original pixels, scores, class ids), fused with WBF when there is
         more than one view; image id → error for images that could not be read; and image id →
-        the classifiers' mean P(abnormal) (:func:`batch_probs`; empty without classifiers).
+        the classifiers' mean P(abnormal) (:func:`batch_outputs`; empty without classifiers).
     """
     o = options or PassOptions()
     check_tta(o.tta, "tta")
@@ -209,7 +210,9 @@ def predict_dataset(
                 if o.tta == "hflip":
                     flipped = model([im.flip(-1) for im in batch])
                     views.append((predictions_of(flipped), True, weight))
-            p_abnormal = batch_probs(classifiers, batch, o.classifier_tta) if classifiers else None
+            p_abnormal, p_diagnoses = None, None
+            if classifiers:
+                p_abnormal, p_diagnoses = batch_outputs(classifiers, batch, o.classifier_tta)
         for k, (image, info) in enumerate(zip(images, infos)):
             image_id = info["image_id"]
             if info.get("error"):
@@ -217,6 +220,8 @@ def predict_dataset(
                 continue
             if p_abnormal is not None:
                 probs[image_id] = float(p_abnormal[k])
+            if p_diagnoses is not None and diagnoses is not None:
+                diagnoses[image_id] = p_diagnoses[k]
             hw = tuple(image.shape[-2:])
             sets = []
             for outputs, flipped, _ in views:
@@ -314,6 +319,7 @@ def predict(
     classes = class_set_of(models)
     no_finding, empty = classes.no_finding, empty_prediction(classes)
     rows = {}  # formatted in a thread of their own while the models run
+    diagnoses: dict[str, list[float]] = {}
 
     def row(pred, p_abnormal):
         if p_abnormal is not None:
@@ -348,6 +354,7 @@ def predict(
             options,
             classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
             on_result=on_result,
+            diagnoses=diagnoses,  # and the 6 diagnoses of classifiers that learned them
         )
         rows = {i: empty if i in errors else rows[i].result() for i in dataset.ids}
     seconds = time.perf_counter() - start
@@ -359,10 +366,10 @@ def predict(
     read_submission(path, dataset.ids, classes)  # the scorer's own checks, before "done"
     if probs is not None:  # what the filter used, beside the submission
         write_probs({i: probs[i] for i in dataset.ids if i in probs}, path.with_name(PROBS_CSV))
-    diagnosing = diagnosis_classifiers(classifiers)
-    if diagnosing:  # the release's 6 diagnoses: cxrdet score --diagnoses scores them
-        diagnoses = predict_diagnoses(diagnosing, dataset, dev, cfg.batch_size, workers, precision)
-        diagnoses.to_csv(path.with_name(DIAGNOSES_CSV), index=False, float_format="%.6f")
+    if diagnoses:  # the release's 6 diagnoses: cxrdet score --diagnoses scores them
+        write_diagnoses(
+            {i: diagnoses[i] for i in dataset.ids if i in diagnoses}, path.with_name(DIAGNOSES_CSV)
+        )
     if cfg.viz:
         write_viz(dataset, results, Path(path).parent / "viz", cfg.viz, names=classes.names)
     summary = {

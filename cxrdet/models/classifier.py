@@ -163,13 +163,17 @@ class NoFindingModule(pl.LightningModule):
             )
         return self.net((x - self.mean) / self.std)
 
-    def forward(self, images) -> torch.Tensor:
-        """Logits of P(abnormal), one per image: the one output, or with ``global6`` minus
-        the "No finding" diagnosis' logit (sigmoid(-x) = 1 - sigmoid(x))."""
-        logits = self.logits(images)
+    def abnormal(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits of P(abnormal) from :meth:`logits`' output, one per image: the one output,
+        or with ``global6`` minus the "No finding" diagnosis' logit (sigmoid(-x) =
+        1 - sigmoid(x))."""
         if self.targets == "global6":
             return -logits[:, GLOBAL6.index(NO_FINDING_NAME)]
         return logits.squeeze(1)
+
+    def forward(self, images) -> torch.Tensor:
+        """Logits of P(abnormal), one per image (:meth:`abnormal`)."""
+        return self.abnormal(self.logits(images))
 
     def labels(self, targets) -> torch.Tensor:
         """What it learns: 1 for an image some reader marked a finding on, 0 for a normal

@@ -28,7 +28,7 @@ from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.data.global_labels import GlobalLabels, read_global_labels
 from cxrdet.data.label_check import box_issues, issues_frame, mismatch
 from cxrdet.data.label_check import summary as issue_summary
-from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, read_labels
+from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, names_of, read_labels
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.reports.stats import heatmaps, reader_agreement, relative_boxes, summarise
@@ -166,7 +166,7 @@ def augment_preview(
         cfg = compose(config_name="train", overrides=[f"augment={augment}"])
     transform = instantiate(cfg.augment) if cfg.augment else None
     findings = labels[~is_no_finding(labels) & labels["image_id"].isin(meta.index)]
-    names = dict(zip(labels["class_id"].astype(int), labels["class_name"]))
+    names = names_of(labels)
     candidates = [i for i in findings["image_id"].unique() if (images_dir / f"{i}.png").is_file()]
     if not candidates:
         raise FileNotFoundError(f"no image with findings has a PNG in {images_dir}")

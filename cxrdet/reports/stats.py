@@ -6,15 +6,9 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.data.boxes import iou_matrix
-from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, normal_image_ids
+from cxrdet.data.labels import BOX_COLUMNS, is_no_finding, names_of, normal_image_ids
 
 GRID = 128  # heatmap resolution (normalised image coordinates)
-
-
-def names_of(labels: pd.DataFrame) -> dict[int, str]:
-    """Class id → name, as the labels spell them (:func:`cxrdet.data.labels.read_labels`
-    writes each set's names)."""
-    return dict(zip(labels["class_id"].astype(int), labels["class_name"]))
 
 
 def summarise(labels: pd.DataFrame) -> dict:

@@ -25,7 +25,7 @@ import logging
 import pytorch_lightning as pl
 import torch.distributed as dist
 
-from cxrdet.data.classes import KAGGLE14, NO_FINDING_NAME, ClassSet, of_names
+from cxrdet.data.classes import KAGGLE14, NO_FINDING_NAME, ClassSet
 from cxrdet.evaluation.coco_eval import STATS, coco_stats
 from cxrdet.evaluation.evaluator import DetectionEvaluator
 from cxrdet.evaluation.froc import froc
@@ -81,9 +81,9 @@ class ValidationScores(pl.Callback):
 
 
 def class_set_of(pl_module) -> ClassSet:
-    """The class set of the module being validated (Kaggle's for a module without names)."""
-    names = getattr(pl_module, "class_names", None)
-    return of_names(names) if names is not None else KAGGLE14
+    """The class set of the module being validated (``DetectorModule.classes``; Kaggle's for
+    a module without one)."""
+    return getattr(pl_module, "classes", KAGGLE14)
 
 
 def submission_of(outputs: dict, pl_module, iou: float) -> DetectionEvaluator:
@@ -114,7 +114,7 @@ class CompetitionEvaluation(ValidationScores):
     def scores(self, pl_module) -> dict[str, float]:
         self.evaluator = submission_of(self.outputs, pl_module, self.iou)
         result = self.evaluator.evaluate()
-        names = class_set_of(pl_module).names
+        names = self.evaluator.classes.names
         logged = {"val/images": float(result["images"])}
         for metric in ("AP40", "mAP40"):
             value = result[metric]
