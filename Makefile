@@ -43,9 +43,10 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(STAMP) ## Run every benchmark (training, validation, input pipeline, boxes, prepare, EDA, metrics, start-up, prediction, export; the demo variants take ~25 min)
+bench: $(STAMP) ## Run every benchmark (training, validation, proposal stage, input pipeline, boxes, prepare, EDA, metrics, start-up, prediction, export; the demo variants take ~25 min)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/validation.py
+	$(PY) benchmarks/proposals.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/box_agreement.py --device cpu
 	$(PY) benchmarks/prepare.py

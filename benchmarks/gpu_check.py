@@ -12,9 +12,12 @@ failure or a slow machine costs only the last figures:
 2. training images/s at ``--size`` px, batch 16, the batched detector, for ``32-true``,
    ``16-mixed`` and, where native, ``bf16-mixed`` (3 rounds of 50 steps, loader workers),
    each one's peak CUDA memory, the GPU's busy share and its top 10 kernels;
-3. host synchronisations per training step, batch 4 and 8, batched and torchvision's
-   implementation (``benchmarks/syncs.py``: the profiler's sync operators, and the syncs
-   ``torch.cuda.set_sync_debug_mode`` counts);
+3. host waits per training step, validation batch and prediction batch, batch 4 and 8,
+   batched and torchvision's implementation (``benchmarks/syncs.py``: the waits
+   ``cxrdet.models.rcnn.syncs.HostWaits`` counts, and the syncs
+   ``torch.cuda.set_sync_debug_mode`` counts in a training step); the RPN's proposal stage
+   per image at batch 1, 2, 4 and 8, each NMS method against torchvision's
+   (``benchmarks/proposals.py``);
 4. the tests marked ``gpu`` (training, validation and prediction on CUDA, fp32 / fp16 / bf16);
 5. torchvision's implementation at the same size and precision, for the ratio;
 6. training at twice ``--size`` (1,024 px), batch 8, fp32 and auto's precision;
@@ -136,6 +139,13 @@ def main() -> None:
         ["benchmarks/syncs.py", "--accelerator", accelerator, "--size", size,
          "--batches", "4,8"],
         150,
+        results,
+    )  # fmt: skip
+    step(
+        "proposals",
+        ["benchmarks/proposals.py", "--size", size, "--device", a.device,
+         "--rounds", rounds, "--threads", str(os.cpu_count() or 2)],
+        60,
         results,
     )  # fmt: skip
     if cuda:

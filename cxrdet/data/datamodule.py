@@ -26,6 +26,7 @@ from cxrdet.data.label_check import (
     describe,
     mismatch_message,
     mismatched_images,
+    unusable_box_issues,
 )
 from cxrdet.data.labels import read_labels
 from cxrdet.data.meta import read_meta
@@ -306,7 +307,7 @@ class CXRDataModule(pl.LightningDataModule):
         )
         if problem:
             raise ValueError(problem)
-        labels, _ = read_labels(self.labels_csv, self.classes)
+        labels, report = read_labels(self.labels_csv, self.classes)
         meta = read_meta(self.meta_csv)
         self.mismatched = mismatched_images(labels, meta)
         if len(self.mismatched):  # labels and sizes that cannot belong together
@@ -323,7 +324,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.val_labels = labels[in_val]  # every reader's rows, for the readers' baseline
         train_labels = fuse_readers(labels[~in_val], self.fusion, self.fusion_iou)
         val_labels = fuse_readers(labels[in_val], self.val_fusion, self.fusion_iou)
-        self.label_issues = []
+        self.label_issues = unusable_box_issues(report, set(val_ids))
         train = build_records(
             train_labels,
             meta,

@@ -3,9 +3,14 @@ counted and listed, and labels that do not belong with their meta CSV stop the r
 
 A box lying partly outside its image is clipped to it; one with less than a pixel left (or
 none at all) is dropped. Real labels have some (readers' boxes past the image edge by a few
-pixels). A meta CSV that does not belong with the labels shows as whole images whose boxes
-lie mostly outside (dim0/dim1 hold another size than the original DICOM's), or whose boxes
-all fit only with dim0 and dim1 swapped; those stop the run in one line instead.
+pixels). A finding's box that has no area as given (``x_max <= x_min`` or ``y_max <= y_min``)
+or misses a coordinate is dropped when the labels are read
+(:func:`cxrdet.data.labels.read_labels`) and listed here too, as ``no area`` or ``missing
+box``: the detector's matcher must never see it.
+
+A meta CSV that does not belong with the labels shows as whole images whose boxes lie mostly
+outside (dim0/dim1 hold another size than the original DICOM's), or whose boxes all fit only
+with dim0 and dim1 swapped; those stop the run in one line instead.
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ def summary(issues: list[dict]) -> dict:
     """Counts of the issues: boxes clipped and dropped, images affected, the worst five."""
     per_image = Counter(row["image_id"] for row in issues)
     kinds = Counter(row["issue"] for row in issues)
+    unusable = kinds.get("no area", 0) + kinds.get("missing box", 0)
     return {
         "boxes_clipped": kinds.get("clipped", 0),
-        "boxes_dropped": kinds.get("dropped", 0),
+        "boxes_dropped": kinds.get("dropped", 0) + unusable,
+        "boxes_unusable": unusable,
         "images_affected": len(per_image),
         "worst_images": [i for i, _ in per_image.most_common(5)],
     }
@@ -65,10 +72,20 @@ def describe(issues: list[dict]) -> str:
         s = summary([row for row in issues if row["split"] == split])
         parts.append(
             f"{split}: {s['boxes_clipped']} box(es) clipped to their image, "
-            f"{s['boxes_dropped']} dropped (under 1 px left), in {s['images_affected']} "
+            f"{s['boxes_dropped']} dropped (under 1 px left, or {s['boxes_unusable']} with "
+            f"no area or a missing coordinate as given), in {s['images_affected']} "
             f"image(s); most in {', '.join(s['worst_images'])}"
         )
     return "; ".join(parts)
+
+
+def unusable_box_issues(report, val_ids: set[str]) -> list[dict]:
+    """:func:`box_issues`' rows for the boxes ``read_labels`` dropped (its report's
+    ``unusable``), each in the split its image went to."""
+    return [
+        {**row, "split": "validation" if row["image_id"] in val_ids else "train"}
+        for row in report.unusable
+    ]
 
 
 def issues_frame(issues: list[dict]) -> pd.DataFrame:

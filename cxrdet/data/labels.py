@@ -77,6 +77,8 @@ class LabelReport:
     readers: bool = True  # the file has a rad_id column
     layout: str = "kaggle"  # kaggle (train.csv) or release (VinDr-CXR's annotations_*.csv)
     classes: ClassSet = KAGGLE14  # the class set its ids are of
+    # findings' boxes dropped for no area or a missing coordinate, as label_issues.csv rows
+    unusable: list[dict] = field(default_factory=list)
 
     def skip(self, reason: str, rows: np.ndarray) -> None:
         if len(rows):
@@ -191,6 +193,18 @@ def read_labels(
     )
     report.skip("a zero-area box (x_max <= x_min or y_max <= y_min)", csv_line[empty.to_numpy()])
 
+    for mask, issue in ((no_box, "missing box"), (empty, "no area")):
+        report.unusable += [
+            {
+                "image_id": str(image_id),
+                "class_id": int(c),
+                **dict(zip(BOX_COLUMNS, box)),
+                "issue": issue,
+            }
+            for image_id, c, box in zip(
+                df.loc[mask, "image_id"], class_id[mask], boxes[mask].to_numpy().tolist()
+            )
+        ]
     keep = ~(bad_class | no_box | empty)
     out = df.loc[keep].copy()
     out["class_id"] = class_id[keep].astype(np.int64)

@@ -67,6 +67,7 @@ def build_fasterrcnn(
     head_init: str = "torchvision",
     rcnn_impl: str = "batched",
     box_candidates_per_class: int | None = None,
+    nms_method: str = "auto",
     channels_last: bool = False,
     compile: bool = False,
     compile_backend: str = "inductor",
@@ -105,6 +106,9 @@ def build_fasterrcnn(
             reference); the same modules and weights either way.
         box_candidates_per_class: at inference, each image's best boxes per class kept for NMS
             (``batched`` only; None: all).
+        nms_method: how the ``batched`` implementation runs its NMS
+            (:mod:`cxrdet.models.rcnn.nms`): ``auto`` (one torchvision call per group on the
+            CPU, the matrix method with one host wait elsewhere), ``matrix`` or ``per_group``.
         channels_last: the convolutions' weights in channels-last memory order (NHWC), what
             tensor cores read; on the CPU it is about 10 % slower.
         compile: ``torch.compile`` backbone + FPN and the RPN head
@@ -136,7 +140,8 @@ def build_fasterrcnn(
     box_predictor = Float32Predictor(REPRESENTATION, num_classes + 1)
     detector, extra = FasterRCNN, {}
     if rcnn_impl == "batched":
-        detector, extra = BatchedFasterRCNN, {"candidates_per_class": box_candidates_per_class}
+        detector = BatchedFasterRCNN
+        extra = {"candidates_per_class": box_candidates_per_class, "nms_method": nms_method}
     model = detector(
         backbone,
         rpn_anchor_generator=anchors,

@@ -171,14 +171,22 @@ def test_datamodule_scales_boxes_skips_missing_images_and_keeps_negatives(
     extra["image_id"] = "f" * 32  # a CSV row whose image was never prepared
     outside = labels[labels.class_id < 14].iloc[:1].copy()
     outside[["x_min", "x_max"]] = [5000.0, 6000.0]  # entirely right of the image
+    flat, inverted = outside.copy(), outside.copy()  # no area: the matcher must never see them
+    flat[["x_min", "x_max"]] = [10.0, 10.0]
+    inverted[["x_min", "x_max"]] = [30.0, 12.0]
     path = tmp_path / "train_extra.csv"
-    pd.concat([labels, extra, outside]).to_csv(path, index=False)
+    pd.concat([labels, extra, outside, flat, inverted]).to_csv(path, index=False)
     dm = _tiny_datamodule(tiny_data, labels=path)
     assert len(dm.train_set) == 16 and dm.val_set is None and dm.val_dataloader() == []
     assert "skipped 1 image(s)" in caplog.text and "f" * 32 in caplog.text
-    assert "0 box(es) clipped to their image, 1 dropped" in caplog.text
-    assert [(i["issue"], i["class_id"]) for i in dm.label_issues] == [
-        ("dropped", int(outside.class_id.iloc[0]))
+    assert "skipped 2 row(s) with a zero-area box" in caplog.text
+    assert "0 box(es) clipped to their image, 3 dropped (under 1 px left, or 2 with no area" in (
+        caplog.text
+    )
+    assert sorted((i["issue"], i["class_id"], i["x_max"]) for i in dm.label_issues) == [
+        ("dropped", int(outside.class_id.iloc[0]), 6000.0),
+        ("no area", int(outside.class_id.iloc[0]), 10.0),
+        ("no area", int(outside.class_id.iloc[0]), 12.0),
     ]
 
     meta = pd.read_csv(prepared / "64" / "train_meta.csv", dtype={"image_id": str}).set_index(

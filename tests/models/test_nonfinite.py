@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cxrdet.models.nonfinite import NonFiniteGuard, handles_found_inf, zero_momentum
-from cxrdet.models.rcnn.syncs import count_ops
+from cxrdet.models.rcnn.syncs import count_waits
 
 
 class _Net(nn.Module):
@@ -85,10 +85,10 @@ def test_the_check_makes_no_host_wait_with_a_fused_optimiser():
     def step():
         _step(guard, net, optimizer, 0, x, grad_nan=True)
 
-    assert count_ops(step)["syncs"] == 0
+    assert count_waits(step)["waits"] == 0
     plain_net, plain = _setup(fused=False)
     assert not handles_found_inf(plain)  # the fallback reads the flag at once
-    assert count_ops(lambda: _step(guard, plain_net, plain, 0, x, grad_nan=True))["syncs"] >= 1
+    assert count_waits(lambda: _step(guard, plain_net, plain, 0, x, grad_nan=True))["waits"] >= 1
 
 
 def test_a_skipped_first_step_leaves_the_momentum_at_zero_not_uninitialised():

@@ -1,6 +1,8 @@
 """The batched detector (``model.rcnn_impl=batched``) against torchvision's reference, stage by
-stage: transform, decode + top-k + NMS, matching, sampling, losses, detections; its host syncs
-per step; validation's one pass; the compiled dense part.
+stage: transform, decode + top-k + NMS, matching, sampling, losses, detections, the parts that
+copy nothing from the host; validation's one pass; the compiled dense part. Where the limits
+bind (512 px, quotas, the candidate cap): ``test_rcnn_limits.py``; host waits:
+``test_host_waits.py``.
 
 Both models share one state dict; the samplers take the first candidates by index (the batched
 one through :func:`first_keys`, the reference through :class:`FirstSampler`), so that every
@@ -22,7 +24,6 @@ from cxrdet.inference.export import smooth_images
 from cxrdet.models.detector import build_fasterrcnn
 from cxrdet.models.rcnn.matching import batched_box_iou, match, pad_targets
 from cxrdet.models.rcnn.sampling import BalancedSampler, FirstSampler, first_keys
-from cxrdet.models.rcnn.syncs import training_step_counts
 from cxrdet.models.rcnn.validation import losses_and_detections
 
 SIZE = 96
@@ -234,41 +235,45 @@ def test_detections_equal_torchvision_s(pair):
         assert torch.equal(f["labels"], e["labels"])
 
 
-def test_a_pre_nms_cap_at_the_proposal_count_changes_nothing_and_a_small_one_caps(pair):
-    _, batched = pair
-    images = _images(2, seed=3)
-    heads = batched.roi_heads
-    with torch.no_grad():
-        batched.eval()
-        full = batched(images)
-        heads.candidates_per_class = 10
-        capped = batched(images)
-        heads.candidates_per_class = None
-    for f, c in zip(full, capped):
-        assert len(c["boxes"]) < len(f["boxes"])
-        for label in c["labels"].unique():
-            assert int((c["labels"] == label).sum()) <= 10
+def test_the_host_free_parts_give_torchvision_s_numbers_bit_for_bit():
+    """The box coder with Python constants, ROI pooling sorted by level and the host-side
+    resize ratios: torchvision's results exactly, gradients too, a NaN box included (fails if
+    an operation's order or a constant's dtype changes)."""
+    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.models.detection.transform import resize_boxes
+    from torchvision.ops import MultiScaleRoIAlign
 
+    from cxrdet.models.rcnn.box_coder import HostFreeBoxCoder
+    from cxrdet.models.rcnn.roi_align import LevelSortedRoIAlign
 
-@pytest.mark.parametrize("impl", ["batched", "torchvision"])
-def test_host_syncs_per_training_step_do_not_grow_with_the_batch(impl):
-    """The CPU proxy of issue 29's target: the operators that make a CUDA host wait, counted
-    under the profiler in one forward + backward. Batched: at most 12 at batch 4 and the same
-    at batch 8; torchvision's grows with the batch (the reference, for the record). Fails when
-    a per-image loop with ``nonzero``/``.item()``/NMS comes back."""
-    counts = []
-    for n in (4, 8):
-        torch.manual_seed(0)
-        model = build_fasterrcnn(
-            num_classes=14, image_size=64, rcnn_impl=impl, roi_batch_size_per_image=64
-        )
-        images, targets = _images(n, 64), _targets(n, 64)
-        model.train()(images, targets)  # warm-up: anchors cached, pooler scales set
-        counts.append(training_step_counts(model, images, targets)["syncs"])
-    if impl == "batched":
-        assert counts[0] == counts[1] <= 12
-    else:
-        assert counts[1] > counts[0] > 12
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(300, 2, generator=g) * 400
+    a = torch.cat([xy, xy + 2 + torch.rand(300, 2, generator=g) * 300], 1)
+    b = a + torch.rand(300, 4, generator=g) * torch.tensor([-9.0, -9.0, 9.0, 9.0])  # grown
+    codes = torch.randn(300, 8, generator=g)
+    for weights in ((1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)):
+        coder = BoxCoder(weights)
+        ours = HostFreeBoxCoder.like(coder)
+        assert torch.equal(ours.encode_single(b, a), coder.encode_single(b, a))
+        assert torch.equal(ours.decode_single(codes, a), coder.decode_single(codes, a))
+    assert torch.equal(
+        build_fasterrcnn(num_classes=14, image_size=64).transform._scaled(
+            a, [333, 517], [512, 800]
+        ),
+        resize_boxes(a, [333, 517], [512, 800]),
+    )
+    names = ["0", "1", "2", "3"]
+    features = {k: torch.randn(2, 8, s, s, generator=g, requires_grad=True)
+                for k, s in zip(names, (128, 64, 32, 16))}  # fmt: skip
+    nan = torch.full((1, 4), float("nan"))  # a diverged box: no level, pooled to zeros
+    boxes = [torch.cat([a[:150], nan]), a[150:]]  # 32-400 px: every level gets ROIs
+    pooled = []
+    for pool in (MultiScaleRoIAlign(names, 7, 2), LevelSortedRoIAlign(names, 7, 2)):
+        out = pool(features, boxes, [(512, 512)] * 2)
+        grads = torch.autograd.grad(out.square().sum(), list(features.values()))
+        pooled.append((out, grads))
+    assert torch.equal(pooled[0][0], pooled[1][0])
+    assert all(torch.equal(x, y) for x, y in zip(pooled[0][1], pooled[1][1]))
 
 
 @pytest.mark.parametrize("impl", ["batched", "torchvision"])

@@ -11,13 +11,17 @@ either way), that do the same work on whole batches with masks and padding:
   one batched operation when the images share a size (both implementations use it);
 - :mod:`.matching`: anchor/proposal matching for a batch of padded ground truths;
 - :mod:`.sampling`: the positive/negative sampler as random keys + top-k on masks;
-- :mod:`.batched_rpn`: one NMS over every image and level, losses with masks;
-- :mod:`.batched_roi_heads`: fixed-size ROI samples, masked losses, one detection NMS;
+- :mod:`.nms`: greedy NMS within groups, its cost per image independent of the batch (on a
+  GPU with one wait per call);
+- :mod:`.box_coder`, :mod:`.roi_align`: torchvision's box coder without copies from the host,
+  its multi-scale ROI pooling with one wait instead of one per level;
+- :mod:`.batched_rpn`: NMS per (image, level), losses with masks;
+- :mod:`.batched_roi_heads`: fixed-size ROI samples, masked losses, NMS per (image, class);
 - :mod:`.batched_rcnn`: the model that passes padded proposals between them;
 - :mod:`.validation`: losses and detections of validation from one pass;
 - :mod:`.compile`: ``torch.compile`` of backbone + FPN + RPN head (``model.compile=true``);
-- :mod:`.syncs`: counting the operations that make a CUDA host wait (benchmarks, tests).
+- :mod:`.syncs`: counting where a CUDA host would wait, on any device (benchmarks, tests).
 
 torchvision's own modules stay the reference (``model.rcnn_impl=torchvision``), and
-``tests/models/test_rcnn.py`` compares the two stage by stage.
+``tests/models/test_rcnn.py`` and ``test_rcnn_limits.py`` compare the two stage by stage.
 """

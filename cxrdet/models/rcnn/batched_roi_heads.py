@@ -1,5 +1,5 @@
 """torchvision's box head (``RoIHeads``), batched: fixed-size ROI samples, masked losses and
-one NMS for every image's detections.
+per-(image, class) NMS over fixed-size candidates.
 
 Training: the padded proposals and the padded ground truth (added as proposals, as
 torchvision adds them) are matched and sampled for the whole batch; each image's sampled ROIs
@@ -8,10 +8,13 @@ slots an image could not fill; the losses are sums over that mask divided by the
 sampled (torchvision's means).
 
 Inference: every proposal's per-class boxes and scores, the score and small-box filters as a
-mask, optionally each image's ``candidates_per_class`` best per class (the pre-NMS cap), then
-one NMS with each (image, class) a group of its own, and each image's best
-``detections_per_img``. The host waits three times per batch: the candidates' count, NMS, and
-the detections per image.
+mask; each image's best ``candidates_per_class`` per class (all of them when None) become a
+fixed-size block ``[N x classes, K]`` for :func:`.nms.grouped_nms`, and each image keeps its
+best ``detections_per_img`` of what survives.
+
+Where the host waits (``benchmarks/syncs.py`` counts them): ROI pooling, once per call
+(:mod:`.roi_align`); at inference also the NMS (once on a GPU) and the number of detections of
+each image (one read for the batch).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from cxrdet.models.rcnn.batched_rpn import Proposals, clip_to_images, group_nms, image_sizes_tensor
+from cxrdet.models.rcnn.batched_rpn import Proposals, clip_to_images, image_sizes_tensor
+from cxrdet.models.rcnn.box_coder import HostFreeBoxCoder
 from cxrdet.models.rcnn.matching import (
     BELOW_LOW_THRESHOLD,
     BETWEEN_THRESHOLDS,
@@ -30,6 +34,8 @@ from cxrdet.models.rcnn.matching import (
     match,
     pad_targets,
 )
+from cxrdet.models.rcnn.nms import grouped_nms
+from cxrdet.models.rcnn.roi_align import LevelSortedRoIAlign
 from cxrdet.models.rcnn.sampling import BalancedSampler
 
 MIN_BOX = 1e-2  # torchvision's smallest detection side (remove_small_boxes)
@@ -42,21 +48,33 @@ class BatchedRoIHeads(RoIHeads):
     Args:
         candidates_per_class: at inference, each image keeps at most this many boxes per class
             (the best by score) for NMS; None keeps all (torchvision's behaviour).
+        nms_method: :func:`.nms.grouped_nms`'s method.
     """
 
-    def __init__(self, *args, candidates_per_class: int | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        candidates_per_class: int | None = None,
+        nms_method: str = "auto",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         sampler = self.fg_bg_sampler
         self.fg_bg_sampler = BalancedSampler(
             sampler.batch_size_per_image, sampler.positive_fraction
         )
+        self.box_coder = HostFreeBoxCoder.like(self.box_coder)
         self.candidates_per_class = candidates_per_class
+        self.nms_method = nms_method
 
     @classmethod
-    def like(cls, heads: RoIHeads, candidates_per_class: int | None = None) -> BatchedRoIHeads:
-        """Batched heads with ``heads``' children and settings (the same modules, not copies)."""
+    def like(
+        cls, heads: RoIHeads, candidates_per_class: int | None = None, nms_method: str = "auto"
+    ) -> BatchedRoIHeads:
+        """Batched heads with ``heads``' children and settings (the same modules, not copies;
+        the ROI pooling, which has no parameters, with one wait per call)."""
         return cls(
-            heads.box_roi_pool,
+            LevelSortedRoIAlign.like(heads.box_roi_pool),
             heads.box_head,
             heads.box_predictor,
             heads.proposal_matcher.high_threshold,
@@ -68,6 +86,7 @@ class BatchedRoIHeads(RoIHeads):
             heads.nms_thresh,
             heads.detections_per_img,
             candidates_per_class=candidates_per_class,
+            nms_method=nms_method,
         )
 
     def forward(
@@ -139,6 +158,7 @@ class BatchedRoIHeads(RoIHeads):
         n, p = valid.shape
         class_logits, box_regression = self.predict(features, boxes, image_shapes)
         num_classes = class_logits.shape[-1]
+        found = num_classes - 1
         decoded = self.box_coder.decode_single(box_regression, boxes.reshape(-1, 4))
         decoded = decoded.reshape(n, p, num_classes, 4)
         decoded = clip_to_images(decoded, image_sizes_tensor(image_shapes, boxes.device))[:, :, 1:]
@@ -147,38 +167,25 @@ class BatchedRoIHeads(RoIHeads):
         heights = decoded[..., 3] - decoded[..., 1]
         ok = valid[:, :, None] & (scores > self.score_thresh)
         ok &= (widths >= MIN_BOX) & (heights >= MIN_BOX)
-        if self.candidates_per_class is not None and self.candidates_per_class < p:
-            ok = self.cap_per_class(ok, scores)
-        index = ok.reshape(-1).nonzero().squeeze(1)  # the host waits: how many candidates
-        found = num_classes - 1
-        image = torch.div(index, p * found, rounding_mode="floor")
-        label = index % found + 1
-        candidate_scores = scores.reshape(-1)[index]
-        keep = group_nms(
-            decoded.reshape(-1, 4)[index],
-            candidate_scores,
-            image * num_classes + label,
+        # Each (image, class): its best k candidates, best first, as one NMS group.
+        k = p if self.candidates_per_class is None else min(self.candidates_per_class, p)
+        ranked = torch.where(ok, scores, -1.0).transpose(1, 2)  # [N, C, P]
+        best, index = ranked.topk(k, dim=2)
+        candidates = decoded.transpose(1, 2).gather(2, index[..., None].expand(-1, -1, -1, 4))
+        usable = best >= 0
+        [kept] = grouped_nms(
+            [candidates.reshape(n * found, k, 4)],
+            [best.reshape(n * found, k)],
+            [usable.reshape(n * found, k)],
             self.nms_thresh,
-        )  # the host waits: NMS
-        keep = keep[torch.sort(image[keep], stable=True).indices]  # by image, best first
-        per_image = torch.zeros(n, dtype=torch.int64, device=boxes.device)
-        per_image.scatter_add_(0, image[keep], torch.ones_like(keep))
-        results, start = [], 0
-        for count in per_image.tolist():  # the host waits: the detections per image
-            chosen = keep[start : start + min(count, self.detections_per_img)]
-            results.append(
-                {
-                    "boxes": decoded.reshape(-1, 4)[index[chosen]],
-                    "scores": candidate_scores[chosen],
-                    "labels": label[chosen],
-                }
-            )
-            start += count
-        return results
-
-    def cap_per_class(self, ok: Tensor, scores: Tensor) -> Tensor:
-        """``ok`` [N, P, C] narrowed to each image's best ``candidates_per_class`` per class."""
-        ranked = torch.where(ok, scores, -1.0).transpose(1, 2)
-        best, index = ranked.topk(self.candidates_per_class, dim=2)
-        capped = torch.zeros_like(ranked, dtype=torch.bool).scatter_(2, index, best >= 0)
-        return capped.transpose(1, 2)
+            self.nms_method,
+        )
+        final = torch.where(kept.reshape(n, found * k), best.reshape(n, found * k), -1.0)
+        top, chosen = final.topk(min(self.detections_per_img, found * k), dim=1)
+        counts = (top >= 0).sum(dim=1).tolist()  # the host waits: detections per image
+        out_boxes = gather_rows(candidates.reshape(n, found * k, 4), chosen)
+        labels = torch.div(chosen, k, rounding_mode="floor") + 1
+        return [
+            {"boxes": out_boxes[i, :c], "scores": top[i, :c], "labels": labels[i, :c]}
+            for i, c in enumerate(counts)
+        ]

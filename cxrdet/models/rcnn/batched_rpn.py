@@ -1,17 +1,21 @@
-"""torchvision's region proposal network, batched: one NMS for every image and level, masked
-losses, nothing that waits for the device but that NMS.
+"""torchvision's region proposal network, batched: NMS per (image, level) group at a cost that
+does not grow with the batch, masked losses, one host wait per call at most.
 
 :class:`BatchedRPN` is a ``RegionProposalNetwork`` with the same children (anchor generator,
 head) and settings; only the per-image loops are replaced:
 
 - the anchors (the same for every image of a batch) are made once per feature-map geometry;
 - the top-k per level is torchvision's (already batched); clipping, the small-box and score
-  filters become a validity mask; NMS runs once over all images and levels, each (image, level)
-  a group of its own (coordinates offset per group in float64, where the offsets are exact), and
-  each image keeps its ``post_nms_top_n`` best by score: :class:`Proposals`, padded;
+  filters become a validity mask; each (image, level) is a group of its own for
+  :func:`.nms.grouped_nms` (the levels are blocks of the padded top-k), and each image keeps
+  its ``post_nms_top_n`` best by score: :class:`Proposals`, padded;
 - the anchors are matched to the padded ground truth (:mod:`.matching`), sampled with
   :class:`.sampling.BalancedSampler`, and the losses are sums over masks divided by the
   number sampled, as torchvision divides them.
+
+Where the host waits (``benchmarks/syncs.py`` counts them): the NMS, once per call on a GPU
+(:mod:`.nms`); nothing else. Image sizes and the box coder's constants reach the device as
+kernel arguments, not copies.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
-from torchvision.ops import nms
 
+from cxrdet.models.rcnn.box_coder import HostFreeBoxCoder
 from cxrdet.models.rcnn.matching import batched_box_iou, gather_rows, match, pad_targets
+from cxrdet.models.rcnn.nms import grouped_nms
 from cxrdet.models.rcnn.sampling import BalancedSampler
 
 
@@ -46,17 +51,6 @@ class HeadOutputs(NamedTuple):
     anchors_per_level: list[int]
 
 
-def group_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """``torchvision.ops.batched_nms`` in one ``nms`` call whatever the number of boxes: each
-    group's boxes are moved clear of the others' (in float64, where adding the offsets is
-    exact). Returns the kept indices, best score first."""
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    boxes = boxes.double()
-    offsets = groups.to(boxes.dtype) * (boxes.max() + 1)
-    return nms(boxes + offsets[:, None], scores.double(), iou_threshold)
-
-
 def clip_to_images(boxes: Tensor, sizes: Tensor) -> Tensor:
     """``boxes`` [N, K, ..., 4] clipped to each image's (height, width) in ``sizes`` [N, 2]."""
     shape = (-1,) + (1,) * (boxes.dim() - 2)
@@ -68,24 +62,36 @@ def clip_to_images(boxes: Tensor, sizes: Tensor) -> Tensor:
 
 
 def image_sizes_tensor(image_sizes: list[tuple[int, int]], device) -> Tensor:
-    """The batch's (height, width) pairs as a tensor on ``device``."""
-    return torch.tensor(image_sizes, dtype=torch.float32, device=device)
+    """The batch's (height, width) pairs [N, 2] as a float tensor on ``device``, filled with
+    Python numbers (kernel arguments): no copy from host memory, no wait."""
+    out = torch.empty((len(image_sizes), 2), dtype=torch.float32, device=device)
+    if len(set(image_sizes)) == 1:  # the usual batch: every image the prepared size
+        out[:, 0], out[:, 1] = image_sizes[0]
+        return out
+    for i, (height, width) in enumerate(image_sizes):
+        out[i, 0], out[i, 1] = height, width
+    return out
 
 
 class BatchedRPN(RegionProposalNetwork):
     """torchvision's RPN (same children, settings and state-dict keys) with batched proposal
-    filtering, matching, sampling and losses; returns :class:`Proposals`."""
+    filtering, matching, sampling and losses; returns :class:`Proposals`.
 
-    def __init__(self, *args, **kwargs):
+    ``nms_method``: :func:`.nms.grouped_nms`'s method (``auto``: per group on the CPU, the
+    matrix method on a GPU)."""
+
+    def __init__(self, *args, nms_method: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         sampler = self.fg_bg_sampler
         self.fg_bg_sampler = BalancedSampler(
             sampler.batch_size_per_image, sampler.positive_fraction
         )
+        self.box_coder = HostFreeBoxCoder.like(self.box_coder)
+        self.nms_method = nms_method
         self._anchors: dict = {}
 
     @classmethod
-    def like(cls, rpn: RegionProposalNetwork) -> BatchedRPN:
+    def like(cls, rpn: RegionProposalNetwork, nms_method: str = "auto") -> BatchedRPN:
         """A batched RPN with ``rpn``'s children and settings (the same modules, not copies)."""
         out = cls(
             rpn.anchor_generator,
@@ -98,6 +104,7 @@ class BatchedRPN(RegionProposalNetwork):
             dict(rpn._post_nms_top_n),
             rpn.nms_thresh,
             rpn.score_thresh,
+            nms_method=nms_method,
         )
         out.min_size = rpn.min_size
         return out
@@ -153,28 +160,22 @@ class BatchedRPN(RegionProposalNetwork):
         decoded = self.box_coder.decode_single(
             head.deltas.detach().reshape(-1, 4), head.anchors.repeat(n, 1)
         ).reshape(n, -1, 4)
-        levels = torch.cat(
-            [
-                torch.full((k,), i, dtype=torch.int64, device=device)
-                for i, k in enumerate(head.anchors_per_level)
-            ]
-        )
         top = self._get_top_n_idx(objectness, head.anchors_per_level)
         scores = torch.sigmoid(objectness.gather(1, top))
-        levels = levels[top]
         boxes = clip_to_images(gather_rows(decoded, top), image_sizes_tensor(image_sizes, device))
         widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
         valid = (widths >= self.min_size) & (heights >= self.min_size)
         valid &= scores >= self.score_thresh
-        num_levels = len(head.anchors_per_level)
-        groups = torch.arange(n, device=device)[:, None] * num_levels + levels
-        groups = torch.where(valid, groups, n * num_levels)  # the invalid suppress no valid box
-        keep = group_nms(
-            boxes.reshape(-1, 4), scores.reshape(-1), groups.reshape(-1), self.nms_thresh
+        # _get_top_n_idx keeps each level's top k in a block of its own, in level order.
+        per_level = [min(self.pre_nms_top_n(), k) for k in head.anchors_per_level]
+        kept = grouped_nms(
+            list(boxes.split(per_level, dim=1)),
+            list(scores.split(per_level, dim=1)),
+            list(valid.split(per_level, dim=1)),
+            self.nms_thresh,
+            self.nms_method,
         )
-        kept = torch.zeros(scores.numel(), dtype=torch.bool, device=device)
-        kept[keep] = True
-        ranked = torch.where(kept.reshape(n, -1) & valid, scores, -1.0)
+        ranked = torch.where(torch.cat(kept, dim=1), scores, -1.0)
         best, index = ranked.topk(min(self.post_nms_top_n(), ranked.shape[1]), dim=1)
         return Proposals(gather_rows(boxes, index), best >= 0)
 

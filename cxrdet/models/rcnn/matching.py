@@ -9,6 +9,7 @@ the same, ties included (``max`` returns the first of equal values, in the groun
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import NamedTuple
 
 import torch
@@ -30,17 +31,45 @@ class PaddedTargets(NamedTuple):
 
 def pad_targets(targets: list[dict], dtype: torch.dtype, device: torch.device) -> PaddedTargets:
     """``targets`` (torchvision's list of dicts) padded to the largest box count of the batch.
-    The counts are the tensors' shapes, known on the host: nothing waits for the device."""
+    The counts are the tensors' shapes, known on the host; the mask is filled from them with
+    Python numbers: nothing is copied from the host, nothing waits."""
     counts = [int(t["boxes"].shape[0]) for t in targets]
     size = max(1, *counts)
     boxes = torch.zeros((len(targets), size, 4), dtype=dtype, device=device)
     labels = torch.zeros((len(targets), size), dtype=torch.int64, device=device)
+    valid = torch.zeros((len(targets), size), dtype=torch.bool, device=device)
     for i, (t, n) in enumerate(zip(targets, counts)):
         if n:
             boxes[i, :n] = t["boxes"].to(dtype)
             labels[i, :n] = t["labels"]
-    valid = torch.arange(size, device=device) < torch.tensor(counts, device=device)[:, None]
+            valid[i, :n] = True
     return PaddedTargets(boxes, labels, valid)
+
+
+def refuse_degenerate_boxes(targets: list[dict]) -> None:
+    """Raise ``ValueError`` naming the image and the box when a ground-truth box has no width
+    or height, or is inverted (x2 <= x1 or y2 <= y1), as torchvision's detector refuses it.
+
+    The matcher would otherwise match such a box to nearly every anchor through the
+    low-quality rule (its IoU with everything is 0, which is then its best). One look at the
+    whole batch: one host wait. The datasets drop such boxes first and list them
+    (``label_issues.csv``), so this fires only on boxes that came from elsewhere."""
+    boxes = [t["boxes"].reshape(-1, 4) for t in targets]
+    if not any(len(b) for b in boxes):
+        return
+    flat = torch.cat(boxes)
+    bad = (flat[:, 2:] <= flat[:, :2]).any(dim=1)
+    if not bad.any():  # the host waits: one flag for the batch
+        return
+    first = int(bad.nonzero()[0, 0])
+    image = next(i for i, end in enumerate(accumulate(len(b) for b in boxes)) if first < end)
+    name = targets[image].get("image_id", f"{image} of the batch")
+    box = [round(v, 2) for v in flat[first].tolist()]
+    raise ValueError(
+        f"ground-truth box {box} (x1, y1, x2, y2) of image {name} has no width "
+        f"or height ({int(bad.sum())} such box(es) in the batch): boxes must have x2 > x1 and "
+        "y2 > y1; the dataset drops them and lists them in label_issues.csv"
+    )
 
 
 def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

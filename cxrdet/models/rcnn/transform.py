@@ -5,10 +5,16 @@ float ``[3, H, W]``); the conversion to [0, 1], the ImageNet normalisation and t
 three channels happen here, on the model's device, with the numbers the loader's float images
 gave (``x / 255``, then ``(x - mean) / std`` per channel). Float images ``[3, H, W]`` in [0, 1]
 are taken as before.
+
+Boxes are resized (multi-scale training, detections back to the input's pixels) with the
+ratios computed on the host in float32 and passed as Python numbers: torchvision's
+``resize_boxes`` makes each ratio from two device tensors (a copy from host memory, a wait,
+per image), for the same numbers.
 """
 
 from typing import Optional  # TorchScript reads these annotations: no X | None
 
+import numpy as np
 import torch
 import torchvision
 from torch import Tensor
@@ -69,5 +75,37 @@ class ResizeTransform(GeneralizedRCNNTransform):
         image, target = _resize_image_and_masks(image, size, self.max_size, target, self.fixed_size)
         if target is None:
             return image, target
-        target["boxes"] = resize_boxes(target["boxes"], [h, w], image.shape[-2:])
+        target["boxes"] = self.resize_boxes(target["boxes"], [h, w], list(image.shape[-2:]))
         return image, target
+
+    def postprocess(
+        self,
+        result: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Detections back in each input image's pixels (torchvision's ``postprocess``); an image
+        predicted at its own size is left as it is (torchvision multiplies it by 1)."""
+        if self.training:
+            return result
+        for i, (size, original) in enumerate(zip(image_shapes, original_image_sizes)):
+            if size[0] != original[0] or size[1] != original[1]:
+                boxes = self.resize_boxes(
+                    result[i]["boxes"], [size[0], size[1]], [original[0], original[1]]
+                )
+                result[i]["boxes"] = boxes
+        return result
+
+    def resize_boxes(self, boxes: Tensor, original: list[int], new: list[int]) -> Tensor:
+        """torchvision's ``resize_boxes`` (from an image of ``original`` (h, w) to ``new``),
+        without device tensors where it runs eagerly."""
+        if torch.jit.is_scripting() or torchvision._is_tracing():
+            return resize_boxes(boxes, original, new)
+        return self._scaled(boxes, original, new)
+
+    @torch.jit.unused
+    def _scaled(self, boxes: Tensor, original: list[int], new: list[int]) -> Tensor:
+        # float32 ratios as torchvision computes them (a float32 division), exact as Python floats
+        ratio_h, ratio_w = (float(np.float32(n) / np.float32(o)) for n, o in zip(new, original))
+        x1, y1, x2, y2 = boxes.unbind(1)
+        return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=1)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from cxrdet.models.rcnn.batched_rpn import BatchedRPN
+from cxrdet.models.rcnn.matching import refuse_degenerate_boxes
 
 
 @contextmanager
@@ -48,6 +49,7 @@ def losses_and_detections(model: nn.Module, images: list, targets: list) -> tupl
     same order as in two separate calls.
     """
     transform, rpn = model.transform, model.rpn
+    refuse_degenerate_boxes(targets)
     original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     with loss_mode(model):
         image_list, loss_targets = transform(images, targets)
