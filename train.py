@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> float | None:
         problem = input_problem(cfg.data)
         if problem:  # before torch and Lightning load: a wrong path fails in a second
             fail(problem)
-        from cxrdet.training.checkpoints import resume_checkpoint
+        from cxrdet.training.resume import resume_checkpoint
 
         checks.refuse_local_ddp_sweep(cfg, sweep, str(hydra_cfg.launcher._target_))
         checks.check_resume_checkpoint(cfg.ckpt_path, cfg.trust_checkpoint)

@@ -86,7 +86,7 @@ def prepare_size(size: int) -> None:
 
 def best_validation(run_dir: Path, ckpt: Path, keys: list[str]) -> dict[str, float]:
     """``keys`` as validated at the best checkpoint's step (metrics.csv)."""
-    from cxrdet.training.checkpoints import step_of_checkpoint
+    from cxrdet.training.resume import step_of_checkpoint
 
     m = pd.read_csv(run_dir / "csv" / "metrics.csv")
     rows = m[m["step"] <= step_of_checkpoint(ckpt)].dropna(subset=[keys[0]])

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cxrdet.atomic import atomic_write
 from cxrdet.data.boxes import CONTENT_COLUMNS, letterbox_content
 from cxrdet.data.dicom import MAX_PIXELS, DicomError, header_size, read_dicom
 from cxrdet.data.workers import isolated_map
@@ -106,10 +107,8 @@ def one_core() -> None:
 
 
 def atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` through a temporary file: never half a CSV."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    """Write ``df`` whole or not at all (:func:`cxrdet.atomic.atomic_write`)."""
+    atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w")
 
 
 def check_mode(metas: dict[int, Path], keep_ratio: bool) -> None:

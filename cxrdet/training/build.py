@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from cxrdet.data.label_check import LabelMismatch, issues_frame
 from cxrdet.models.precision import choose_precision
+from cxrdet.training.checkpoints import AtomicCheckpointIO
 from cxrdet.training.checks import (
     StartupError,
     check_gpu_arch,
@@ -109,7 +110,10 @@ def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> tuple[pl.Train
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     refuse_unknown_keys("trainer", cfg.trainer, pl.Trainer.__init__)
     trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=cluster_plugins()
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[*cluster_plugins(), AtomicCheckpointIO()],
     )
     return trainer, loggers, wandb_images
 

@@ -1,5 +1,5 @@
-"""A run's checkpoints: the resume point that is never stale, the one written on SIGTERM, the RNG
-states in each, the run's best, and the checkpoint a relaunch continues from.
+"""A run's checkpoints: how they are written, the resume point that is never stale, the one
+written on SIGTERM, the RNG states in each, and the run's best.
 
 - ``last.ckpt`` (:class:`ResumePoint`) is written at every validation, whether or not the
   monitored metric improved, every ``every_minutes`` of training and when training ends.
@@ -7,11 +7,11 @@ states in each, the run's best, and the checkpoint a relaunch continues from.
   checkpoint was saved: once the metric stops improving, its ``last.ckpt`` stops moving.)
 - ``sigterm.ckpt`` (:class:`CheckpointOnSigterm`) when SIGTERM stops the run; ``requeue.ckpt``
   when SLURM's requeue signal does (:mod:`cxrdet.training.slurm`).
-- :func:`resume_checkpoint`: ``resume=auto`` (the default) continues from the newest of
-  them by step, ``resume=never`` starts afresh, ``ckpt_path=...`` names one.
+- which one a relaunch continues from: :mod:`cxrdet.training.resume`.
 
-Every file is written as Lightning writes checkpoints: to a temporary file, then moved into
-place, so a kill while saving leaves the previous one whole.
+Every checkpoint is written by :class:`AtomicCheckpointIO`: whole beside its final name,
+flushed to the disk, then renamed over the old one (:mod:`cxrdet.atomic`), so a kill while
+saving leaves the previous one whole, whatever filesystem ``TMPDIR`` is on.
 """
 
 from __future__ import annotations
@@ -25,16 +25,28 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from cxrdet.atomic import atomic_write
 from cxrdet.models.safe_load import safe_load
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 SIGTERM = "sigterm.ckpt"
 REQUEUE = "requeue.ckpt"
-RESUME_MODES = ("auto", "never")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing local files with :func:`cxrdet.atomic.atomic_write`
+    (Lightning's makes its temporary file in ``TMPDIR`` and moves it: a copy into the checkpoint
+    itself when ``TMPDIR`` is another filesystem). Remote URLs (``s3://``) go to Lightning's."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 class ResumePoint(Checkpoint):
@@ -185,38 +197,6 @@ def _warn_once(rank: int, why: str) -> None:
             "does not repeat an uninterrupted one exactly",
             why,
         )
-
-
-def step_of_checkpoint(path: Path) -> int:
-    """The training step a checkpoint was saved at (-1 when unreadable)."""
-    try:
-        return int(safe_load(path, mmap=True).get("global_step", -1))
-    except (OSError, RuntimeError, ValueError):
-        return -1
-
-
-def resume_checkpoint(run_dir: str | Path, ckpt_path: str | None, resume: str) -> str | None:
-    """The checkpoint a run starts from: ``ckpt_path`` when given; with ``resume=auto`` the
-    newest of the run folder's ``sigterm.ckpt``, ``requeue.ckpt`` and ``last.ckpt`` by step
-    (a relaunch into the same folder, a requeued SLURM job), said in one line; else none."""
-    if resume not in RESUME_MODES:
-        raise ValueError(f"resume={resume!r}: expected one of {', '.join(RESUME_MODES)}")
-    if ckpt_path or resume == "never":
-        return ckpt_path or None
-    folder = Path(run_dir) / "checkpoints"
-    found = [(step_of_checkpoint(folder / n), folder / n) for n in (SIGTERM, REQUEUE, LAST)]
-    found = [(step, path) for step, path in found if path.is_file() and step >= 0]
-    if not found:
-        return None
-    step, path = max(found, key=lambda sp: sp[0])
-    log.info(
-        "resume=auto: %s holds a checkpoint at step %d: continuing from %s (resume=never starts "
-        "afresh)",
-        folder,
-        step,
-        path.name,
-    )
-    return str(path)
 
 
 def best_checkpoint(

@@ -17,16 +17,21 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from cxrdet.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 
 class ContinuedMetricsWriter(ExperimentWriter):
-    """Lightning's CSV writer, continuing a run's ``metrics.csv`` instead of deleting it.
+    """Lightning's CSV writer, continuing a run's ``metrics.csv`` instead of deleting it, and
+    never leaving it half-written.
 
     A run resumed in its own folder (``resume=auto``) keeps the rows of the steps before the
     one it resumes from; rows of the steps it trains again (written after its checkpoint,
     before the run stopped) are replaced. Lightning's writer deletes the whole file whenever
-    its folder holds one.
+    its folder holds one. Whenever the file is rewritten (continued, or a new column), the
+    new one is written whole beside it and moved into place (:mod:`cxrdet.atomic`): a kill
+    leaves the old rows, not an empty file; new rows are appended.
     """
 
     def __init__(self, log_dir: str):
@@ -36,19 +41,30 @@ class ContinuedMetricsWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         pass  # keep the file: save() continues it
 
+    def _rows(self) -> tuple[list[str], list[dict]]:
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            return list(reader.fieldnames or []), list(reader)
+
+    def _rewrite(self, header: list[str], rows: list[dict]) -> None:
+        def write(file):
+            writer = csv.DictWriter(file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        atomic_write(self.metrics_file_path, write, mode="w")
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        self._rewrite(fieldnames, self._rows()[1])
+
     def save(self) -> None:
         if not self.metrics:  # nothing to write: the file is continued at the first rows
             return
-        if not self.continued and self._fs.isfile(self.metrics_file_path):
+        if not self.continued and os.path.isfile(self.metrics_file_path):
             first = min(int(m.get("step", 0)) for m in self.metrics)
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                reader = csv.DictReader(file)
-                header, rows = list(reader.fieldnames or []), list(reader)
+            header, rows = self._rows()
             kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < first]
-            with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(kept)
+            self._rewrite(header, kept)
             self.metrics_keys = sorted(set(self.metrics_keys) | set(header))
         self.continued = True
         super().save()

@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
+from cxrdet.atomic import fsync_folder
+
 log = logging.getLogger("cxrdet.train")
 
 
@@ -80,5 +82,6 @@ def point_latest(target: Path) -> None:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target.name, target_is_directory=True)
         os.replace(tmp, link)
+        fsync_folder(target.parent)
     except OSError as e:  # a file system without links: the run itself is unaffected
         log.debug("no latest link in %s: %s", target.parent, e)

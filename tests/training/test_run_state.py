@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from cxrdet.training import checkpoints
-from cxrdet.training.checkpoints import ResumePoint, RNGStateInCheckpoint, resume_checkpoint
+from cxrdet.training.checkpoints import ResumePoint, RNGStateInCheckpoint
+from cxrdet.training.resume import resume_checkpoint
 
 
 def _states(seed: int) -> dict:
@@ -113,13 +114,95 @@ def test_resume_auto_continues_from_the_newest_checkpoint_of_the_run_folder(tmp_
     _ckpt(folder / "requeue.ckpt", 57)
     _ckpt(folder / "sigterm.ckpt", 12)
     _ckpt(folder / "best-step40.ckpt", 40)
-    with caplog.at_level(logging.INFO, logger="cxrdet.training.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="cxrdet.training.resume"):
         assert resume_checkpoint(tmp_path, None, "auto") == str(folder / "requeue.ckpt")
     assert "at step 57: continuing from requeue.ckpt" in caplog.text
     assert resume_checkpoint(tmp_path, None, "never") is None
     assert resume_checkpoint(tmp_path, "/x/given.ckpt", "auto") == "/x/given.ckpt"
     with pytest.raises(ValueError, match="resume='always'"):
         resume_checkpoint(tmp_path, None, "always")
+
+
+def _damaged(path, how: str) -> None:
+    """``path`` cut to a third (a kill during a copy) or with 100 kB zeroed in its middle, its
+    size intact (a disk or network fault)."""
+    import os
+
+    size = path.stat().st_size
+    if how == "truncated":
+        os.truncate(path, size // 3)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(size // 2)
+            f.write(b"\0" * min(100_000, size // 4))
+
+
+def _big_ckpt(path, step):
+    torch.save({"global_step": step, "state_dict": {"w": torch.randn(400, 400)}}, path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed"])
+def test_resume_auto_skips_a_damaged_newest_checkpoint_naming_it(tmp_path, caplog, how):
+    """The newest checkpoint is read whole (every record's checksum) before it is chosen: a
+    damaged one is skipped with a warning that names it and why, and the next newest is
+    taken. Fails if the choice reads only the header (the zeroed one chosen, then torch's
+    "archive is corrupted" traceback at load) or skips in silence."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    _big_ckpt(folder / "requeue.ckpt", 30)
+    _big_ckpt(folder / "last.ckpt", 40)
+    _damaged(folder / "last.ckpt", how)
+    (folder / f".last.ckpt.{12345}.tmp").write_bytes(b"half a save")  # a kill mid-save
+    with caplog.at_level(logging.INFO, logger="cxrdet"):
+        assert resume_checkpoint(tmp_path, None, "auto") == str(folder / "requeue.ckpt")
+    (skipped,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped" in skipped and "last.ckpt" in skipped
+    assert ("checksum" if how == "zeroed" else "central directory") in skipped
+    assert "at step 30: continuing from requeue.ckpt" in caplog.text
+    assert not list(folder.glob(".*.tmp"))  # the interrupted save's partial file removed
+
+
+def test_resume_auto_stops_rather_than_start_over_a_folder_of_unreadable_checkpoints(tmp_path):
+    """A folder holding only checkpoints that cannot be read (here best-step2.ckpt, cut short)
+    is not started again from step 0, which would overwrite them: the run stops naming them
+    and both ways on (fails if resume_checkpoint returns None, a fresh start)."""
+    from cxrdet.training.checks import StartupError
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    _big_ckpt(folder / "best-step2.ckpt", 2)
+    _damaged(folder / "best-step2.ckpt", "truncated")
+    with pytest.raises(
+        StartupError, match=r"best-step2.ckpt \(RuntimeError.*ckpt_path=.*resume=never"
+    ):
+        resume_checkpoint(tmp_path, None, "auto")
+    assert resume_checkpoint(tmp_path, None, "never") is None  # the explicit fresh start
+
+
+def test_a_best_checkpoint_alone_is_continued_from(tmp_path):
+    """best-step<N>.ckpt holds the whole training state too (fails if only the resume
+    points are looked for: the run started again from step 0 and overwrote last.ckpt)."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    _ckpt(folder / "best-step2.ckpt", 2)
+    assert resume_checkpoint(tmp_path, None, "auto") == str(folder / "best-step2.ckpt")
+
+
+def test_an_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    from cxrdet.atomic import atomic_write
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("old")
+
+    def fail(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, fail)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_text() == "new"
 
 
 def test_the_resume_point_saves_every_interval_on_logging_steps_and_once_per_step():
