@@ -37,6 +37,7 @@ def train(cfg: DictConfig, ckpt_path: str | None) -> float | None:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from cxrdet.data.loaders import ResumeMismatch
     from cxrdet.training import build
 
     pl.seed_everything(cfg.seed, workers=True)
@@ -49,7 +50,7 @@ def train(cfg: DictConfig, ckpt_path: str | None) -> float | None:
     trust = cfg.trust_checkpoint  # checked at start: no code runs
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
-    except FloatingPointError as e:
+    except (FloatingPointError, ResumeMismatch) as e:
         fail(str(e))
     if (cfg.get("report") or wandb_images) and trainer.is_global_zero:
         from cxrdet.reports.report import report_run

@@ -29,7 +29,8 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from cxrdet.config import CONF_DIR  # noqa: E402
-from cxrdet.data.datamodule import CXRDataModule, usable_cpus  # noqa: E402
+from cxrdet.data.cpus import usable_cpus  # noqa: E402
+from cxrdet.data.datamodule import CXRDataModule  # noqa: E402
 from cxrdet.data.prepare import prepare  # noqa: E402
 from cxrdet.demo.synth import synthesize  # noqa: E402
 

@@ -45,7 +45,8 @@ import torch  # noqa: E402
 from pytorch_lightning import callbacks as cb  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 
-from cxrdet.data.datamodule import CXRDataModule, worker_count  # noqa: E402
+from cxrdet.data.cpus import worker_count  # noqa: E402
+from cxrdet.data.datamodule import CXRDataModule  # noqa: E402
 from cxrdet.data.prepare import prepare  # noqa: E402
 from cxrdet.demo.synth import synthesize  # noqa: E402
 from cxrdet.models.classifier import NoFindingModule, build_classifier  # noqa: E402

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
-from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from cxrdet.data.config import class14_problem, fold_problem
+from cxrdet.data.cpus import check_shared_memory, usable_cpus, worker_count
 from cxrdet.data.dataset import DetectionDataset, build_records, collate, load_png
 from cxrdet.data.fusion import fuse_readers
 from cxrdet.data.global_labels import read_global_labels
@@ -29,80 +26,17 @@ from cxrdet.data.label_check import (
     unusable_box_issues,
 )
 from cxrdet.data.labels import read_labels
+from cxrdet.data.loaders import (
+    EpochSampler,
+    TrainLoader,
+    WorkerSignalsLoader,
+    images_per_epoch,
+    shift_epoch_progress,
+)
 from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import split_ids
 
 log = logging.getLogger(__name__)
-
-
-MAX_AUTO_WORKERS = 16
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a SLURM job's allocation), else all."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def cpus_per_process(processes: int = 1) -> int:
-    """The CPUs one training process may give its loader workers.
-
-    Under SLURM with one task per training process (``srun``, ``SLURM_NTASKS`` > 1), each task
-    has its own allocation (``--cpus-per-task``): all of it. Otherwise the CPUs this process
-    may run on (its affinity: a container's or a one-task job's allocation) are shared
-    between the ``processes`` that Lightning starts on this machine. Divided once, either way.
-    """
-    cpus = usable_cpus()
-    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if per_task.isdigit():
-        cpus = min(cpus, int(per_task))
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
-        return cpus
-    return max(1, cpus // max(processes, 1))
-
-
-def worker_count(num_workers, processes: int = 1, key: str = "data.num_workers") -> int:
-    """``data.num_workers`` (or ``key``) as a number: ``auto`` is :func:`cpus_per_process`,
-    capped at 16 (a number passes through)."""
-    if str(num_workers) == "auto":
-        return max(1, min(MAX_AUTO_WORKERS, cpus_per_process(processes)))
-    try:
-        workers = int(num_workers)
-    except (TypeError, ValueError):
-        workers = -1
-    if workers < 0 or str(workers) != str(num_workers).strip():
-        raise ValueError(f"{key}={num_workers!r}: expected auto or a number >= 0")
-    return workers
-
-
-def check_shared_memory(workers: int, batch_bytes: int, prefetch: int = 2, path="/dev/shm"):
-    """Batches travel from the loader's workers through shared memory (``/dev/shm``); Docker
-    gives a container 64 MB of it, and workers that cannot place a batch there die with a bus
-    error that names nothing. When ``workers x prefetch`` batches of ``batch_bytes`` would take
-    more than half of what is free, tensors go through files instead (torch's ``file_system``
-    sharing), and one line says why and how to give the container more."""
-    if workers <= 0:
-        return
-    try:
-        stat = os.statvfs(path)
-    except OSError:  # no /dev/shm (macOS): torch shares another way
-        return
-    free, need = stat.f_bavail * stat.f_frsize, workers * prefetch * batch_bytes
-    if need <= free / 2:
-        return
-    torch.multiprocessing.set_sharing_strategy("file_system")
-    log.warning(
-        "%s has %d MB free; %d loader workers x %d batches in flight need about %d MB: batches "
-        "now go through files (slower); give the container more shared memory (docker run "
-        "--shm-size=8g, or a Kubernetes emptyDir medium: Memory) or lower data.num_workers",
-        path,
-        free // 2**20,
-        workers,
-        prefetch,
-        need // 2**20,
-    )
 
 
 def normal_share(empty_images) -> float:
@@ -120,68 +54,6 @@ def normal_share(empty_images) -> float:
             f"data.empty_images={empty_images!r}: expected drop, keep or a fraction in [0, 1]"
         )
     return share
-
-
-def images_per_epoch(normal: Sequence[bool], share: float) -> int:
-    """Every image with a finding plus ``share`` of the normal ones (rounded)."""
-    n_normal = int(np.sum(normal))
-    return len(normal) - n_normal + round(share * n_normal)
-
-
-class EpochSampler(DistributedSampler):
-    """The training order, shuffled from (seed, epoch), this rank's share under DDP; it yields
-    ``(epoch, index)`` so that the dataset seeds each sample's augmentation from both.
-
-    ``normal`` marks the images without a finding; each epoch takes every other image and a
-    ``normal_share`` of these, drawn anew from (seed, epoch) (Detectron2 drops them all by
-    default: share 0). ``epoch_source`` (the trainer's epoch counter) is read when an epoch's
-    iteration starts: Lightning creates a resumed run's first iterator before it calls
-    ``set_epoch``. One process: ``num_replicas=1, rank=0``; Lightning keeps a DistributedSampler
-    as it is under DDP.
-    """
-
-    def __init__(
-        self,
-        dataset,
-        *args,
-        epoch_source: Callable[[], int] | None = None,
-        normal: Sequence[bool] | None = None,
-        normal_share: float = 1.0,
-        **kwargs,
-    ):
-        super().__init__(dataset, *args, **kwargs)
-        self.epoch_source = epoch_source
-        self.normal = np.zeros(len(dataset), bool) if normal is None else np.asarray(normal, bool)
-        self.normal_share = normal_share
-        pool = images_per_epoch(self.normal, normal_share)
-        self.n_normal = pool - int((~self.normal).sum())
-        if self.drop_last and pool % self.num_replicas:  # as DistributedSampler counts
-            self.num_samples = math.ceil((pool - self.num_replicas) / self.num_replicas)
-        else:
-            self.num_samples = math.ceil(pool / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
-
-    def _indices(self) -> list[int]:
-        if self.n_normal == int(self.normal.sum()):  # every image: DistributedSampler's order
-            return list(super().__iter__())
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        normal = np.flatnonzero(self.normal)
-        chosen = normal[torch.randperm(len(normal), generator=g)[: self.n_normal].numpy()]
-        pool = np.sort(np.concatenate([np.flatnonzero(~self.normal), chosen]))
-        if self.shuffle:
-            pool = pool[torch.randperm(len(pool), generator=g).numpy()]
-        indices = pool.tolist()
-        if len(indices) < self.total_size:  # pad by repeating, as DistributedSampler does
-            indices += (indices * math.ceil(self.total_size / max(len(indices), 1)))[
-                : self.total_size - len(indices)
-            ]
-        return indices[: self.total_size][self.rank : self.total_size : self.num_replicas]
-
-    def __iter__(self):
-        if self.epoch_source is not None:
-            self.set_epoch(self.epoch_source())
-        epoch = self.epoch
-        return ((epoch, i) for i in self._indices())
 
 
 def add_diagnoses(records: list, path: str) -> None:
@@ -230,8 +102,8 @@ class CXRDataModule(pl.LightningDataModule):
         batch_size: images per training batch.
         val_batch_size: images per validation batch.
         num_workers: DataLoader worker processes per training process, or ``auto``
-            (:func:`worker_count`). Workers persist across epochs; batches go to pinned memory
-            when training on CUDA.
+            (:func:`cxrdet.data.cpus.worker_count`). Workers persist across epochs; batches go
+            to pinned memory when training on CUDA.
         augment: training transform called as ``augment(image=, bboxes=, labels=)`` (an
             ``albumentations.Compose`` with pascal_voc bbox params), or None.
         seed: seeds the training order and each sample's augmentation (per epoch), so a run
@@ -402,13 +274,13 @@ class CXRDataModule(pl.LightningDataModule):
             )
         return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": cuda}
 
-    def train_dataloader(self) -> StatefulDataLoader:
-        """Stateful (torchdata): a checkpoint records how far into the epoch it got, so a resumed
-        run goes on with the next batch. The loader's own generator keeps the global RNG (ROI
-        sampling) untouched. Batches are
-        always full, like Detectron2's training sampler: a one-image batch would send small
-        feature maps through PyTorch's CPU convolution fallback, whose weight gradient is not
-        reproducible with several threads."""
+    def train_dataloader(self) -> TrainLoader:
+        """The training loader (:class:`cxrdet.data.loaders.TrainLoader`): full batches, like
+        Detectron2's training sampler (a one-image batch would send small feature maps through
+        PyTorch's CPU convolution fallback, whose weight gradient is not reproducible with
+        several threads); a checkpoint records how far into the epoch's order it got, so a
+        resumed run goes on with the next sample, on any number of workers or processes. The
+        loader's own generator keeps the global RNG (ROI sampling) untouched."""
         trainer = getattr(self, "trainer", None)
         sampler = EpochSampler(
             self.train_set,
@@ -422,23 +294,26 @@ class CXRDataModule(pl.LightningDataModule):
             normal=self.normal,
             normal_share=self.normal_share,
         )
-        return StatefulDataLoader(
+        return TrainLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=sampler,
+            on_resume=partial(shift_epoch_progress, trainer) if trainer else None,
             collate_fn=collate,
-            drop_last=True,
             generator=torch.Generator().manual_seed(self.seed),
+            rank=trainer.global_rank if trainer else 0,
             **self.loader_options(log_it=True),  # persistent: the epoch travels with each index
         )
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return DataLoader(
+        trainer = getattr(self, "trainer", None)
+        return WorkerSignalsLoader(
             self.val_set,
             batch_size=self.val_batch_size,
             collate_fn=collate,
             generator=torch.Generator(),  # not the global one: validating leaves it untouched
+            rank=trainer.global_rank if trainer else 0,
             **self.loader_options(),
         )

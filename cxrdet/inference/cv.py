@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrdet.data.config import fold_index
-from cxrdet.data.datamodule import worker_count
+from cxrdet.data.cpus import worker_count
 from cxrdet.data.labels import read_labels
 from cxrdet.evaluation.bootstrap import ci_text, difference_text
 from cxrdet.evaluation.score import score

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cxrdet.data.boxes import to_prepared
 from cxrdet.data.classes import KAGGLE14, ClassSet
-from cxrdet.data.datamodule import worker_count
+from cxrdet.data.cpus import worker_count
 from cxrdet.data.dataset import (
     DicomDataset,
     ImageDataset,

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from cxrdet.data.datamodule import usable_cpus
+from cxrdet.data.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 

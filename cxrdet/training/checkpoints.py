@@ -5,8 +5,8 @@ written on SIGTERM, the RNG states in each, and the run's best.
   monitored metric improved, every ``every_minutes`` of training and when training ends.
   (Lightning's ``ModelCheckpoint(save_last=True)`` writes it only in a step where a best-k
   checkpoint was saved: once the metric stops improving, its ``last.ckpt`` stops moving.)
-- ``sigterm.ckpt`` (:class:`CheckpointOnSigterm`) when SIGTERM stops the run; ``requeue.ckpt``
-  when SLURM's requeue signal does (:mod:`cxrdet.training.slurm`).
+- ``sigterm.ckpt`` when SIGTERM stops the run, ``requeue.ckpt`` when SLURM's warning signal
+  does (:mod:`cxrdet.training.stopping`).
 - which one a relaunch continues from: :mod:`cxrdet.training.resume`.
 
 Every checkpoint is written by :class:`AtomicCheckpointIO`: whole beside its final name,
@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cxrdet.atomic import atomic_write
 from cxrdet.models.safe_load import safe_load
@@ -49,10 +48,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
+def at_epoch_end(trainer) -> bool:
+    """Whether the batch that just ended is its epoch's last. Lightning resumes a checkpoint
+    saved at the end of a batch exactly, except after an epoch's last one (the resumed run
+    numbers that epoch again, and replays its order): a save due then waits one step."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return bool(loop is not None and loop.batch_progress.is_last_batch)
+
+
 class ResumePoint(Checkpoint):
     """``<dirpath>/last.ckpt``: the whole training state at every validation, every
     ``every_minutes`` of training (decided on rank 0 at logging steps, so that every rank saves
-    at the same step) and at the end of training. A failed run (an exception) writes nothing
+    at the same step; not after an epoch's last batch: :func:`at_epoch_end`) and at the end of
+    training. A failed run (an exception) writes nothing
     here, so no broken weights overwrite good ones.
 
     A ``Checkpoint`` callback, so that Lightning runs it after ``ModelCheckpoint`` at each
@@ -89,37 +97,11 @@ class ResumePoint(Checkpoint):
         due = self.clock() - self.saved_at >= 60 * self.every_minutes
         if trainer.world_size > 1:  # each rank's clock differs: rank 0 decides for all
             due = trainer.strategy.broadcast(due, src=0)
-        if due:
+        if due and not at_epoch_end(trainer):
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.save(trainer)
-
-
-class CheckpointOnSigterm(pl.Callback):
-    """Save ``<dirpath>/sigterm.ckpt`` when the run is stopped with SIGTERM.
-
-    A kill, a container stop or a SLURM pre-emption sends SIGTERM; Lightning then stops at the
-    next batch, and a relaunch into the same folder continues from this step (``resume=auto``).
-    Other failures (a non-finite loss, say) save nothing, so no broken weights overwrite good
-    ones.
-    """
-
-    def __init__(self, dirpath: str):
-        self.dirpath = Path(dirpath)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
-            return
-        path = self.dirpath / SIGTERM
-        trainer.save_checkpoint(path, weights_only=False)  # the whole training state
-        log.warning(
-            "SIGTERM at step %d: saved %s; a relaunch into the same folder continues from it "
-            "(hydra.run.dir=%s)",
-            trainer.global_step,
-            path,
-            self.dirpath.parent,
-        )
 
 
 def _rng_state() -> dict:

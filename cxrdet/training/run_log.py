@@ -23,8 +23,6 @@ log = logging.getLogger("cxrdet.train")
 def quiet_library_noise() -> None:
     """Filter what the libraries print on every run that is no user's business (called at the
     start of each run: a test harness or Hydra may reset the warnings' filters between runs)."""
-    # torchdata 0.11 calls a torch function that newer torch deprecates, once per loader iterator.
-    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     # Lightning 2.6's CombinedLoader builds torch's LeafSpec, which newer torch deprecates.
     warnings.filterwarnings(
         "ignore",

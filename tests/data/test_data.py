@@ -268,7 +268,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_sample(tiny_data):
 
 
 def test_training_order_is_seeded_per_epoch_and_sharded_across_ranks(tiny_data):
-    from cxrdet.data.datamodule import EpochSampler
+    from cxrdet.data.loaders import EpochSampler
 
     dm = _seeded_datamodule(tiny_data, 7)
     sampler = dm.train_dataloader().sampler
@@ -310,7 +310,7 @@ ABNORMAL = [i for i, n in enumerate(NORMAL) if not n]
 
 
 def _epoch(share, epoch=0, seed=5, replicas=1, rank=0):
-    from cxrdet.data.datamodule import EpochSampler
+    from cxrdet.data.loaders import EpochSampler
 
     sampler = EpochSampler(
         _Keys(30), replicas, rank, seed=seed, normal=NORMAL, normal_share=share, drop_last=True
@@ -339,39 +339,88 @@ def test_empty_images_drop_keep_and_a_fraction_choose_what_the_sampler_yields():
             normal_share(bad)
 
 
+def _loader(batch_size=2, replicas=1, rank=0, workers=0, shifts=None):
+    """A TrainLoader over ``_Keys(30)`` (a quarter of the normal images each epoch) and the
+    epoch counter it reads; ``shifts`` collects what it asks the trainer to add."""
+    from cxrdet.data.loaders import EpochSampler, TrainLoader
+
+    epoch = {"n": 0}
+    sampler = EpochSampler(
+        _Keys(30),
+        replicas,
+        rank,
+        seed=5,
+        normal=NORMAL,
+        normal_share=0.25,
+        epoch_source=lambda: epoch["n"],
+    )
+    loader = TrainLoader(
+        _Keys(30),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        on_resume=None if shifts is None else shifts.append,
+    )
+    return loader, epoch
+
+
 def test_a_fraction_of_empty_images_resumes_mid_epoch_in_the_same_order():
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    from cxrdet.data.datamodule import EpochSampler
-
-    def loader():
-        epoch = {"n": 0}
-        sampler = EpochSampler(
-            _Keys(30),
-            1,
-            0,
-            seed=5,
-            normal=NORMAL,
-            normal_share=0.25,
-            epoch_source=lambda: epoch["n"],
-        )
-        return StatefulDataLoader(_Keys(30), batch_size=2, sampler=sampler, drop_last=True), epoch
-
-    straight, epoch = loader()
+    straight, epoch = _loader()
     order = []
     for n in (0, 1):
         epoch["n"] = n
         order += [b.tolist() for b in straight]
-    first, epoch = loader()
+    first, epoch = _loader(workers=2)
     it = iter(first)
     before = [next(it).tolist() for _ in range(3)]
     state = first.state_dict()
-    resumed, epoch = loader()
+    resumed, epoch = _loader()
     resumed.load_state_dict(state)
     after = [b.tolist() for b in resumed]
     epoch["n"] = 1
     after += [b.tolist() for b in resumed]
     assert before + after == order
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((2, 2), (1, 2)), ((1, 2), (2, 2)), ((1, 2), (1, 3)), ((2, 1), (1, 4))],
+    ids=["2-to-1-process", "1-to-2-processes", "batch-2-to-3", "2x1-to-1x4"],
+)
+def test_a_resume_with_other_processes_or_batch_size_trains_each_sample_of_the_epoch_once(
+    before, after
+):
+    """The epoch's samples handed out before the checkpoint (every rank's) and after the
+    resume (every rank's, in the new world and batch size) together are the epoch's order:
+    none skipped, none twice, apart from what full batches leave at the end; the trainer is
+    told the epoch's batches in its new units. Fails if the position is kept per rank or in
+    batches (torchdata's: another world size skips or repeats samples)."""
+    (w0, b0), (w1, b1) = before, after
+    loaders = [_loader(b0, w0, r)[0] for r in range(w0)]
+    iterators = [iter(x) for x in loaders]
+    trained = [i for _ in range(3) for it in iterators for i in next(it).tolist()]
+    state = loaders[0].state_dict()  # rank 0 writes the checkpoint
+    assert state["samples"] == 3 * b0 * w0
+    shifts = []
+    resumed = [_loader(b1, w1, r, shifts=shifts)[0] for r in range(w1)]
+    for x in resumed:
+        x.load_state_dict(state)
+    rest = [i for x in resumed for b in x for i in b.tolist()]
+    order = [i for _, i in _loader(1)[0].sampler]  # the epoch's order
+    assert sorted(trained) == sorted(order[: len(trained)])
+    assert len(set(trained + rest)) == len(trained + rest)  # nothing twice
+    assert len(order) - len(trained + rest) < b1 * w1  # only what full batches leave out
+    done = len(resumed[0]) - len(rest) // w1 // b1
+    assert shifts == ([done - 3] * w1 if done != 3 else [])
+
+
+def test_a_checkpoint_from_another_training_order_is_refused_naming_what_to_set():
+    from cxrdet.data.loaders import ResumeMismatch
+
+    loader = _loader()[0]
+    state = {**loader.state_dict(), "epoch": 0, "samples": 4, "batches": 2, "seed": 6}
+    with pytest.raises(ResumeMismatch, match="from seed 6, this run's from 5: resume with"):
+        loader.load_state_dict(state)
 
 
 def test_datamodule_drops_normal_images_from_training_but_validates_on_all(tiny_data):
@@ -407,17 +456,17 @@ def test_no_finding_box_is_image_level_and_never_augmented(tiny_data):
 
 
 def test_num_workers_auto_shares_the_usable_cpus_and_a_bad_value_is_named(monkeypatch, tiny_data):
-    from cxrdet.data import datamodule
+    from cxrdet.data import cpus
 
-    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: set(range(40)))
-    assert datamodule.worker_count("auto") == 16  # capped
-    assert datamodule.worker_count("auto", processes=4) == 10  # 4 GPUs of one node share them
-    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert datamodule.worker_count("auto") == 2 and datamodule.worker_count("auto", 8) == 1
-    assert datamodule.worker_count(3) == 3 and datamodule.worker_count("0") == 0
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: set(range(40)))
+    assert cpus.worker_count("auto") == 16  # capped
+    assert cpus.worker_count("auto", processes=4) == 10  # 4 GPUs of one node share them
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cpus.worker_count("auto") == 2 and cpus.worker_count("auto", 8) == 1
+    assert cpus.worker_count(3) == 3 and cpus.worker_count("0") == 0
     for bad in ("many", -1, 1.5):
         with pytest.raises(ValueError, match=r"data.num_workers=.*expected auto or a number"):
-            datamodule.worker_count(bad)
+            cpus.worker_count(bad)
     data = tiny_datamodule(tiny_data, num_workers="auto")
     assert data.loader_options() == {
         "num_workers": 2,
@@ -444,3 +493,40 @@ def test_every_image_tensor_can_be_pinned_for_a_cuda_loader(tiny_data):
     for image in images:
         assert image.shape[0] == 1 and image.dtype == torch.uint8  # grey, as read
         torch.empty_strided(image.size(), image.stride(), dtype=image.dtype).copy_(image)  # pinning
+
+
+class _SignalsItself(torch.utils.data.Dataset):
+    """Each item: the worker sends itself SLURM's signals (as slurmstepd signals every process
+    of the job step), then returns its index."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i):
+        import os
+        import signal
+
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+            os.kill(os.getpid(), sig)
+        return i
+
+
+def test_loader_workers_outlive_the_run_s_signals_and_still_end_when_the_loader_ends():
+    """A worker survives SIGUSR1, SIGUSR2 and a SIGTERM that is not its loader's, and ends at
+    once on a SIGTERM from the main process (how torch ends a worker that does not stop: a
+    worker deaf to it would keep the process from exiting). Fails without the workers'
+    signal handling (the first item's SIGUSR1 kills the worker) or with SIGTERM left blocked
+    or ignored in them."""
+    from cxrdet.data.loaders import WorkerSignalsLoader
+
+    loader = WorkerSignalsLoader(
+        _SignalsItself(), batch_size=None, num_workers=1, persistent_workers=True
+    )
+    iterator = iter(loader)
+    assert list(iterator) == [0, 1, 2]
+    (worker,) = iterator._workers
+    assert worker.is_alive()
+    worker.terminate()  # SIGTERM from its parent
+    worker.join(5)
+    assert not worker.is_alive() and worker.exitcode == 0
+    iterator._shutdown_workers()

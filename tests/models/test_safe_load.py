@@ -97,7 +97,7 @@ def _sweep_with(ckpt, tiny_data, root) -> pathlib.Path:
     (run / "checkpoints").mkdir()
     (run / "csv").mkdir()
     cfg.trainer.default_root_dir = str(run)
-    for key in ("model_checkpoint", "sigterm_checkpoint"):
+    for key in ("model_checkpoint", "signals"):
         cfg.callbacks[key].dirpath = str(run / "checkpoints")
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(cfg)))
     (run / "csv" / "metrics.csv").write_text("step,train/loss\n0,1.0\n")

@@ -23,3 +23,15 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signal)
+
+
+class SignalInValidation(pl.Callback):
+    """The process sends itself ``name`` when the first batch of the validation after step
+    ``step`` starts (a warning that arrives during a long validation)."""
+
+    def __init__(self, name: str = "SIGUSR2", step: int = 4):
+        self.signal, self.step = getattr(signal, name), step
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        if trainer.global_step == self.step and batch_idx == 0 and not trainer.sanity_checking:
+            os.kill(os.getpid(), self.signal)

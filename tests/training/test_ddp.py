@@ -40,11 +40,22 @@ def _ddp_train(tiny_data, run, *extra) -> subprocess.CompletedProcess:
     )
 
 
+def _recorded(path) -> list[dict]:
+    """The batches :class:`record_samples.RecordSamples` wrote, every rank's."""
+    return [json.loads(line) for p in sorted(path.parent.glob(path.name + ".*"))
+            for line in p.read_text().splitlines()]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tiny_data, module_tmp):
-    """Two processes, where rank 1's loss is NaN at step 1 and on_nonfinite=skip."""
+    """Two processes, where rank 1's loss is NaN at step 1 and on_nonfinite=skip; each rank's
+    trained image ids recorded in ``samples.<rank>``."""
     run = module_tmp / "run"
-    done = _ddp_train(tiny_data, run, "on_nonfinite=skip")
+    record = [
+        "+callbacks.samples._target_=record_samples.RecordSamples",
+        f"+callbacks.samples.out={module_tmp / 'samples'}",
+    ]
+    done = _ddp_train(tiny_data, run, "on_nonfinite=skip", *record)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return run, done.stdout + done.stderr
 
@@ -131,24 +142,35 @@ def test_a_local_sweep_on_two_processes_is_refused_at_start_in_one_line(tiny_dat
 
 def test_a_two_process_checkpoint_resumes_in_one_process(ddp_run, tiny_data, tmp_path):
     """The checkpoint holds both ranks' RNG states; one process takes rank 0's, says once that
-    the run will not repeat exactly, and trains on (it used to index states by GPU)."""
+    the run will not repeat exactly, and trains on (it used to index states by GPU). The
+    epoch it resumes in (8 training images, 2 per rank and step: step 3 trained 4 of epoch 1)
+    is finished with the other 4, each once: fails when the loader's position is rank 0's
+    batches (torchdata's), which skips and repeats samples in another world size."""
     from conftest import train_in_process
 
     ckpt = ddp_run[0] / "checkpoints" / "last.ckpt"
     import torch
 
     assert len(torch.load(ckpt, weights_only=True)["rng_states"]["ranks"]) == 2
+    samples = tmp_path / "samples"
     log = train_in_process(
         [
             *tiny_overrides(tiny_data, tmp_path / "one"),
             f"ckpt_path={ckpt}",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=4",
+            "trainer.max_steps=5",
+            "trainer.val_check_interval=5",
             "data.val_fraction=0.5",
+            "+callbacks.samples._target_=record_samples.RecordSamples",
+            f"+callbacks.samples.out={samples}",
         ]
     )
     assert "saved by 2 process(es), this run has 1" in log
     assert (
         torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-        == 4
+        == 5
     )
+    before = [b for b in _recorded(ddp_run[0].parent / "samples") if b["epoch"] == 1]
+    after = _recorded(samples)
+    assert [b["step"] for b in after] == [3, 4] and {b["epoch"] for b in after} == {1}
+    ids = [i for b in before + after for i in b["ids"]]
+    assert len(before) == 2 and len(ids) == len(set(ids)) == 8  # the whole epoch, each once

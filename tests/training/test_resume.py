@@ -132,6 +132,40 @@ def test_last_ckpt_follows_every_validation_and_a_kill_resumes_from_the_latest(
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+def test_a_resume_with_other_loader_workers_continues_exactly(tiny_data, straight, tmp_path):
+    """data.num_workers=auto changes with the node: the run trained with 2 workers resumes
+    with none, mid-epoch, to the uninterrupted run's weights. Fails with a loader state that
+    holds its workers' (torchdata's: a bare AssertionError)."""
+    mid = straight / "checkpoints" / "best-step4.ckpt"
+    resumed = tmp_path / "resumed"
+    _train(tiny_data, resumed, f"ckpt_path={mid}", "data.num_workers=0")
+    a, b = (
+        _weights(straight / "checkpoints" / "last.ckpt"),
+        _weights(resumed / "checkpoints" / "last.ckpt"),
+    )
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_timed_save_due_at_an_epoch_s_end_waits_a_step_and_resumes_exactly(
+    tiny_data, straight, tmp_path
+):
+    """last.ckpt written every step by the clock (every_minutes tiny), a kill -9 once step 6
+    is done: the save due after step 6, the first epoch's last batch, waits for step 7, so
+    the relaunch continues from step 5 to the uninterrupted run's weights. Fails when it saves
+    at step 6 (Lightning numbers that epoch again on resume and replays its order)."""
+    run = tmp_path / "timed"
+    every_step = ["callbacks.last.every_minutes=1e-9", "trainer.log_every_n_steps=1"]
+    done = _interrupted(tiny_data, run, "SIGKILL", 6, *every_step)
+    assert done.returncode == -9, done.stdout[-3000:]
+    assert _step(run / "checkpoints" / "last.ckpt") == 5
+    _train(tiny_data, run, *every_step)
+    a, b = (
+        _weights(straight / "checkpoints" / "last.ckpt"),
+        _weights(run / "checkpoints" / "last.ckpt"),
+    )
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 @pytest.fixture(scope="module")
 def requeued(tiny_data, module_tmp):
     """A run from step 0 that gets SIGUSR2 at step 5 (with ``scontrol`` stood in for), and the
@@ -181,6 +215,40 @@ def test_slurm_s_warning_saves_requeues_and_the_requeued_job_finishes_the_run(st
     said = done.stdout + done.stderr
     assert "SIGUSR2 at step 7: saved" in said and "requeued SLURM job 4242" in said
     assert "at step 7: continuing from requeue.ckpt" in log
+    a, b = (
+        _weights(straight / "checkpoints" / "last.ckpt"),
+        _weights(run / "checkpoints" / "last.ckpt"),
+    )
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_warning_during_validation_stops_there_and_the_resumed_run_validates_again(
+    tiny_data, straight, tmp_path
+):
+    """SIGUSR2 as the validation after step 4 starts (3 batches of one image): the run stops
+    after that validation's first batch, not a step later, with requeue.ckpt at step 4; the
+    relaunch runs the whole validation at step 4 again (the uninterrupted run's figures) and
+    ends with its weights. Fails when the checkpoint's validation progress is kept (Lightning
+    then skips the rest of that validation: no figures at step 4)."""
+    run = tmp_path / "warned"
+    args = [
+        *_args(tiny_data, run, "data.val_batch_size=1"),
+        "+callbacks.signal._target_=signal_at_step.SignalInValidation",
+        "+callbacks.signal.step=4",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "training")}
+    done = subprocess.run(
+        [PY, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 255, done.stderr[-3000:]
+    assert "SIGUSR2 at step 4 (during validation): saved" in done.stdout + done.stderr
+    assert _step(run / "checkpoints" / "requeue.ckpt") == 4
+    _train(tiny_data, run, "data.val_batch_size=1")
+    scores = ["step", "val/AP40", "val/mAP40"]  # val/loss's ROI draws change with the batch
+    pd.testing.assert_frame_equal(
+        _val_metrics(straight)[scores].reset_index(drop=True),
+        _val_metrics(run)[scores].reset_index(drop=True),
+    )
     a, b = (
         _weights(straight / "checkpoints" / "last.ckpt"),
         _weights(run / "checkpoints" / "last.ckpt"),

@@ -242,31 +242,31 @@ def test_the_resume_point_saves_every_interval_on_logging_steps_and_once_per_ste
 )
 def test_auto_workers_divide_the_allocation_once(monkeypatch, env, processes, expected):
     """Fails if a SLURM task's own CPUs are divided again by the processes on the node."""
-    from cxrdet.data import datamodule
+    from cxrdet.data import cpus
 
     for key in ("SLURM_CPUS_PER_TASK", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(datamodule, "usable_cpus", lambda: 32 if not env else 64)
-    assert datamodule.worker_count("auto", processes) == expected
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 32 if not env else 64)
+    assert cpus.worker_count("auto", processes) == expected
 
 
 def test_too_little_shared_memory_switches_to_files_and_says_how_to_give_more(monkeypatch, caplog):
     """Docker's 64 MB /dev/shm: 16 workers with batches in flight would die with a bus error.
     Fails if nothing is checked or the warning does not name the cure."""
-    from cxrdet.data import datamodule
+    from cxrdet.data import cpus
 
     strategies = []
     monkeypatch.setattr(
         torch.multiprocessing, "set_sharing_strategy", lambda s: strategies.append(s)
     )
     small = types.SimpleNamespace(f_bavail=64 * 256, f_frsize=4096)  # 64 MB
-    monkeypatch.setattr(datamodule.os, "statvfs", lambda path: small)
-    with caplog.at_level(logging.WARNING, logger="cxrdet.data.datamodule"):
-        datamodule.check_shared_memory(2, 2**20)  # 4 MB in flight: fine
+    monkeypatch.setattr(cpus.os, "statvfs", lambda path: small)
+    with caplog.at_level(logging.WARNING, logger="cxrdet.data.cpus"):
+        cpus.check_shared_memory(2, 2**20)  # 4 MB in flight: fine
         assert strategies == [] and not caplog.records
-        datamodule.check_shared_memory(16, 16 * 512 * 512)  # 16 x 2 batches of 4 MB: 128 MB
+        cpus.check_shared_memory(16, 16 * 512 * 512)  # 16 x 2 batches of 4 MB: 128 MB
     assert strategies == ["file_system"]
     assert "--shm-size" in caplog.text and "data.num_workers" in caplog.text
 
@@ -301,7 +301,7 @@ def test_a_gpu_the_torch_build_has_no_kernels_for_is_refused_naming_the_build(
 
 def test_lightning_s_own_requeue_is_off_under_slurm(monkeypatch):
     """Under srun Lightning would requeue on SIGUSR1 with its own hpc_ckpt file: the requeue
-    has one owner (RequeueOnSignal)."""
+    has one owner (cxrdet.training.stopping.StopOnSignal)."""
     from cxrdet.training.slurm import cluster_plugins, slurm_job_id
 
     for key in ("SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
@@ -319,14 +319,23 @@ def test_lightning_s_own_requeue_is_off_under_slurm(monkeypatch):
     assert slurm_job_id() == "76_3"
 
 
-def test_the_requeue_owner_only_notes_the_signal_and_gives_the_handlers_back():
-    from cxrdet.training.slurm import RequeueOnSignal
+def test_the_signal_owner_only_notes_the_signals_and_gives_the_handlers_back():
+    """The warning is handled from setup (before the loader workers exist), SIGTERM from
+    on_train_start (in place of Lightning's); each handler only notes; the handlers before
+    are put back. Fails if a handler acts inside the signal or the warning comes late."""
 
-    before = signal.getsignal(signal.SIGUSR2)
-    owner = RequeueOnSignal("/tmp/unused")
+    from cxrdet.training.stopping import StopOnSignal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+    with pytest.raises(ValueError, match="callbacks.signals.warning='HUP'"):
+        StopOnSignal("/tmp/unused", warning="HUP")
+    owner = StopOnSignal("/tmp/unused", warning="SIGUSR1")
+    owner.setup(types.SimpleNamespace(world_size=1), None, "fit")
+    assert signal.getsignal(signal.SIGUSR1) == owner.note
+    assert signal.getsignal(signal.SIGUSR2) == before[signal.SIGUSR2]  # the other one is left
     owner.on_train_start(None, None)
-    assert signal.getsignal(signal.SIGUSR2) == owner.note
-    signal.raise_signal(signal.SIGUSR2)
-    assert owner.received == signal.SIGUSR2
+    signal.raise_signal(signal.SIGUSR1)
+    signal.raise_signal(signal.SIGTERM)
+    assert owner.noted == [True, True]
     owner.on_train_end(None, None)
-    assert signal.getsignal(signal.SIGUSR2) == before
+    assert {s: signal.getsignal(s) for s in before} == before
