@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import (
-    PY,
-    REPO,
     in_process,
     run_fails,
     run_ok,
@@ -736,51 +734,6 @@ def test_wandb_images_without_the_csv_logger_warn_instead_of_failing(tiny_data, 
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_sigterm_saves_a_checkpoint_that_resumes(tiny_data, tmp_path):
-    import signal
-    import time
-
-    run = tmp_path / "run"
-    overrides = [
-        *tiny_overrides(tiny_data, run),
-        "trainer.max_steps=200",
-        "trainer.log_every_n_steps=1",
-        "trainer.val_check_interval=1000",
-        "augment=none",
-    ]
-    proc = subprocess.Popen(
-        [PY, "train.py", *overrides],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    metrics = run / "csv" / "metrics.csv"
-    deadline = time.time() + 240
-    while (
-        not (metrics.is_file() and "train/loss" in metrics.read_text()) and time.time() < deadline
-    ):
-        time.sleep(0.5)  # training is under way once a step has been logged
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=240)
-    ckpt = run / "checkpoints" / "sigterm.ckpt"
-    assert ckpt.is_file(), out[-3000:]
-    stopped_at = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
-    assert 0 < stopped_at < 200
-    resumed = tmp_path / "resumed"
-    train_in_process(
-        [
-            *tiny_overrides(tiny_data, resumed),
-            f"trainer.max_steps={stopped_at + 2}",
-            "trainer.val_check_interval=1000",
-            "augment=none",
-            f"ckpt_path={ckpt}",
-        ]
-    )
-    last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["global_step"] == stopped_at + 2
-
-
 class PaddingDetector(torch.nn.Module):
     """A stand-in detector with one box wholly in the letterbox padding, one half in it and one
     inside the content, for every image."""
@@ -1033,11 +986,11 @@ def test_prediction_reads_images_in_worker_processes_by_default(tiny_data, tmp_p
     """num_workers=auto (the default): the loader gets the CPUs this process may use, so that
     reading PNGs overlaps the model (on an H200, predict.py ran at 0.6x the bare model loop with
     images read in its own process); a bad value is named before any model loads."""
-    from cxrdet.data import datamodule
+    from cxrdet.data import cpus
     from cxrdet.inference import predictor
 
     loader, workers = predictor.prediction_loader, []
-    monkeypatch.setattr(datamodule, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
 
     def spy(dataset, batch_size, num_workers, device):
         workers.append(num_workers)

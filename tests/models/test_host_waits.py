@@ -62,7 +62,7 @@ def test_the_counter_sees_every_kind_of_wait_and_nothing_that_stays_on_the_host(
     assert all("test_host_waits.py" in w.site for w in waits.waits)
 
 
-def _counts(impl: str, n: int, size: int = 64) -> dict:
+def _counts(impl: str, n: int, size: int = 32) -> dict:
     torch.manual_seed(0)
     model = build_fasterrcnn(
         num_classes=14,

@@ -135,8 +135,9 @@ def test_the_warning_to_every_process_saves_requeues_once_and_the_job_continues(
     """SLURM's warning to the whole process group, loader workers included: under srun with
     ``--signal=USR1@120`` (callbacks.signals.warning=USR1), or under submitit (USR2, its own
     requeue handler installed in the process). requeue.ckpt is written, scontrol requeues
-    once, the process exits with -1, and the same command continues from it. Fails when the
-    workers die of the signal or run submitit's handler (no checkpoint, racing requeues)."""
+    once, the process exits with -1, and the same command would continue from it
+    (test_resume.py runs that relaunch). Fails when the workers die of the signal or run
+    submitit's handler (no checkpoint, racing requeues)."""
     env, calls = _scontrol(tmp_path)
     run = tmp_path / "run"
     if launch == "srun":
@@ -155,23 +156,20 @@ def test_the_warning_to_every_process_saves_requeues_once_and_the_job_continues(
     assert calls.read_text().split() == ["requeue", "4242"]  # once, by rank 0 alone
     stopped_at = step_of_checkpoint(run / "checkpoints" / "requeue.ckpt", whole=True)
     assert 0 < stopped_at < 24 and "requeued SLURM job 4242" in out
-    again = _start(_args(tiny_data, run, *args[-1:] if launch == "srun" else []), env)
-    out, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, out[-3000:]
-    assert f"at step {stopped_at}: continuing from requeue.ckpt" in out
-    assert step_of_checkpoint(run / "checkpoints" / "last.ckpt") == 24
+    assert resume_checkpoint(run, None, "auto") == str(run / "checkpoints" / "requeue.ckpt")
 
 
 def test_sigterm_to_every_process_saves_and_exits(tiny_data, tmp_path):
-    """SIGTERM (a pre-emption, the time limit) to the whole process group: the workers ignore
-    it, the run saves sigterm.ckpt and exits 143. Fails when the workers die of it (the
-    loader's error, no checkpoint)."""
+    """SIGTERM (a pre-emption, the time limit) to the whole process group: the workers leave
+    it to the main process, the run saves sigterm.ckpt, exits 143, and a relaunch would
+    continue from it. Fails when the workers die of it (the loader's error, no checkpoint)."""
     run = tmp_path / "run"
     proc = _start(_args(tiny_data, run))
     out = _signal_group_when_training(proc, run, signal.SIGTERM)
     assert proc.returncode == 143, out[-3000:]
     assert "DataLoader worker" not in out and "Traceback" not in out, out[-3000:]
     assert 0 < step_of_checkpoint(run / "checkpoints" / "sigterm.ckpt", whole=True) < 24
+    assert resume_checkpoint(run, None, "auto") == str(run / "checkpoints" / "sigterm.ckpt")
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR2"])

@@ -146,26 +146,6 @@ def test_a_resume_with_other_loader_workers_continues_exactly(tiny_data, straigh
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-def test_a_timed_save_due_at_an_epoch_s_end_waits_a_step_and_resumes_exactly(
-    tiny_data, straight, tmp_path
-):
-    """last.ckpt written every step by the clock (every_minutes tiny), a kill -9 once step 6
-    is done: the save due after step 6, the first epoch's last batch, waits for step 7, so
-    the relaunch continues from step 5 to the uninterrupted run's weights. Fails when it saves
-    at step 6 (Lightning numbers that epoch again on resume and replays its order)."""
-    run = tmp_path / "timed"
-    every_step = ["callbacks.last.every_minutes=1e-9", "trainer.log_every_n_steps=1"]
-    done = _interrupted(tiny_data, run, "SIGKILL", 6, *every_step)
-    assert done.returncode == -9, done.stdout[-3000:]
-    assert _step(run / "checkpoints" / "last.ckpt") == 5
-    _train(tiny_data, run, *every_step)
-    a, b = (
-        _weights(straight / "checkpoints" / "last.ckpt"),
-        _weights(run / "checkpoints" / "last.ckpt"),
-    )
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
-
-
 @pytest.fixture(scope="module")
 def requeued(tiny_data, module_tmp):
     """A run from step 0 that gets SIGUSR2 at step 5 (with ``scontrol`` stood in for), and the

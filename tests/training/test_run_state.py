@@ -205,6 +205,30 @@ def test_an_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
     assert path.read_text() == "new"
 
 
+def test_a_timed_save_due_at_an_epoch_s_last_batch_waits_one_step():
+    """Lightning resumes a checkpoint saved at the end of an epoch's last batch by numbering
+    that epoch again: the 30-minute save due there is made after the next step instead. Fails
+    if the timed save ignores where the epoch stands."""
+    now = [0.0]
+    saved = []
+    point = ResumePoint("/tmp/unused", every_minutes=30, clock=lambda: now[0])
+    progress = types.SimpleNamespace(is_last_batch=False)
+    trainer = types.SimpleNamespace(
+        global_step=0,
+        log_every_n_steps=1,
+        world_size=1,
+        fit_loop=types.SimpleNamespace(epoch_loop=types.SimpleNamespace(batch_progress=progress)),
+        save_checkpoint=lambda path, weights_only: saved.append(trainer.global_step),
+    )
+    point.on_train_start(trainer, None)
+    now[0] = 31 * 60
+    trainer.global_step, progress.is_last_batch = 6, True
+    point.on_train_batch_end(trainer, None, None, None, 5)
+    trainer.global_step, progress.is_last_batch = 7, False
+    point.on_train_batch_end(trainer, None, None, None, 0)
+    assert saved == [7]
+
+
 def test_the_resume_point_saves_every_interval_on_logging_steps_and_once_per_step():
     """Fails if the time-based save waits for a validation, runs off the logging steps (every
     rank must save at the same step) or writes the same step twice."""
