@@ -56,7 +56,8 @@ def score_diagnoses(
         positive = truth[name].to_numpy() == 1
         scores = probs[name].to_numpy(np.float64)
         auc = float(bootstrap_auc(scores, positive, ones)[0])
-        ci = list(interval(bootstrap_auc(scores, positive, weights))) if weights is not None else []
+        resampled = bootstrap_auc(scores, positive, weights) if weights is not None else None
+        ci = list(interval(resampled, auc)) if resampled is not None else []
         out[name] = {"AUC": auc, "AUC_ci": ci, "positives": int(positive.sum())}
     aucs = [v["AUC"] for v in out.values() if v["AUC"] == v["AUC"]]
     mean = float(np.mean(aucs)) if aucs else float("nan")

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from cxrdet.data.classes import KAGGLE14, ClassSet
-from cxrdet.evaluation.bootstrap import bootstrap_cpm, ci_text, image_weights, interval
+from cxrdet.evaluation.bootstrap import bootstrap_cpm, ci_text, figure_interval, image_weights
 from cxrdet.evaluation.errors import ERROR_NAMES, ERROR_TYPES, error_breakdown
 from cxrdet.evaluation.froc import froc, lesion_scores
 from cxrdet.evaluation.lesions import lesion_truth
@@ -81,7 +81,8 @@ def radiology_scores(
                 lesions, ignore, dets, iou, True, no_finding
             )
             weights = image_weights(len(lesions), resamples, seed)
-            out["froc"]["CPM_ci"] = interval(bootstrap_cpm(best, image, fp, fp_image, weights))
+            resampled = bootstrap_cpm(best, image, fp, fp_image, weights)
+            out["froc"]["CPM_ci"] = figure_interval(resampled, found["CPM"], len(lesions))
     if errors:
         out["errors"] = error_breakdown(lesions, dets, iou)
     for result in out.values():

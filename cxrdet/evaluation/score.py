@@ -57,16 +57,15 @@ from cxrdet.data.labels import ground_truth, read_labels
 from cxrdet.data.meta import read_meta
 from cxrdet.data.splits import SPLIT_MODES, split_ids
 from cxrdet.evaluation.bootstrap import (
+    MIN_BOXES,
     RESAMPLES,
-    bootstrap_ap40,
-    bootstrap_map,
+    ap40_interval,
     ci_text,
     image_weights,
-    interval,
+    map_interval,
 )
 from cxrdet.evaluation.coco import coco_matches
 from cxrdet.evaluation.coco_json import write_coco
-from cxrdet.evaluation.competition import match_detections
 from cxrdet.evaluation.evaluator import findings_only, score_predictions
 from cxrdet.evaluation.lesions import TRUTHS
 from cxrdet.evaluation.radiology import (
@@ -172,11 +171,11 @@ def score(
     weights = image_weights(len(gt), bootstrap, bootstrap_seed) if bootstrap else None
     map_ci = ap40_ci = None
     if weights is not None:
-        map_ci = interval(bootstrap_map(match_detections(gt, sub, iou), weights))
+        map_ci = map_interval(gt, sub, weights, iou)
         matches = coco_matches(
             findings_only(gt, class_set), findings_only(sub, class_set), class_set.num_findings, iou
         )
-        ap40_ci = interval(bootstrap_ap40(matches, weights))
+        ap40_ci = ap40_interval(matches, result["AP40_per_class"], weights)
     radiology = {}
     if readers or froc or errors:
         radiology = radiology_scores(
@@ -369,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if r["mAP40_ci"]:
         print(
             f"  [low, high]: 95 % interval over {a.bootstrap} bootstrap resamples of the images "
-            f"(--bootstrap; seed {a.bootstrap_seed})"
+            f"(--bootstrap; seed {a.bootstrap_seed}; bias-corrected; a mean over classes counts "
+            f"the classes with >= {MIN_BOXES} boxes)"
         )
     print(f"  {'class':<24s} {'mAP40':>7s} {'AP40':>7s}")
     for c, v in sorted(r["per_class"].items()):

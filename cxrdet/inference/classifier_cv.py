@@ -126,8 +126,10 @@ def cross_validate_classifier(
 def auc_interval(probs: dict[str, float], normal: set[str], resamples: int = RESAMPLES):
     """The 95 % bootstrap interval of :func:`auc` over the images (seeded)."""
     positive = np.array([i not in normal for i in probs])
+    scores = np.array(list(probs.values()))
     weights = image_weights(len(probs), resamples, 0)
-    return list(interval(bootstrap_auc(np.array(list(probs.values())), positive, weights)))
+    point = float(bootstrap_auc(scores, positive, np.ones((1, len(probs)), np.float32))[0])
+    return list(interval(bootstrap_auc(scores, positive, weights), point))
 
 
 def validation_auc(run: Path, device: str = "cpu", trust: bool = False) -> dict:

@@ -26,8 +26,7 @@ import pandas as pd
 
 from cxrdet.data.classes import NO_FINDING_NAME
 from cxrdet.data.dataset import grey_pixels
-from cxrdet.evaluation.bootstrap import RESAMPLES, bootstrap_map, image_weights, interval
-from cxrdet.evaluation.competition import match_detections
+from cxrdet.evaluation.bootstrap import RESAMPLES, image_weights, map_interval
 from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
 from cxrdet.models.safe_load import TRUST_HELP
 from cxrdet.reports.curves import curve_figures, per_class_bars, per_class_figure
@@ -92,8 +91,7 @@ def validation_figures(
                 shown.append((image8, target["boxes"].numpy(), classes, pred))
     evaluation = evaluator.evaluate(curves=True)
     gt = dict(sorted(evaluator.gt.items()))
-    resampled = bootstrap_map(match_detections(gt, evaluator.dets), image_weights(len(gt)))
-    evaluation["mAP40_ci"] = interval(resampled)
+    evaluation["mAP40_ci"] = map_interval(gt, evaluator.dets, image_weights(len(gt)))
     evaluation["class_names"] = names
     fusion = cfg.data.get("val_fusion", "none")
     radiology = radiology_scores(

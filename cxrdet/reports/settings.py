@@ -125,12 +125,12 @@ def headline(page: dict, checkpoint: str | None) -> dict:
         "checkpoint": checkpoint,
         "images": scores["images"],
         "mAP40": scores["mAP40"],
-        "mAP40_ci": list(scores.get("mAP40_ci") or []),
+        "mAP40_ci": scores.get("mAP40_ci"),  # cxrdet.evaluation.bootstrap.class_interval
         "AP40": scores["AP40"],
     }
     if "froc" in radiology:
         froc = radiology["froc"]
-        out.update(CPM=froc["CPM"], CPM_ci=list(froc.get("CPM_ci") or []))
+        out.update(CPM=froc["CPM"], CPM_ci=froc.get("CPM_ci"))
     if "readers" in radiology:
         readers = radiology["readers"]
         out.update(
