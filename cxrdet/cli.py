@@ -18,9 +18,13 @@ TOOLS = {
     "report": ("cxrdet.reports.report", "result figures and report/index.html of a training run"),
     "score": (
         "cxrdet.evaluation.score",
-        "score a submission.csv (mAP40, AP40; FROC, readers, errors)",
+        "score a submission.csv (mAP40, AP40; FROC, readers, errors, calibration)",
     ),
     "check": ("cxrdet.evaluation.check", "check a submission.csv against sample_submission.csv"),
+    "calibrate": (
+        "cxrdet.inference.calibrate",
+        "fit a No-finding classifier's temperature on its validation images",
+    ),
     "cv": ("cxrdet.inference.cv", "out-of-fold scores of a k-fold sweep, and its ensemble command"),
     "export": (
         "cxrdet.inference.export",

@@ -22,6 +22,7 @@ import pandas as pd
 from cxrdet.demo.summary import (
     Stage,
     add_to_report,
+    calibration_rows,
     classifier_test_row,
     classifier_validation_row,
     print_summary,
@@ -281,6 +282,9 @@ def test_rows(classifier: Path) -> list[tuple[str, str]]:
         (f"test mAP40 ({where})", f"{alone['mAP40']:.3f}{ci_text(alone['mAP40_ci'])}"),
         classifier_validation_row(NOFINDING),
         classifier_test_row(SUBMISSION.with_name(PROBS_CSV), labels, classifier),
+        *calibration_rows(
+            alone["scored"], alone["classes"], SUBMISSION.with_name(PROBS_CSV), labels, classifier
+        ),
         (
             "test mAP40 with the No-finding filter",
             f"{filtered['mAP40']:.3f}{ci_text(filtered['mAP40_ci'])}",

@@ -22,7 +22,10 @@ NOTE = (
     "filter (predict.py nofinding.low/high) makes each image's No-finding line from the\n"
     "classifier's P(abnormal) instead of from the detector's top score. [low, high]: 95 %\n"
     "intervals over 1,000 bootstrap resamples of the images (the gain's paired); '≈ chance'\n"
-    "when an AUC's interval holds 0.5."
+    "when an AUC's interval holds 0.5; mAP40, AP40 and the CPM get none on fewer than 300\n"
+    "images (too few to cover). ECE: how far a score is from the share it should mean (0:\n"
+    "calibrated), for the detections scoring >= 0.3 (right: a true positive at IoU 0.4) and\n"
+    "the classifier's P(abnormal), before and after a temperature fitted on validation."
 )
 
 
@@ -102,6 +105,45 @@ def classifier_test_row(probs_csv: Path, labels_csv: Path, checkpoint: Path) -> 
         f"classifier test AUC ({where})",
         auc_text(auc(probs, normal), auc_interval(probs, normal)),
     )
+
+
+def calibration_rows(
+    scored: tuple[dict, dict], classes, probs_csv: Path, labels_csv: Path, classifier: Path
+) -> list[tuple[str, str]]:
+    """The test set's calibration: the detector's shown detections (D-ECE) and the
+    classifier's P(abnormal), raw and with a temperature fitted on its validation images (as
+    ``cxrdet calibrate`` would write it)."""
+    from cxrdet.data.labels import normal_image_ids, read_labels
+    from cxrdet.evaluation.calibration import (
+        classifier_calibration,
+        detection_calibration,
+        fit_temperature,
+        scaled,
+    )
+    from cxrdet.evaluation.evaluator import findings_only
+    from cxrdet.inference.classifier_cv import validation_probs
+    from cxrdet.inference.nofinding_probs import read_probs
+
+    gt, dets = scored
+    d = detection_calibration(findings_only(gt, classes), findings_only(dets, classes))
+    probs = read_probs(str(probs_csv), None)
+    labels, _ = read_labels(labels_csv)
+    test = classifier_calibration(probs, normal_image_ids(labels))
+    val_probs, val_normal = validation_probs(classifier)
+    t = fit_temperature(list(val_probs.values()), [i not in val_normal for i in val_probs])
+    after = classifier_calibration(
+        dict(zip(probs, scaled(list(probs.values()), t).tolist())), normal_image_ids(labels)
+    )
+    return [
+        (
+            f"test D-ECE (detections >= {d['threshold']:g}, {d['count']})",
+            f"{d['ECE']:.3f}",
+        ),
+        (
+            f"classifier test ECE (T = {t:.2f} fitted on validation)",
+            f"{test['ECE']:.3f} raw, {after['ECE']:.3f} with T",
+        ),
+    ]
 
 
 def print_summary(stages: list[Stage], rows: list[tuple[str, str]]) -> None:

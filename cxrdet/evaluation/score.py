@@ -64,6 +64,7 @@ from cxrdet.evaluation.bootstrap import (
     image_weights,
     map_interval,
 )
+from cxrdet.evaluation.calibration import THRESHOLD, calibration_report, report_text
 from cxrdet.evaluation.coco import coco_matches
 from cxrdet.evaluation.coco_json import write_coco
 from cxrdet.evaluation.evaluator import findings_only, score_predictions
@@ -310,6 +311,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="TIDE-style error breakdown and the mAP40 each error type costs",
     )
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="reliability and expected calibration error of the detections' scores (D-ECE, "
+        "matched at IoU 0.4) and, with --probs, of the classifier's P(abnormal)",
+    )
+    p.add_argument(
+        "--calibration-threshold",
+        type=float,
+        default=THRESHOLD,
+        help=f"the detections a reader is shown: score at or above this (default {THRESHOLD})",
+    )
+    p.add_argument("--probs", help="predict.py's nofinding_probs.csv, for --calibration")
     a = p.parse_args(argv)
     if bool(a.submission) == bool(a.diagnoses):
         p.error("give --submission (boxes) or --diagnoses (the 6 diagnoses), one of them")
@@ -341,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap_seed=a.bootstrap_seed,
             classes=a.classes,
         )
+        if a.calibration:
+            r["calibration"] = calibration_report(
+                r["scored"], a.labels, a.probs, r["classes"], a.calibration_threshold
+            )
     except (FileNotFoundError, SubmissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -356,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     "per_class": per_class,
                     "images": r["images"],
                     **as_json(r["radiology"]),
+                    **({"calibration": r["calibration"]} if "calibration" in r else {}),
                 }
             )
         )
@@ -381,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         if key in r["radiology"]:
             print()
             print("\n".join(table(r["radiology"][key])))
+    if "calibration" in r:
+        print()
+        print(report_text(r["calibration"]))
     return 0
 
 

@@ -132,10 +132,11 @@ def auc_interval(probs: dict[str, float], normal: set[str], resamples: int = RES
     return list(interval(bootstrap_auc(scores, positive, weights), point))
 
 
-def validation_auc(run: Path, device: str = "cpu", trust: bool = False) -> dict:
-    """A classifier run's best checkpoint on the run's own validation images (the data and
-    split its checkpoint records): ``AUC``, ``AUC_ci``, ``checkpoint``, ``images``."""
-    ckpt = checkpoint_of(Path(run), trust)
+def validation_probs(
+    ckpt: Path, device: str = "cpu", trust: bool = False
+) -> tuple[dict[str, float], set[str]]:
+    """A classifier checkpoint's P(abnormal) on its run's own validation images (the data and
+    split the checkpoint records), and which of them are normal."""
     d = checkpoint_data(ckpt, trust)
     s = split_of(d)
     if s is None:
@@ -146,7 +147,14 @@ def validation_auc(run: Path, device: str = "cpu", trust: bool = False) -> dict:
     classifiers = load_classifiers(str(ckpt), dev, trust, "--trust")
     dataset = ImageDataset(d["image_dir"], d["meta_csv"], ids)
     probs = predict_probs(classifiers, dataset, dev, d["val_batch_size"], progress=False)
-    normal = normal_image_ids(labels)
+    return probs, normal_image_ids(labels)
+
+
+def validation_auc(run: Path, device: str = "cpu", trust: bool = False) -> dict:
+    """A classifier run's best checkpoint on the run's own validation images
+    (:func:`validation_probs`): ``AUC``, ``AUC_ci``, ``checkpoint``, ``images``."""
+    ckpt = checkpoint_of(Path(run), trust)
+    probs, normal = validation_probs(ckpt, device, trust)
     return {
         "AUC": auc(probs, normal),
         "AUC_ci": auc_interval(probs, normal),

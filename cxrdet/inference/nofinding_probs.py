@@ -73,7 +73,7 @@ def batch_outputs(
     for c in classifiers:
         for view in views:
             logits = c.logits(view)
-            abnormal.append(torch.sigmoid(c.abnormal(logits)).float())
+            abnormal.append(c.p_abnormal(logits).float())
             if c.targets == "global6":
                 diagnoses.append(torch.sigmoid(logits).float())
     p = torch.stack(abnormal).mean(0).cpu().tolist()

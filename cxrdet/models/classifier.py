@@ -113,6 +113,9 @@ class NoFindingModule(pl.LightningModule):
             ``cxrdet cv``) are resized to it first (bilinear, antialiased). None: as given.
         targets: ``nofinding`` (P(a finding)) or ``global6`` (the release's 6 diagnoses; the
             data module's targets carry them as ``diagnoses``).
+        temperature: P(abnormal)'s logit is divided by it at prediction
+            (:meth:`p_abnormal`); 1 until ``cxrdet calibrate`` fits one on the validation
+            images and writes it into the checkpoint (training never uses it).
         trust_weights: as :class:`cxrdet.models.module.DetectorModule`'s; not a hyper-parameter.
     """
 
@@ -134,6 +137,7 @@ class NoFindingModule(pl.LightningModule):
         input_norm: str = "imagenet",
         image_size: int | None = None,
         targets: str = "nofinding",
+        temperature: float = 1.0,
         trust_weights: bool = False,
     ):
         super().__init__()
@@ -174,6 +178,11 @@ class NoFindingModule(pl.LightningModule):
     def forward(self, images) -> torch.Tensor:
         """Logits of P(abnormal), one per image (:meth:`abnormal`)."""
         return self.abnormal(self.logits(images))
+
+    def p_abnormal(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(abnormal) from :meth:`logits`' output, calibrated by the checkpoint's
+        ``temperature``."""
+        return torch.sigmoid(self.abnormal(logits) / self.hparams.get("temperature", 1.0))
 
     def labels(self, targets) -> torch.Tensor:
         """What it learns: 1 for an image some reader marked a finding on, 0 for a normal
@@ -264,6 +273,7 @@ def load_classifier(
         input_norm=input_norm,
         image_size=hparams.get("image_size"),  # older checkpoints: the images as given
         targets=hparams.get("targets", "nofinding"),
+        temperature=hparams.get("temperature", 1.0),
     )
     module.load_state_dict(state)
     return module.eval()

@@ -83,3 +83,22 @@ def per_class_figure(values: dict[str, dict[str, float]], source: str, out: Path
         ax.set_title(f"{metric} per class", fontsize=10)
     fig.suptitle(f"Per class: {source}")
     return save_figure(fig, out / "per_class_ap.png")
+
+
+def reliability_figure(r: dict, title: str, what: str, out: Path) -> Path:
+    """A reliability diagram (:func:`cxrdet.evaluation.calibration.reliability`'s bins): per
+    score bin the observed share (``what``) against the mean score, the diagonal a perfectly
+    calibrated score, each bin's count beside its point."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    xs = [b["confidence"] for b in r["bins"]]
+    ys = [b["accuracy"] for b in r["bins"]]
+    ax.plot(xs, ys, marker="o")
+    for x, y, b in zip(xs, ys, r["bins"]):
+        ax.annotate(str(b["count"]), (x, y), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean score in the bin")
+    ax.set_ylabel(what)
+    ax.set_title(f"{title}\nECE {r['ECE']:.3f} over {r['count']}", fontsize=9)
+    return save_figure(fig, out)

@@ -182,6 +182,21 @@ def froc_section(f: dict, figure: Path | None) -> str:
     return out + table(["", *(f"{r:g} FP" for r in f["rates"]), "CPM", "lesions"], rows)
 
 
+def calibration_section(c: dict, figure: Path | None) -> str:
+    out = (
+        "<h2>Calibration</h2><p>Do the scores a reader is shown mean a probability? The "
+        f"detections scoring at least {c['threshold']:g}, in 10 score bins: the share right "
+        "(a true positive at IoU 0.4, as the competition matches) against the mean score; "
+        f"D-ECE (Küppers et al. 2020) {c['ECE']:.3f} over {c['count']} detections (0: every "
+        "score is the share of its detections that are right).</p>"
+    )
+    if figure is not None:
+        out += f"<img class='figure' alt='reliability' src='{png_data(figure)}'>"
+    rows = [[f"{b['low']:.1f}-{b['high']:.1f}", b["count"], b["confidence"], b["accuracy"]]
+            for b in c["bins"]]  # fmt: skip
+    return out + table(["score bin", "detections", "mean score", "share right"], rows)
+
+
 def errors_section(e: dict) -> str:
     out = (
         "<h2>Where the errors are</h2><p>Each false positive's type (TIDE's definitions at IoU "
@@ -227,6 +242,8 @@ def write_html(
     scores: dict | None = None,
     radiology: dict | None = None,
     froc_figure: Path | None = None,
+    calibration: dict | None = None,
+    calibration_figure: Path | None = None,
     gallery: list[tuple[np.ndarray, str]] | None = None,
     images_figure: Path | None = None,
     source: str | None = None,
@@ -243,6 +260,8 @@ def write_html(
         parts.append(readers_section(radiology["readers"]))
     if "froc" in radiology:
         parts.append(froc_section(radiology["froc"], froc_figure))
+    if calibration is not None:
+        parts.append(calibration_section(calibration, calibration_figure))
     if "errors" in radiology:
         parts.append(errors_section(radiology["errors"]))
     if gallery is not None:

@@ -27,9 +27,16 @@ import pandas as pd
 from cxrdet.data.classes import NO_FINDING_NAME
 from cxrdet.data.dataset import grey_pixels
 from cxrdet.evaluation.bootstrap import RESAMPLES, image_weights, map_interval
+from cxrdet.evaluation.calibration import detection_calibration
+from cxrdet.evaluation.evaluator import findings_only
 from cxrdet.evaluation.radiology import READERS_FUSION, radiology_scores
 from cxrdet.models.safe_load import TRUST_HELP
-from cxrdet.reports.curves import curve_figures, per_class_bars, per_class_figure
+from cxrdet.reports.curves import (
+    curve_figures,
+    per_class_bars,
+    per_class_figure,
+    reliability_figure,
+)
 from cxrdet.reports.figures import plt, save_figure
 from cxrdet.reports.gallery import froc_figure, gallery_items
 from cxrdet.reports.html import write_html
@@ -110,11 +117,21 @@ def validation_figures(
         boxes, classes = target["boxes"].numpy(), target["labels"].numpy() - 1
         return image8, boxes, classes, target["orig_hw"], target["image_hw"], target["content"]
 
+    calibration = detection_calibration(
+        findings_only(gt, class_set), findings_only(evaluator.dets, class_set)
+    )
     page = {
         "scores": evaluation,
         "radiology": radiology,
         "froc_figure": froc_figure(radiology["froc"], out),
         "gallery": gallery_items(radiology["errors"]["errors"], load, class_set),
+        "calibration": calibration,
+        "calibration_figure": reliability_figure(
+            calibration,
+            f"Detections scoring >= {calibration['threshold']:g}, validation split",
+            "share right (IoU 0.4)",
+            out / "calibration.png",
+        ),
     }
     result = {"per_class": evaluation["mAP40_per_class"], "curves": evaluation["mAP40_curves"]}
     written = []
@@ -154,6 +171,7 @@ def validation_figures(
         written.append(save_figure(fig, out / "fig12_validation_images.png"))
     if page["froc_figure"] is not None:
         written.append(page["froc_figure"])
+    written.append(page["calibration_figure"])
     return written, page
 
 
@@ -236,7 +254,7 @@ def write_report(
     bars, source = per_class_bars(metrics, page.get("scores"), label)
     written += [per_class_figure(bars, source, out), *figures]
     grid = out / "fig12_validation_images.png"
-    own_sections = ("froc.png", grid.name)
+    own_sections = ("froc.png", "calibration.png", grid.name)
     curves = [p for p in written if p.suffix == ".png" and p.name not in own_sections]
     settings = run_settings(run_dir, cfg, choices, metrics, label, page)
     images = grid if grid in written else None
