@@ -30,7 +30,7 @@ demo: $(STAMP) ## Synthetic data -> prepare -> train -> predict -> score, under 
 	$(PY) -m cxrdet demo $(if $(FORCE),--force)
 
 test: $(STAMP) ## Run the test suite (no network, CPU only)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 check-tests: $(STAMP) ## Mutation pass over the metric, box mapping and fusion: do the tests notice? (~5 min)
 	$(PY) tests/mutate.py

@@ -968,7 +968,7 @@ def test_class_14_predictions_are_written_as_the_competition_reads_them(
 def test_a_detector_with_class_14_and_the_classifier_filter_write_one_line_a_row(
     tiny_data, tmp_path, monkeypatch
 ):
-    from cxrdet.inference.nofinding_probs import write_probs
+    from cxrdet.data.probs_csv import write_probs
 
     prepared = tiny_data["prepared"] / "64"
     ids = list(pd.read_csv(prepared / "test_meta.csv", dtype={"image_id": str}).image_id)

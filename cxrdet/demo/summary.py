@@ -94,8 +94,8 @@ def classifier_test_row(probs_csv: Path, labels_csv: Path, checkpoint: Path) -> 
     """The classifier's P(abnormal) that ``predict.py`` used on the test images (written beside
     its submission) against the test labels."""
     from cxrdet.data.labels import normal_image_ids, read_labels
+    from cxrdet.data.probs_csv import read_probs
     from cxrdet.inference.classifier_cv import auc, auc_interval
-    from cxrdet.inference.nofinding_probs import read_probs
 
     probs = read_probs(str(probs_csv), None)
     labels, _ = read_labels(labels_csv)
@@ -114,6 +114,7 @@ def calibration_rows(
     classifier's P(abnormal), raw and with a temperature fitted on its validation images (as
     ``cxrdet calibrate`` would write it)."""
     from cxrdet.data.labels import normal_image_ids, read_labels
+    from cxrdet.data.probs_csv import read_probs
     from cxrdet.evaluation.calibration import (
         classifier_calibration,
         detection_calibration,
@@ -122,7 +123,6 @@ def calibration_rows(
     )
     from cxrdet.evaluation.evaluator import findings_only
     from cxrdet.inference.classifier_cv import validation_probs
-    from cxrdet.inference.nofinding_probs import read_probs
 
     gt, dets = scored
     d = detection_calibration(findings_only(gt, classes), findings_only(dets, classes))

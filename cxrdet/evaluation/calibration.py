@@ -115,8 +115,8 @@ def calibration_report(
     ``nofinding_probs.csv``), the classifier's P(abnormal) on the same images against
     ``labels_csv``: ``{"detections": ..., "classifier": ...}``."""
     from cxrdet.data.labels import normal_image_ids, read_labels
+    from cxrdet.data.probs_csv import read_probs
     from cxrdet.evaluation.evaluator import findings_only
-    from cxrdet.inference.nofinding_probs import read_probs
 
     gt, dets = scored
     out = {

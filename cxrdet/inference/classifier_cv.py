@@ -33,6 +33,7 @@ from cxrdet.data.config import fold_index
 from cxrdet.data.dataset import ImageDataset
 from cxrdet.data.fusion import fuse_readers
 from cxrdet.data.labels import ground_truth, normal_image_ids, read_labels
+from cxrdet.data.probs_csv import read_probs, write_probs
 from cxrdet.data.splits import split_ids
 from cxrdet.evaluation.bootstrap import (
     RESAMPLES,
@@ -46,12 +47,7 @@ from cxrdet.evaluation.nofinding import filter_input, nofinding_filter
 from cxrdet.evaluation.submission import read_submission
 from cxrdet.inference.config import checkpoint_data, split_of
 from cxrdet.inference.folds import check_same_folds, checkpoint_of, fold_images, fold_runs
-from cxrdet.inference.nofinding_probs import (
-    load_classifiers,
-    predict_probs,
-    read_probs,
-    write_probs,
-)
+from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs
 from cxrdet.inference.predictor import pick_device
 from cxrdet.models.precision import choose_precision
 

@@ -29,6 +29,7 @@ from cxrdet.data.dataset import (
     load_png,
     prediction_loader,
 )
+from cxrdet.data.probs_csv import read_probs, write_probs
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
     empty_prediction,
@@ -44,9 +45,7 @@ from cxrdet.inference.nofinding_probs import (
     batch_outputs,
     check_tta,
     load_classifiers,
-    read_probs,
     write_diagnoses,
-    write_probs,
 )
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
 from cxrdet.models.precision import autocast, autocast_dtype, choose_precision

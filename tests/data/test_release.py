@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_ok, train_in_process
+from conftest import in_process, train_in_process
 
+from cxrdet.cli import main as cli
 from cxrdet.data.classes import GLOBAL6, KAGGLE14, LOCAL22, of_names
 from cxrdet.data.global_labels import read_global_labels
 from cxrdet.data.labels import ground_truth, labels_class_set, read_labels
@@ -143,7 +144,7 @@ def test_a_module_s_class_set_follows_its_names():
     assert set(KAGGLE14.findings) < set(LOCAL22.findings)
 
 
-def test_the_release_runs_end_to_end_with_22_classes(release, tmp_path):
+def test_the_release_runs_end_to_end_with_22_classes(release, tmp_path, capsys):
     """synth --format release → prepare (fixture) → train.py data=vindr 2 steps (radiology
     validation, report) → predict.py → cxrdet score on the consensus file; then the diagnoses
     classifier (experiment=diagnoses, 2 steps) → predict.py with it → diagnoses.csv → cxrdet
@@ -199,9 +200,9 @@ def test_the_release_runs_end_to_end_with_22_classes(release, tmp_path):
     assert "val/AUC" in metrics and any(c.startswith("val/AUC/") for c in metrics)
 
     out = tmp_path / "predict"
-    run_ok(
+    in_process(
+        "predict.py",
         [
-            "predict.py",
             f"ckpt_path={ckpt}",
             f"nofinding.ckpt_path={classifier / 'checkpoints' / 'last.ckpt'}",
             f"paths.prepared_dir={release / 'prepared'}",
@@ -209,49 +210,51 @@ def test_the_release_runs_end_to_end_with_22_classes(release, tmp_path):
             "num_workers=0",
             "score_thresh=0.0",
             f"hydra.run.dir={out / 'hydra'}",
-        ]
+        ],
     )
     assert json.loads((out / "predict.json").read_text())["classes"] == "local22"
     sub = pd.read_csv(out / "submission.csv")
     tokens = sub["PredictionString"].str.split().explode().to_numpy()
     assert int(max(tokens[::6].astype(int))) == 22  # "No finding" is 22 in every row
-    done = run_ok(
-        [
-            "-m",
-            "cxrdet",
-            "score",
-            "--labels",
-            str(release / "annotations" / "annotations_test.csv"),
-            "--submission",
-            str(out / "submission.csv"),
-            "--froc",
-            "--bootstrap",
-            "50",
-        ]
+    capsys.readouterr()
+    assert (
+        cli(
+            [
+                "score",
+                "--labels",
+                str(release / "annotations" / "annotations_test.csv"),
+                "--submission",
+                str(out / "submission.csv"),
+                "--froc",
+                "--bootstrap",
+                "50",
+            ]
+        )
+        == 0
     )
-    assert "(local22)" in done.stdout and "22 No finding" in done.stdout
-    done = run_ok(
-        [
-            "-m",
-            "cxrdet",
-            "score",
-            "--labels",
-            str(release / "annotations" / "image_labels_test.csv"),
-            "--diagnoses",
-            str(out / "diagnoses.csv"),
-            "--json",
-            "--bootstrap",
-            "50",
-        ]
+    said = capsys.readouterr().out
+    assert "(local22)" in said and "22 No finding" in said
+    assert (
+        cli(
+            [
+                "score",
+                "--labels",
+                str(release / "annotations" / "image_labels_test.csv"),
+                "--diagnoses",
+                str(out / "diagnoses.csv"),
+                "--json",
+                "--bootstrap",
+                "50",
+            ]
+        )
+        == 0
     )
-    diagnoses = json.loads(done.stdout)
+    diagnoses = json.loads(capsys.readouterr().out)
     assert diagnoses["images"] == 6 and list(diagnoses["per_diagnosis"]) == list(GLOBAL6)
 
     eda = tmp_path / "eda"
-    run_ok(
+    cli(
         [
-            "-m",
-            "cxrdet",
             "eda",
             "--labels",
             str(release / "annotations" / "annotations_train.csv"),

@@ -112,6 +112,7 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
 ):
     from cxrdet.data.fusion import fuse_readers
     from cxrdet.data.labels import ground_truth, normal_image_ids, read_labels
+    from cxrdet.data.probs_csv import read_probs
     from cxrdet.evaluation.competition import competition_map
     from cxrdet.evaluation.nofinding import nofinding_filter
     from cxrdet.evaluation.submission import (
@@ -122,14 +123,17 @@ def test_classifier_folds_get_their_auc_and_the_best_filter_thresholds(
     )
     from cxrdet.inference.classifier_cv import GRID
     from cxrdet.inference.folds import fold_images
-    from cxrdet.inference.nofinding_probs import read_probs
 
     sweep = tmp_path / "classifier"
     train_in_process(
         [
             "-m",
             "experiment=nofinding",
-            *[o for o in tiny_overrides(tiny_data, sweep / "unused") if "roi_batch" not in o],
+            *[
+                o
+                for o in tiny_overrides(tiny_data, sweep / "unused")
+                if not o.startswith(("model.roi_", "model.rpn_"))
+            ],
             *FOLDS,
             "model.arch=resnet18",
             "trainer.val_check_interval=1",
