@@ -7,6 +7,7 @@ and the "No finding" line or classifier filter. See conf/predict.yaml.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -92,6 +93,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.prepared_size is None:  # the folders of the size the model trained at
         cfg.prepared_size = trained_size(cfg.ckpt_path, cfg.model_file, cfg.trust_checkpoint)
     settings: PredictConfig = OmegaConf.to_object(cfg)
+    fetched = from_dicomweb(settings)  # source=dicomweb: the studies, fetched to a folder
     image_ids = None
     if settings.split.mode:  # the validation images of a training split, as train.py made it
         if settings.dicom_dir:
@@ -100,7 +102,48 @@ def run(cfg: DictConfig) -> dict:
         labels, _ = read_labels(s.labels_csv)
         _, image_ids = split_ids(labels, s.mode, s.val_fraction, s.seed, s.fold, s.n_folds)
         settings.split = s  # recorded in predict.json: cxrdet score --split from_checkpoint
-    return predict(settings, image_ids)
+    summary = predict(settings, image_ids)
+    if fetched is not None:
+        summary["dicomweb"] = to_dicomweb(settings, summary, fetched)
+    return summary
+
+
+def from_dicomweb(settings: PredictConfig) -> dict | None:
+    """With ``source=dicomweb``: fetch the studies (WADO-RS) and point ``dicom_dir`` at them;
+    the instances that failed (UID → why). None with ``source=files``."""
+    if settings.source not in ("files", "dicomweb"):
+        raise ValueError(f"source={settings.source}: expected files or dicomweb")
+    if settings.results.stow and (settings.source != "dicomweb" or not settings.results.dicom):
+        raise ValueError(
+            "results.stow=true stores the DICOM results back where the studies came from: "
+            "it needs source=dicomweb and results.dicom=[sr,gsps] (or one of them)"
+        )
+    if settings.source == "files":
+        return None
+    if settings.dicom_dir:
+        raise ValueError("source=dicomweb fetches its own DICOMs: drop dicom_dir")
+    from cxrdet.inference.dicomweb import fetch
+
+    folder = settings.dicomweb.download_dir or Path(settings.output).parent / "dicomweb"
+    folder, failed = fetch(settings.dicomweb, folder, settings.progress)
+    settings.dicom_dir = str(folder)
+    return failed
+
+
+def to_dicomweb(settings: PredictConfig, summary: dict, fetched: dict) -> dict:
+    """With ``results.stow=true``, store the DICOM results back (STOW-RS); what was fetched
+    and stored, for predict.json."""
+    from cxrdet.inference.dicomweb import store
+
+    out = {"url": settings.dicomweb.url, "not_fetched": sorted(fetched)}
+    if settings.results.stow:
+        files = [Path(f) for f in summary["dicom_results"]["files"]]
+        failed = store(settings.dicomweb, files, settings.progress)
+        out.update(stored=len(files) - len(failed), not_stored=sorted(failed))
+    Path(summary["submission"]).with_name("predict.json").write_text(
+        json.dumps({**summary, "dicomweb": out}, indent=2)
+    )
+    return out
 
 
 if __name__ == "__main__":

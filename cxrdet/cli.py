@@ -30,6 +30,10 @@ TOOLS = {
         "cxrdet.inference.export",
         "export a checkpoint to ONNX or TorchScript, parity-checked",
     ),
+    "serve": (
+        "cxrdet.inference.serve",
+        "an AI node a PACS routes studies to: C-STORE in, SR and GSPS back",
+    ),
     "demo": ("cxrdet.demo.run", "the whole job on synthetic phantoms, offline, on the CPU"),
 }
 

@@ -89,6 +89,17 @@ def write_dicom(
     ds.SOPClassUID = DX_STORAGE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
+    # A study and series of its own, as an archive's images have them (results written as DICOM
+    # reference them); the patient module's attributes present and empty but for a made-up id.
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[image_id or str(path), "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[image_id or str(path), "series"])
+    ds.PatientID = f"PHANTOM-{(image_id or Path(path).stem)[:8]}"
+    ds.PatientName = ""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = ds.StudyTime = ds.AccessionNumber = ds.StudyID = ""
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber = ds.InstanceNumber = 1
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

@@ -39,6 +39,31 @@ class NofindingConfig:
 
 
 @dataclass
+class ResultsConfig:
+    """DICOM results for a PACS (:mod:`cxrdet.inference.dicom_results`); DICOM input only."""
+
+    dicom: list[str] = field(default_factory=list)  # [sr, gsps]
+    threshold: float = 0.3  # detections scoring at least this go into them
+    folder: str | None = None  # null: <the submission's folder>/dicom
+    stow: bool = False  # with source=dicomweb: store them back (STOW-RS)
+
+
+@dataclass
+class DicomwebConfig:
+    """Where ``source=dicomweb`` reads its studies (:mod:`cxrdet.inference.dicomweb`)."""
+
+    url: str | None = None  # the server's DICOMweb root, e.g. http://pacs:8042/dicom-web
+    study: Any = None  # a StudyInstanceUID or a list; null: the query below
+    modality: list[str] = field(default_factory=lambda: ["CR", "DX"])
+    date: str | None = None  # a QIDO StudyDate: 20240101 or a range 20240101-20241231
+    limit: int = 1000  # studies a query may return
+    token_file: str | None = None  # a bearer token's file (else the environment's, see docs)
+    timeout_s: float = 60.0
+    retries: int = 3
+    download_dir: str | None = None  # null: <the submission's folder>/dicomweb
+
+
+@dataclass
 class PredictConfig:
     ckpt_path: Any = MISSING  # one checkpoint or a list (a WBF ensemble)
     model_file: str | None = None  # or an exported .onnx / TorchScript file (cxrdet export)
@@ -48,6 +73,9 @@ class PredictConfig:
     image_dir: str | None = None
     meta_csv: str | None = None
     dicom_dir: str | None = None
+    source: str = "files"  # files (image_dir or dicom_dir) | dicomweb
+    dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
     dicom_max_pixels: int = 50_000_000  # cxrdet.data.dicom.MAX_PIXELS (this module stays light)
     split: SplitConfig = field(default_factory=SplitConfig)
     keep_ratio: bool = False

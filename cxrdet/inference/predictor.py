@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cxrdet import __version__
 from cxrdet.data.boxes import to_prepared
 from cxrdet.data.classes import KAGGLE14, ClassSet
 from cxrdet.data.cpus import worker_count
@@ -40,6 +41,7 @@ from cxrdet.evaluation.submission import (
     write_submission,
 )
 from cxrdet.inference.config import PredictConfig
+from cxrdet.inference.dicom_results import Algorithm, check_kinds, model_sha256, write_all
 from cxrdet.inference.exported import ExportedDetector, load_exported
 from cxrdet.inference.nofinding_probs import (
     batch_outputs,
@@ -281,6 +283,12 @@ def predict(
     the tools). See :class:`cxrdet.inference.config.PredictConfig`.
     """
     workers = worker_count(cfg.num_workers, key="num_workers")  # a bad value: before any work
+    kinds = check_kinds(cfg.results.dicom)
+    if kinds and not cfg.dicom_dir:
+        raise ValueError(
+            f"results.dicom={kinds}: DICOM results reference their source image: predict from "
+            "DICOMs (dicom_dir=, or source=dicomweb), not prepared PNGs"
+        )
     if cfg.model_file:  # an exported detector (cxrdet export) instead of checkpoints
         ckpts = []
     elif isinstance(cfg.ckpt_path, str | Path):
@@ -325,7 +333,7 @@ def predict(
             pred = nofinding_filter(pred, p_abnormal, nofinding.low, nofinding.high, no_finding)
         elif cfg.nofinding_line:
             pred = with_no_finding(*pred, class14_head=class14, no_finding=no_finding)
-        return format_prediction(*pred, classes)
+        return pred, format_prediction(*pred, classes)  # the final boxes, and their row
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="submission") as writer:
@@ -355,7 +363,8 @@ def predict(
             on_result=on_result,
             diagnoses=diagnoses,  # and the 6 diagnoses of classifiers that learned them
         )
-        rows = {i: empty if i in errors else rows[i].result() for i in dataset.ids}
+        finals = {i: rows[i].result() for i in dataset.ids if i not in errors}
+        rows = {i: finals[i][1] if i in finals else empty for i in dataset.ids}
     seconds = time.perf_counter() - start
     if classifiers:
         probs = classifier_probs
@@ -368,6 +377,14 @@ def predict(
     if diagnoses:  # the release's 6 diagnoses: cxrdet score --diagnoses scores them
         write_diagnoses(
             {i: diagnoses[i] for i in dataset.ids if i in diagnoses}, path.with_name(DIAGNOSES_CSV)
+        )
+    if kinds:
+        digest = model_sha256(ckpts, cfg.model_file)
+        algorithm = Algorithm(__version__, digest, cfg.results.threshold)
+        folder = cfg.results.folder or Path(path).parent / "dicom"
+        preds = {i: final[0] for i, final in finals.items()}
+        dicom = write_all(
+            dataset, preds, errors, classes.names, kinds, folder, algorithm, cfg.progress
         )
     if cfg.viz:
         write_viz(dataset, results, Path(path).parent / "viz", cfg.viz, names=classes.names)
@@ -385,6 +402,11 @@ def predict(
         "nofinding_classifiers": len(classifiers or []),
         "classes": classes.name,  # the class set of the ids written
     }
+    if kinds:
+        summary["dicom_results"] = {
+            "folder": str(folder), "files": [str(p) for p in dicom["files"]],
+            "skipped": len(dicom["skipped"]),
+        }  # fmt: skip
     if image_ids is not None and cfg.split.mode:  # the held-out images: cxrdet score reads it
         summary["split"] = asdict(cfg.split)
     Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))
