@@ -154,8 +154,9 @@ def test_an_image_without_findings_says_so_and_a_header_without_uids_is_named_an
     tmp_path, caplog
 ):
     """An image read with nothing at the threshold gets an SR whose one group says "absence
-    of findings" (and a GSPS with a line of text, dciodvfy-clean); a source without
-    StudyInstanceUID cannot be referenced: named in the log and counted, the others written."""
+    of findings" and a GSPS with a line of text and the source's window, both dciodvfy-clean;
+    a source without StudyInstanceUID cannot be referenced: named in the log and counted, the
+    others written."""
     from cxrdet.inference.dicom_results import Algorithm, read_back, write_all
 
     class Dataset:
@@ -175,6 +176,14 @@ def test_an_image_without_findings_says_so_and_a_header_without_uids_is_named_an
     sr = tmp_path / "dicom" / "good.sr.dcm"
     assert read_back(sr) == []
     assert "Absence findings" in str(pydicom.dcmread(sr).ContentSequence)
+    gsps, source = (
+        pydicom.dcmread(tmp_path / "dicom" / "good.gsps.dcm"),
+        pydicom.dcmread(Dataset.files[0]),
+    )
+    voi = gsps.SoftcopyVOILUTSequence[0]  # the source's window, kept
+    assert (voi.WindowCenter, voi.WindowWidth) == (source.WindowCenter, source.WindowWidth)
+    text = gsps.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
+    assert text == "cxrdet: no finding with score >= 0.3"
     for path in out["files"]:
         assert dciodvfy_errors(path) == []
 
