@@ -119,7 +119,7 @@ def calibration_rows(
         classifier_calibration,
         detection_calibration,
         fit_temperature,
-        scaled,
+        with_temperature,
     )
     from cxrdet.evaluation.evaluator import findings_only
     from cxrdet.inference.classifier_cv import validation_probs
@@ -131,9 +131,7 @@ def calibration_rows(
     test = classifier_calibration(probs, normal_image_ids(labels))
     val_probs, val_normal = validation_probs(classifier)
     t = fit_temperature(list(val_probs.values()), [i not in val_normal for i in val_probs])
-    after = classifier_calibration(
-        dict(zip(probs, scaled(list(probs.values()), t).tolist())), normal_image_ids(labels)
-    )
+    after = classifier_calibration(with_temperature(probs, t), normal_image_ids(labels))
     return [
         (
             f"test D-ECE (detections >= {d['threshold']:g}, {d['count']})",

@@ -71,6 +71,11 @@ def scaled(probs, temperature: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit(probs) / temperature))
 
 
+def with_temperature(probs: dict[str, float], temperature: float) -> dict[str, float]:
+    """image id → P(abnormal) of ``probs`` (image id → P) as :func:`scaled` makes them."""
+    return dict(zip(probs, scaled(list(probs.values()), temperature).tolist()))
+
+
 def fit_temperature(probs, outcome) -> float:
     """The T that minimises the log loss of :func:`scaled` probabilities (golden-section search
     over log T in [-3, 3]: T from 0.05 to 20)."""

@@ -23,7 +23,11 @@ def calibrate(ckpt: Path, device: str = "cpu", trust: bool = False, write: bool 
     import torch
 
     from cxrdet.atomic import atomic_write
-    from cxrdet.evaluation.calibration import classifier_calibration, fit_temperature, scaled
+    from cxrdet.evaluation.calibration import (
+        classifier_calibration,
+        fit_temperature,
+        with_temperature,
+    )
     from cxrdet.inference.classifier_cv import validation_probs
     from cxrdet.models.safe_load import safe_load
 
@@ -34,7 +38,7 @@ def calibrate(ckpt: Path, device: str = "cpu", trust: bool = False, write: bool 
     probs, normal = validation_probs(ckpt, device, trust)
     outcome = [0.0 if i in normal else 1.0 for i in probs]
     found = fit_temperature(list(probs.values()), outcome)
-    after = dict(zip(probs, scaled(list(probs.values()), found).tolist()))
+    after = with_temperature(probs, found)
     old = float(hparams.get("temperature", 1.0))
     out = {
         "temperature": old * found,  # the probabilities had the old one applied already

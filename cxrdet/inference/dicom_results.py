@@ -30,6 +30,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from cxrdet.data.classes import NO_FINDING_NAME
 from cxrdet.inference.finding_codes import SCORE, coding_scheme, finding_code
 
 log = logging.getLogger(__name__)
@@ -62,19 +63,13 @@ class Algorithm:
         return [f"checkpoint SHA-256 {self.checkpoint_sha256}", f"score >= {self.threshold:g}"]
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_sha256(ckpts: list, model_file: str | None) -> str:
     """The SHA-256 of the model file, or of the checkpoint (an ensemble's: of its members'
     hashes in order)."""
+    from cxrdet.models.weights import sha256
+
     files = [model_file] if model_file else [str(c) for c in ckpts]
-    hashes = [file_sha256(f) for f in files]
+    hashes = [sha256(Path(f)) for f in files]
     if len(hashes) == 1:
         return hashes[0]
     return hashlib.sha256(" ".join(hashes).encode()).hexdigest()
@@ -108,7 +103,7 @@ def detections_to_write(pred, names: list[str], threshold: float) -> list[tuple]
     keep = [
         (names[int(c)], float(s), b)
         for b, s, c in zip(boxes, scores, classes)
-        if int(c) < len(names) and names[int(c)] != "No finding" and s >= threshold
+        if int(c) < len(names) and names[int(c)] != NO_FINDING_NAME and s >= threshold
     ]
     return sorted(keep, key=lambda d: -d[1])
 
@@ -123,7 +118,7 @@ def structured_report(source: pydicom.Dataset, detections: list[tuple], algorith
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=algorithm.uid, name=MANUFACTURER, model_name=algorithm.checkpoint_sha256[:64]
+            uid=algorithm.uid, name=MANUFACTURER, model_name=algorithm.checkpoint_sha256
         ),
     )
     groups = []

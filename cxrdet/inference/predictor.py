@@ -41,7 +41,6 @@ from cxrdet.evaluation.submission import (
     write_submission,
 )
 from cxrdet.inference.config import PredictConfig
-from cxrdet.inference.dicom_results import Algorithm, check_kinds, model_sha256, write_all
 from cxrdet.inference.exported import ExportedDetector, load_exported
 from cxrdet.inference.nofinding_probs import (
     batch_outputs,
@@ -283,7 +282,11 @@ def predict(
     the tools). See :class:`cxrdet.inference.config.PredictConfig`.
     """
     workers = worker_count(cfg.num_workers, key="num_workers")  # a bad value: before any work
-    kinds = check_kinds(cfg.results.dicom)
+    kinds = list(cfg.results.dicom or [])
+    if kinds:  # highdicom and DICOM's code tables load only for DICOM results
+        from cxrdet.inference.dicom_results import Algorithm, check_kinds, model_sha256, write_all
+
+        check_kinds(kinds)
     if kinds and not cfg.dicom_dir:
         raise ValueError(
             f"results.dicom={kinds}: DICOM results reference their source image: predict from "

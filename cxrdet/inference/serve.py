@@ -45,7 +45,7 @@ class Node:
 
     def __init__(self, args):
         from cxrdet import __version__
-        from cxrdet.inference.dicom_results import Algorithm, file_sha256
+        from cxrdet.inference.dicom_results import Algorithm, model_sha256
         from cxrdet.inference.predictor import load_models, pick_device
 
         self.args = args
@@ -55,7 +55,9 @@ class Node:
         self.device = pick_device(args.device)
         self.models, self.size = load_models([args.checkpoint], self.device, None, None, args.trust)
         self.names = self.models[0].classes.names
-        self.algorithm = Algorithm(__version__, file_sha256(args.checkpoint), args.threshold)
+        self.algorithm = Algorithm(
+            __version__, model_sha256([args.checkpoint], None), args.threshold
+        )
         self.arrived = threading.Event()
         self.stopping = threading.Event()
         self.skipped = 0
@@ -105,13 +107,12 @@ class Node:
     def run(self) -> None:
         """Predict and send until stopped, starting with what a previous process left."""
         while not self.stopping.is_set():
-            self.send_outbox()
-            batch = self.take_batch()
-            if batch:
-                self.predict(batch)
-                continue
-            self.arrived.wait(timeout=self.args.poll_s)
-            self.arrived.clear()
+            if self.take_batch():
+                self.predict()
+            else:
+                self.arrived.wait(timeout=self.args.poll_s)
+                self.arrived.clear()
+            self.send_outbox()  # this batch's results, and any a destination refused before
 
     def take_batch(self) -> list[Path]:
         """The batch to predict: what an interrupted run left in batch/, else up to
@@ -127,7 +128,9 @@ class Node:
             moved.append(target)
         return moved
 
-    def predict(self, batch: list[Path]) -> None:
+    def predict(self) -> None:
+        """Predict what is in ``batch/`` and put its results in the outbox (:meth:`run` sends
+        them)."""
         from cxrdet.data.dataset import DicomDataset
         from cxrdet.inference.dicom_results import write_all
         from cxrdet.inference.predictor import PassOptions, predict_dataset
@@ -145,7 +148,6 @@ class Node:
             path.unlink(missing_ok=True)  # its results are in the outbox
         log.info("predicted %d image(s): %d result file(s) to send", len(dataset.files),
                  len(out["files"]))  # fmt: skip
-        self.send_outbox()
 
     # --- sending ---------------------------------------------------------------------------
     def send_outbox(self) -> None:

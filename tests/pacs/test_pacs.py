@@ -59,6 +59,7 @@ def test_predict_from_orthanc_stores_sr_and_gsps_back_with_the_submission_s_boxe
     from dicomweb_client.api import DICOMwebClient
 
     from cxrdet.data.classes import KAGGLE14
+    from cxrdet.inference.config import DicomwebConfig
     from cxrdet.inference.dicom_results import read_back
     from cxrdet.inference.dicomweb import session
 
@@ -90,10 +91,7 @@ def test_predict_from_orthanc_stores_sr_and_gsps_back_with_the_submission_s_boxe
     rows = read_submission(out / "submission.csv")
     assert len(rows) == len(sources)  # image ids: the SOP instance UIDs
 
-    class Config:  # what cxrdet.inference.dicomweb.session reads
-        retries, token_file = 0, None
-
-    web = DICOMwebClient(orthanc.dicomweb, session=session(Config))
+    web = DICOMwebClient(orthanc.dicomweb, session=session(DicomwebConfig(retries=0)))
     found = 0
     for study in studies:
         for modality, suffix in (("SR", "sr"), ("PR", "gsps")):
