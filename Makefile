@@ -43,7 +43,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(STAMP) ## Run every benchmark (training, validation, proposal stage, input pipeline, boxes, prepare, EDA, metrics, interval coverage, start-up, prediction, export; the demo variants take ~25 min)
+bench: $(STAMP) ## Run every benchmark (training, validation, proposal stage, input pipeline, boxes, prepare, EDA, metrics, interval coverage, start-up, prediction, prediction over an archive, export; the demo variants take ~25 min)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/validation.py
 	$(PY) benchmarks/proposals.py
@@ -52,9 +52,10 @@ bench: $(STAMP) ## Run every benchmark (training, validation, proposal stage, in
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/eda.py
 	$(PY) benchmarks/metrics.py
-	$(PY) benchmarks/coverage.py
+	$(PY) benchmarks/interval_coverage.py
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/predict.py
+	$(PY) benchmarks/archive.py
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/demo_variants.py
 

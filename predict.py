@@ -44,6 +44,14 @@ def main(cfg: DictConfig) -> None:
         summary = run(cfg)
     except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, no traceback
         sys.exit(f"error: {e}")
+    except RuntimeError as e:
+        from cxrdet.inference.processes import PeerStopped  # loaded by run() already
+
+        if not isinstance(e, PeerStopped):
+            raise
+        sys.exit(f"error: {e}")  # another process's error says why
+    if "submission" not in summary:  # another process of several: the first one merges
+        return
     point_latest(Path(HydraConfig.get().runtime.output_dir))  # outputs/predict/latest
     print(
         f"submission: {summary['submission']} ({summary['images']} images, "
@@ -96,8 +104,8 @@ def run(cfg: DictConfig) -> dict:
     fetched = from_dicomweb(settings)  # source=dicomweb: the studies, fetched to a folder
     image_ids = None
     if settings.split.mode:  # the validation images of a training split, as train.py made it
-        if settings.dicom_dir:
-            raise ValueError("split.mode works on prepared PNGs, not with dicom_dir")
+        if settings.dicom_dir or settings.manifest:
+            raise ValueError("split.mode works on prepared PNGs, not with dicom_dir or manifest")
         s = checked_split(settings)
         labels, _ = read_labels(s.labels_csv)
         _, image_ids = split_ids(labels, s.mode, s.val_fraction, s.seed, s.fold, s.n_folds)
@@ -120,8 +128,15 @@ def from_dicomweb(settings: PredictConfig) -> dict | None:
         )
     if settings.source == "files":
         return None
-    if settings.dicom_dir:
-        raise ValueError("source=dicomweb fetches its own DICOMs: drop dicom_dir")
+    from cxrdet.inference.processes import processes_of
+
+    if processes_of(settings.trainer.devices, settings.trainer.num_nodes) > 1:
+        raise ValueError(
+            "source=dicomweb fetches in one process: fetch with trainer.devices=1 first, then "
+            "predict the folder it wrote (dicom_dir=<dicomweb.download_dir>) with several"
+        )
+    if settings.dicom_dir or settings.manifest:
+        raise ValueError("source=dicomweb fetches its own DICOMs: drop dicom_dir / manifest")
     from cxrdet.inference.dicomweb import fetch
 
     folder = settings.dicomweb.download_dir or Path(settings.output).parent / "dicomweb"

@@ -40,6 +40,7 @@ LONGEST_FIRST = (  # each file's seconds of pytest on a 2-vCPU AMD EPYC
     "test_pipeline.py",  # 70
     "test_ddp.py",  # 60
     "test_pacs.py",  # 45
+    "test_archive.py",  # 45
     "test_release.py",  # 25
     "test_first_hour.py",  # 25
     "test_export.py",  # 23

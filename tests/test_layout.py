@@ -78,3 +78,10 @@ def test_predict_refuses_a_bad_override_before_any_model_loads(override, named, 
 def test_train_refuses_a_bad_data_override_at_compose_time(override, tmp_path):
     done = run_fails(["train.py", override, "model.weights=null", f"hydra.run.dir={tmp_path}"])
     assert override.split("=")[0].split(".")[1] in done.stderr
+
+
+def test_no_benchmark_hides_a_module_the_pipeline_imports():
+    """A benchmark runs with benchmarks/ first on sys.path: benchmarks/coverage.py once hid the
+    coverage module numba looks for, and every benchmark that loads WBF failed on import."""
+    code = "import sys; sys.path.insert(0, 'benchmarks'); import cxrdet.inference.predictor"
+    run_ok(["-c", code])

@@ -779,9 +779,10 @@ def test_letterbox_predictions_in_the_padding_are_dropped_not_fatal(
     assert sum(max(c[0], c[1]) >= 2 for c in contents) >= 2  # letterboxed with padding
     stand_in = PaddingDetector(list(contents))
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([stand_in], 64))
+    (tmp_path / "unused.ckpt").write_bytes(b"")  # hashed into the run's settings, not loaded
     summary = predictor.predict(
         PredictConfig(
-            ckpt_path="unused.ckpt",
+            ckpt_path=str(tmp_path / "unused.ckpt"),
             output=str(tmp_path / "submission.csv"),
             image_dir=str(tmp_path / "64" / "train"),
             meta_csv=str(tmp_path / "64" / "train_meta.csv"),
@@ -942,9 +943,10 @@ def _predict_with_the_class_14_stand_in(tiny_data, tmp_path, monkeypatch, **sett
 
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: ([NoFindingDetector()], 64))
     prepared = tiny_data["prepared"] / "64"
+    (tmp_path / "unused.ckpt").write_bytes(b"")  # hashed into the run's settings, not loaded
     summary = predictor.predict(
         PredictConfig(
-            ckpt_path="unused.ckpt",
+            ckpt_path=str(tmp_path / "unused.ckpt"),
             output=str(tmp_path / "submission.csv"),
             image_dir=str(prepared / "test"),
             meta_csv=str(prepared / "test_meta.csv"),
@@ -996,9 +998,9 @@ def test_prediction_reads_images_in_worker_processes_by_default(tiny_data, tmp_p
     loader, workers = predictor.prediction_loader, []
     monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
 
-    def spy(dataset, batch_size, num_workers, device):
+    def spy(dataset, batch_size, num_workers, device, batches=None):
         workers.append(num_workers)
-        return loader(dataset, batch_size, 0, device)
+        return loader(dataset, batch_size, 0, device, batches)
 
     monkeypatch.setattr(predictor, "prediction_loader", spy)
     assert len(_predict_with_the_class_14_stand_in(tiny_data, tmp_path, monkeypatch)) == 4

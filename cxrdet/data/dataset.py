@@ -254,11 +254,14 @@ def collate(batch):
     return tuple(zip(*batch))
 
 
-def prediction_loader(dataset, batch_size: int, num_workers: int, device) -> DataLoader:
-    """Batches of ``dataset`` in its order for prediction, pinned in memory for a CUDA device."""
+def prediction_loader(
+    dataset, batch_size: int, num_workers: int, device, batches: list | None = None
+) -> DataLoader:
+    """Batches of ``dataset`` in its order for prediction, pinned in memory for a CUDA device;
+    or, given ``batches`` (lists of indices), those batches."""
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        **({"batch_size": batch_size} if batches is None else {"batch_sampler": batches}),
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=torch.device(device).type == "cuda",
@@ -273,6 +276,7 @@ def batch_size(batch) -> int:
 class DicomDataset(Dataset):
     """DICOMs converted on the fly exactly as ``prepare`` does, for prediction.
 
+    The files are those under ``dicom_dir``, or an ``index``'s (``files`` and ``ids``).
     Samples are ``(image, {"image_id", "orig_hw", "content", "error"})``; an unreadable file,
     or one whose header declares more than ``max_pixels``, gives a blank image and its error
     message instead of stopping the run.
@@ -284,11 +288,15 @@ class DicomDataset(Dataset):
         size: int,
         keep_ratio: bool = False,
         max_pixels: int = MAX_PIXELS,
+        index=None,
     ):
-        self.files = find_dicoms(Path(dicom_dir))
+        if index is not None:  # an archive's list (cxrdet.data.dicom_index)
+            self.files, self.ids = list(index.files), list(index.ids)
+        else:
+            self.files = find_dicoms(Path(dicom_dir))
+            self.ids = [f.stem for f in self.files]
         if not self.files:
             raise FileNotFoundError(f"no .dicom/.dcm files under {dicom_dir}")
-        self.ids = [f.stem for f in self.files]
         dup = sorted(k for k, n in Counter(self.ids).items() if n > 1)
         if dup:
             raise ValueError(f"{dicom_dir}: image ids occur twice in nested folders: {dup[:3]}")

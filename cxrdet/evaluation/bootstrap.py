@@ -8,7 +8,7 @@ weighted pass over arrays sorted once, vectorised over resamples.
 
 What the intervals promise is coverage: in 95 of 100 test sets drawn from the same population
 they hold the population's value. Two things broke it, measured on a simulated world
-(:mod:`cxrdet.evaluation.simulation`, ``benchmarks/coverage.py``): the percentile interval
+(:mod:`cxrdet.evaluation.simulation`, ``benchmarks/interval_coverage.py``): the percentile interval
 inherits the statistic's bias (a finite set's AP is optimistic), and a mean over "the classes
 present" changes meaning when a resample loses a rare class, whose AP from one or two boxes the
 resamples cannot vary as test sets do. So:
@@ -38,7 +38,7 @@ from cxrdet.evaluation.froc import FP_RATES
 RESAMPLES = 1000  # cxrdet score --bootstrap
 CHUNK = 64  # resamples computed together (memory: CHUNK x detections of a class)
 MIN_BOXES = 5  # a class enters a mean's interval with at least this many boxes
-MIN_IMAGES = 300  # fewer scored images get no interval (benchmarks/coverage.py: 200 cover 90 %)
+MIN_IMAGES = 300  # fewer images get no interval (benchmarks/interval_coverage.py: 200 cover 90 %)
 _NORMAL = NormalDist()
 
 

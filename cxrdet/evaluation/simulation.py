@@ -7,8 +7,8 @@ images normal. Each finding's box is found with a class's own probability, its d
 scored from a higher distribution than the false positives each class makes on every image.
 A set of ``n`` images is drawn with :func:`draw`; the world's value of a figure is the figure
 on a large set (:func:`population`); :func:`covers` says whether one set's intervals hold it.
-Nothing here reads data: ``tests/evaluation/test_coverage.py`` and ``benchmarks/coverage.py``
-use it.
+Nothing here reads data: ``tests/evaluation/test_coverage.py`` and
+``benchmarks/interval_coverage.py`` use it.
 """
 
 from __future__ import annotations

@@ -64,6 +64,14 @@ class DicomwebConfig:
 
 
 @dataclass
+class ProcessesConfig:
+    """How many processes predict (:mod:`cxrdet.inference.processes`), named as training's."""
+
+    devices: Any = 1  # processes per node (one per GPU)
+    num_nodes: int = 1
+
+
+@dataclass
 class PredictConfig:
     ckpt_path: Any = MISSING  # one checkpoint or a list (a WBF ensemble)
     model_file: str | None = None  # or an exported .onnx / TorchScript file (cxrdet export)
@@ -73,6 +81,8 @@ class PredictConfig:
     image_dir: str | None = None
     meta_csv: str | None = None
     dicom_dir: str | None = None
+    manifest: str | None = None  # or a CSV/Parquet of DICOM paths (cxrdet.data.dicom_index)
+    dicom_index: str | None = None  # the index's cache; null: <the submission's folder>/...
     source: str = "files"  # files (image_dir or dicom_dir) | dicomweb
     dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
@@ -90,6 +100,7 @@ class PredictConfig:
     batch_size: int = 4
     num_workers: Any = "auto"  # auto: the CPUs this process may use, at most 16 | a number
     device: str = "auto"
+    trainer: ProcessesConfig = field(default_factory=ProcessesConfig)
     precision: str = "auto"
     progress: bool = True
     trust_checkpoint: bool = False  # load checkpoints that need full unpickling (running code)

@@ -20,7 +20,6 @@ instance UIDs: a PACS files them beside the image. Nothing else about the patien
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,18 +60,6 @@ class Algorithm:
 
     def parameters(self) -> list[str]:
         return [f"checkpoint SHA-256 {self.checkpoint_sha256}", f"score >= {self.threshold:g}"]
-
-
-def model_sha256(ckpts: list, model_file: str | None) -> str:
-    """The SHA-256 of the model file, or of the checkpoint (an ensemble's: of its members'
-    hashes in order)."""
-    from cxrdet.models.weights import sha256
-
-    files = [model_file] if model_file else [str(c) for c in ckpts]
-    hashes = [sha256(Path(f)) for f in files]
-    if len(hashes) == 1:
-        return hashes[0]
-    return hashlib.sha256(" ".join(hashes).encode()).hexdigest()
 
 
 def source_header(path: str | Path) -> pydicom.Dataset:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from cxrdet import __version__
 from cxrdet.data.boxes import to_prepared
-from cxrdet.data.classes import KAGGLE14, ClassSet
+from cxrdet.data.classes import GLOBAL6, KAGGLE14, ClassSet
 from cxrdet.data.cpus import worker_count
 from cxrdet.data.dataset import (
     DicomDataset,
@@ -30,15 +31,15 @@ from cxrdet.data.dataset import (
     load_png,
     prediction_loader,
 )
-from cxrdet.data.probs_csv import read_probs, write_probs
+from cxrdet.data.dicom_index import index_dicoms, read_index
+from cxrdet.data.probs_csv import read_probs
 from cxrdet.evaluation.nofinding import nofinding_filter, with_no_finding
 from cxrdet.evaluation.submission import (
     empty_prediction,
     format_prediction,
+    parse_prediction,
     predictions_of,
-    read_submission,
     to_original_prediction,
-    write_submission,
 )
 from cxrdet.inference.config import PredictConfig
 from cxrdet.inference.exported import ExportedDetector, load_exported
@@ -46,8 +47,8 @@ from cxrdet.inference.nofinding_probs import (
     batch_outputs,
     check_tta,
     load_classifiers,
-    write_diagnoses,
 )
+from cxrdet.inference.parts import record
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
 from cxrdet.models.precision import autocast, autocast_dtype, choose_precision
 from cxrdet.models.safe_load import safe_load
@@ -56,6 +57,7 @@ from cxrdet.reports.draw import draw_boxes
 log = logging.getLogger(__name__)
 PROBS_CSV = "nofinding_probs.csv"  # the filter's P(abnormal), written beside the submission
 DIAGNOSES_CSV = "diagnoses.csv"  # global6 classifiers' P(diagnosis), beside the submission
+EMPTY_DETECTIONS = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
 
 
 def has_class14_head(model) -> bool:
@@ -141,6 +143,17 @@ def load_models(
 
 
 @dataclass
+class ImagePrediction:
+    """One image's outcome of a prediction pass (:func:`iter_predictions`)."""
+
+    image_id: str
+    prediction: tuple | None  # boxes in original pixels, scores, class ids; None: unreadable
+    p_abnormal: float | None = None  # the No-finding classifiers' mean, when there are any
+    p_diagnoses: list | None = None  # the diagnoses classifiers' means, when they learned them
+    error: str | None = None  # why the image could not be read
+
+
+@dataclass
 class PassOptions:
     """How :func:`predict_dataset` runs its models over a dataset.
 
@@ -169,27 +182,21 @@ class PassOptions:
 
 
 @torch.inference_mode()
-def predict_dataset(
-    models,
-    dataset,
-    device,
-    options: PassOptions | None = None,
-    classifiers: list | None = None,
-    on_result=None,
-    diagnoses: dict | None = None,
-) -> tuple[dict, dict, dict]:
+def iter_predictions(
+    models, dataset, device, options: PassOptions | None = None, classifiers=None, batches=None
+):
     """Run every model (and its flipped view with ``options.tta="hflip"``) over ``dataset``,
-    and the "No finding" classifiers, if any, on the same batches (each image is read once).
+    and the "No finding" classifiers, if any, on the same batches (each image is read once);
+    yield each batch's images as soon as it is done. ``batches``: the batches to run (lists of
+    indices; default: all of ``dataset`` in order, ``options.batch_size`` at a time).
 
-    Each batch's detections come to the host in one copy per model and view; ``on_result``,
-    if given, is called with each image's id, prediction and P(abnormal) (None without
-    classifiers) as soon as the image is done. ``diagnoses``, if given, gets image id → the
-    diagnoses classifiers' mean P(diagnosis) (:func:`batch_outputs`; none without them).
+    Each batch's detections come to the host in one copy per model and view.
 
-    Returns:
-        image id → (boxes in original pixels, scores, class ids), fused with WBF when there is
-        more than one view; image id → error for images that could not be read; and image id →
-        the classifiers' mean P(abnormal) (:func:`batch_outputs`; empty without classifiers).
+    Yields:
+        per batch, a list of :class:`ImagePrediction`: the image's id, its boxes in original
+        pixels (fused with WBF when there is more than one view), the classifiers' mean
+        P(abnormal) and P(diagnosis) (None without them), and the error of an image that could
+        not be read (its prediction then None).
     """
     o = options or PassOptions()
     check_tta(o.tta, "tta")
@@ -198,9 +205,8 @@ def predict_dataset(
     if len(weights) != len(models):
         raise ValueError(f"{len(weights)} weights for {len(models)} checkpoints")
     no_finding = class_set_of(models).no_finding
-    loader = prediction_loader(dataset, o.batch_size, o.num_workers, device)
+    loader = prediction_loader(dataset, o.batch_size, o.num_workers, device, batches)
     device = torch.device(device)
-    results, errors, probs = {}, {}, {}
     for images, infos in tqdm(loader, desc="predict", unit="batch", disable=not o.progress):
         batch = [im.to(device, non_blocking=True) for im in images]
         views = []  # (outputs per image on the host, flipped?, weight)
@@ -213,15 +219,12 @@ def predict_dataset(
             p_abnormal, p_diagnoses = None, None
             if classifiers:
                 p_abnormal, p_diagnoses = batch_outputs(classifiers, batch, o.classifier_tta)
+        done = []
         for k, (image, info) in enumerate(zip(images, infos)):
             image_id = info["image_id"]
             if info.get("error"):
-                errors[image_id] = info["error"]
+                done.append(ImagePrediction(image_id, None, error=info["error"]))
                 continue
-            if p_abnormal is not None:
-                probs[image_id] = float(p_abnormal[k])
-            if p_diagnoses is not None and diagnoses is not None:
-                diagnoses[image_id] = p_diagnoses[k]
             hw = tuple(image.shape[-2:])
             sets = []
             for outputs, flipped, _ in views:
@@ -231,15 +234,52 @@ def predict_dataset(
                 sets, hw, [w for *_, w in views], o.fusion_iou, o.fusion_skip
             )
             top = np.argsort(-scores, kind="stable")[: o.max_detections]
-            results[image_id] = to_original_prediction(
+            pred = to_original_prediction(
                 (boxes[top], scores[top], classes[top]),
                 info["orig_hw"],
                 hw,
                 info["content"],
                 no_finding,
             )
-            if on_result is not None:
-                on_result(image_id, results[image_id], probs.get(image_id))
+            done.append(
+                ImagePrediction(
+                    image_id,
+                    pred,
+                    None if p_abnormal is None else float(p_abnormal[k]),
+                    None if p_diagnoses is None else p_diagnoses[k],
+                )
+            )
+        yield done
+
+
+def predict_dataset(
+    models,
+    dataset,
+    device,
+    options: PassOptions | None = None,
+    classifiers: list | None = None,
+    diagnoses: dict | None = None,
+) -> tuple[dict, dict, dict]:
+    """:func:`iter_predictions` over the whole ``dataset``, kept in memory (validation, cv,
+    the tests; ``predict`` streams instead). ``diagnoses``, if given, gets image id → the
+    diagnoses classifiers' mean P(diagnosis) (:func:`batch_outputs`; none without them).
+
+    Returns:
+        image id → (boxes in original pixels, scores, class ids); image id → error for images
+        that could not be read; and image id → the classifiers' mean P(abnormal) (empty
+        without classifiers).
+    """
+    results, errors, probs = {}, {}, {}
+    for batch in iter_predictions(models, dataset, device, options, classifiers):
+        for image in batch:
+            if image.error:
+                errors[image.image_id] = image.error
+                continue
+            results[image.image_id] = image.prediction
+            if image.p_abnormal is not None:
+                probs[image.image_id] = image.p_abnormal
+            if image.p_diagnoses is not None and diagnoses is not None:
+                diagnoses[image.image_id] = image.p_diagnoses
     return results, errors, probs
 
 
@@ -267,30 +307,79 @@ def write_viz(
         cv2.imwrite(str(out_dir / f"{info['image_id']}.png"), drawn)
 
 
+def run_settings(cfg: PredictConfig, ckpts: list, precision: str, max_detections) -> dict:
+    """What a row depends on (:func:`cxrdet.inference.parts.check_settings`): the models'
+    hashes and the settings; the batch size, workers, devices and processes are not."""
+    from cxrdet.models.weights import checkpoint_sha256, sha256
+
+    nofinding = cfg.nofinding
+    classifier_ckpts = nofinding.ckpt_path or []
+    if isinstance(classifier_ckpts, str | Path):
+        classifier_ckpts = [classifier_ckpts]
+    source = cfg.dicom_dir or cfg.manifest or cfg.image_dir
+    return {
+        "cxrdet": __version__,
+        "model": checkpoint_sha256(ckpts, cfg.model_file),
+        "classifiers": [sha256(Path(c)) for c in classifier_ckpts],
+        "nofinding_probs": sha256(Path(nofinding.probs)) if nofinding.probs else None,
+        "source": str(Path(source).resolve()) if source else None,
+        "prepared_size": cfg.prepared_size,
+        "keep_ratio": cfg.keep_ratio,
+        "dicom_max_pixels": cfg.dicom_max_pixels,
+        "score_thresh": cfg.score_thresh,
+        "max_detections": max_detections,
+        "tta": cfg.tta,
+        "ensemble_weights": cfg.ensemble_weights,
+        "fusion": [cfg.fusion_iou, cfg.fusion_skip],
+        "nofinding_line": cfg.nofinding_line,
+        "nofinding": [nofinding.tta, nofinding.low, nofinding.high],
+        "precision": precision,
+        "results": [list(cfg.results.dicom or []), cfg.results.threshold, cfg.results.folder],
+    }
+
+
 def predict(
     cfg: PredictConfig, image_ids: list[str] | None = None, opt_in: str = "trust_checkpoint=true"
 ) -> dict:
-    """Write ``cfg.output`` (submission.csv) with one row per image; returns a summary.
+    """Write ``cfg.output`` (submission.csv) with one row per image; returns a summary (on
+    the first process; the others return ``{"rank": r}``).
 
     ``cfg.ckpt_path`` is one checkpoint or a list (a WBF ensemble, ``cfg.ensemble_weights``
-    optional). Images come from ``cfg.dicom_dir`` when given, else ``cfg.image_dir`` +
+    optional). Images come from ``cfg.dicom_dir`` or ``cfg.manifest`` (DICOMs, indexed by
+    :mod:`cxrdet.data.dicom_index`) when given, else ``cfg.image_dir`` +
     ``cfg.meta_csv``. Each row gets ``14 <1 - top score> 0 0 1 1`` with ``cfg.nofinding_line``,
     or, with ``cfg.nofinding.probs`` (``image_id,p_abnormal``), the classifier filter of
     :func:`nofinding_filter`. ``image_ids`` restricts prepared PNGs to those images (a split's
     validation images). Checkpoints that need full unpickling load only with
     ``cfg.trust_checkpoint`` (``opt_in`` names that setting in the refusal: ``--trust`` for
     the tools). See :class:`cxrdet.inference.config.PredictConfig`.
+
+    ``cfg.trainer.devices`` × ``cfg.trainer.num_nodes`` processes each predict every
+    ``world``-th batch (:mod:`cxrdet.inference.processes`) and stream their lines to a file of
+    their own; the first then merges them (:mod:`cxrdet.inference.parts`). Images a killed run
+    already wrote, with the same settings, are not predicted again.
     """
+    from cxrdet.inference.parts import PartWriter, check_settings, done_ids, merge, parts_folder
+    from cxrdet.inference.processes import share, start_ranks
+
     workers = worker_count(cfg.num_workers, key="num_workers")  # a bad value: before any work
     kinds = list(cfg.results.dicom or [])
     if kinds:  # highdicom and DICOM's code tables load only for DICOM results
-        from cxrdet.inference.dicom_results import Algorithm, check_kinds, model_sha256, write_all
+        from cxrdet.inference.dicom_results import (
+            Algorithm,
+            check_kinds,
+            detections_to_write,
+            write_results,
+        )
 
         check_kinds(kinds)
-    if kinds and not cfg.dicom_dir:
+    dicoms = cfg.dicom_dir or cfg.manifest
+    if cfg.dicom_dir and cfg.manifest:
+        raise ValueError("dicom_dir and manifest both given: pass one")
+    if kinds and not dicoms:
         raise ValueError(
             f"results.dicom={kinds}: DICOM results reference their source image: predict from "
-            "DICOMs (dicom_dir=, or source=dicomweb), not prepared PNGs"
+            "DICOMs (dicom_dir=, manifest= or source=dicomweb), not prepared PNGs"
         )
     if cfg.model_file:  # an exported detector (cxrdet export) instead of checkpoints
         ckpts = []
@@ -299,9 +388,16 @@ def predict(
     else:
         ckpts = list(cfg.ckpt_path)
     dataset = None
-    if not cfg.dicom_dir:  # read before the models load: a bad path fails fast
+    if not dicoms:  # read before the models load: a bad path fails fast
         dataset = ImageDataset(cfg.image_dir, cfg.meta_csv, image_ids)
-    dev = pick_device(cfg.device)
+    ranks = start_ranks(cfg.trainer.devices, cfg.trainer.num_nodes, pick_device(cfg.device))
+    output = Path(cfg.output)
+    index = None
+    if dicoms:  # the first process lists the DICOMs (headers only); the others read its list
+        index_csv = Path(cfg.dicom_index or output.parent / "dicom_index.csv")
+        if ranks.rank == 0:
+            index = index_dicoms(dicoms, index_csv, workers, cfg.progress)
+    dev = ranks.device
     precision = choose_precision(cfg.precision, dev.type, "precision", dev.index)
     autocast_dtype(precision)  # an unknown precision fails here, before the models load
     if cfg.model_file:
@@ -315,8 +411,10 @@ def predict(
     if max_detections is None:  # the fused boxes are capped as each model caps its own
         caps = [m.roi_heads.detections_per_img for m in models if hasattr(m, "roi_heads")]
         max_detections = max(caps) if caps else None  # an exported file's cap is built in
-    if dataset is None:  # DICOMs are resized to the size the (first) model was trained at
-        dataset = DicomDataset(cfg.dicom_dir, image_size, cfg.keep_ratio, cfg.dicom_max_pixels)
+    if dicoms:  # resized to the size the (first) model was trained at
+        ranks.barrier("index")
+        index = index or read_index(index_csv, dicoms)
+        dataset = DicomDataset(dicoms, image_size, cfg.keep_ratio, cfg.dicom_max_pixels, index)
     warn_other_size(dataset, image_size)
     nofinding = cfg.nofinding
     if nofinding.probs and nofinding.ckpt_path:
@@ -328,90 +426,148 @@ def predict(
     class14 = any(has_class14_head(m) for m in models)  # the line's one source
     classes = class_set_of(models)
     no_finding, empty = classes.no_finding, empty_prediction(classes)
-    rows = {}  # formatted in a thread of their own while the models run
-    diagnoses: dict[str, list[float]] = {}
-
-    def row(pred, p_abnormal):
-        if p_abnormal is not None:
-            pred = nofinding_filter(pred, p_abnormal, nofinding.low, nofinding.high, no_finding)
-        elif cfg.nofinding_line:
-            pred = with_no_finding(*pred, class14_head=class14, no_finding=no_finding)
-        return pred, format_prediction(*pred, classes)  # the final boxes, and their row
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="submission") as writer:
-
-        def on_result(image_id, pred, p_abnormal):
-            p = probs[image_id] if probs is not None else p_abnormal
-            rows[image_id] = writer.submit(row, pred, p)
-
-        options = PassOptions(
-            batch_size=cfg.batch_size,
-            num_workers=workers,
-            tta=cfg.tta,
-            weights=cfg.ensemble_weights,
-            fusion_iou=cfg.fusion_iou,
-            fusion_skip=cfg.fusion_skip,
-            max_detections=max_detections,
-            progress=cfg.progress,
-            precision=precision,
-            classifier_tta=nofinding.tta,
-        )
-        results, errors, classifier_probs = predict_dataset(
-            models,
-            dataset,
-            dev,
-            options,
-            classifiers=classifiers,  # P(abnormal) in the same pass, batched, at this precision
-            on_result=on_result,
-            diagnoses=diagnoses,  # and the 6 diagnoses of classifiers that learned them
-        )
-        finals = {i: rows[i].result() for i in dataset.ids if i not in errors}
-        rows = {i: finals[i][1] if i in finals else empty for i in dataset.ids}
-    seconds = time.perf_counter() - start
-    if classifiers:
-        probs = classifier_probs
-    for image_id, error in errors.items():
-        log.warning("%s: written as '%s': %s", image_id, empty, error)
-    path = write_submission(rows, cfg.output)
-    read_submission(path, dataset.ids, classes)  # the scorer's own checks, before "done"
-    if probs is not None:  # what the filter used, beside the submission
-        write_probs({i: probs[i] for i in dataset.ids if i in probs}, path.with_name(PROBS_CSV))
-    if diagnoses:  # the release's 6 diagnoses: cxrdet score --diagnoses scores them
-        write_diagnoses(
-            {i: diagnoses[i] for i in dataset.ids if i in diagnoses}, path.with_name(DIAGNOSES_CSV)
+    folder = parts_folder(output)
+    settings = run_settings(cfg, ckpts, precision, max_detections)
+    check_settings(folder, settings)
+    done = done_ids(folder)
+    batches = [  # a batch with an image left runs whole: the same batch gives the same bits
+        b
+        for b in share(len(dataset), cfg.batch_size, ranks.rank, ranks.world)
+        if any(dataset.ids[i] not in done for i in b)
+    ]
+    if done:
+        log.info(
+            "%s: %d images predicted before; %d batches left for this process",
+            folder,
+            len(done),
+            len(batches),
         )
     if kinds:
-        digest = model_sha256(ckpts, cfg.model_file)
-        algorithm = Algorithm(__version__, digest, cfg.results.threshold)
-        folder = cfg.results.folder or Path(path).parent / "dicom"
-        preds = {i: final[0] for i, final in finals.items()}
-        dicom = write_all(
-            dataset, preds, errors, classes.names, kinds, folder, algorithm, cfg.progress
+        algorithm = Algorithm(__version__, settings["model"], cfg.results.threshold)
+        dicom_folder = Path(cfg.results.folder or output.parent / "dicom")
+        files = dict(zip(dataset.ids, dataset.files))
+
+    def finished(image: ImagePrediction) -> dict:
+        """The image's line: its row, after the filter or the line, and its DICOM results."""
+        i = image.image_id
+        p = probs.get(i) if probs is not None else image.p_abnormal
+        dx = None if image.p_diagnoses is None else [float(v) for v in image.p_diagnoses]
+        if image.error:
+            log.warning("%s: written as '%s': %s", i, empty, image.error)
+            skipped = f"unreadable: {image.error}" if kinds else None
+            return record(i, empty, EMPTY_DETECTIONS, p=p, error=image.error, dicom_skipped=skipped)
+        pred = image.prediction
+        if p is not None:
+            final = nofinding_filter(pred, p, nofinding.low, nofinding.high, no_finding)
+        elif cfg.nofinding_line:
+            final = with_no_finding(*pred, class14_head=class14, no_finding=no_finding)
+        else:
+            final = pred
+        written, skipped = None, None
+        if kinds:
+            try:
+                found = detections_to_write(final, classes.names, algorithm.threshold)
+                paths = write_results(files[i], found, algorithm, dicom_folder, i, kinds)
+                written = [str(path) for path in paths]
+            except Exception as e:  # noqa: BLE001 (one image's header must not stop the others)
+                skipped = str(e) if str(files[i]) in str(e) else f"{files[i]}: {e}"
+                log.warning("%s: no DICOM results: %s", i, skipped)
+        row = format_prediction(*final, classes)
+        return record(i, row, pred, p=p, dx=dx, dicom=written, dicom_skipped=skipped)
+
+    options = PassOptions(
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        tta=cfg.tta,
+        weights=cfg.ensemble_weights,
+        fusion_iou=cfg.fusion_iou,
+        fusion_skip=cfg.fusion_skip,
+        max_detections=max_detections,
+        progress=cfg.progress,
+        precision=precision,
+        classifier_tta=nofinding.tta,
+    )
+    start = time.perf_counter()
+    part = PartWriter(folder, ranks.rank, ranks.world)
+    # rows, DICOM results and lines are made in a thread of their own while the models run;
+    # at most two batches wait for it (memory stays flat however many images there are)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rows") as writer:
+        pending = deque()
+        passes = iter_predictions(  # the classifiers' P(abnormal) in the same pass
+            models, dataset, dev, options, classifiers, [list(b) for b in batches]
         )
+        for batch in passes:
+            left = [im for im in batch if im.image_id not in done]
+            pending.append(writer.submit(lambda b=left: part.write([finished(im) for im in b])))
+            while len(pending) > 2:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+    part.close()
+    ranks.barrier("merge")  # every process's share written
+    seconds = time.perf_counter() - start
+    if ranks.rank != 0:
+        return {"rank": ranks.rank, "batches": len(batches)}
+    merged = merge(
+        folder,
+        dataset.ids,
+        output,
+        classes.names,
+        settings["model"][:12],
+        PROBS_CSV,
+        DIAGNOSES_CSV,
+        list(GLOBAL6),
+        cfg.viz,
+    )
+    check_rows(output, classes, len(dataset.ids))  # the scorer's own checks, before "done"
     if cfg.viz:
-        write_viz(dataset, results, Path(path).parent / "viz", cfg.viz, names=classes.names)
+        write_viz(dataset, merged.first, output.parent / "viz", cfg.viz, names=classes.names)
+    predicted = merged.images - sum(1 for i in dataset.ids if i in done)  # by this run
     summary = {
-        "submission": str(path),
-        "images": len(rows),
-        "unreadable": len(errors),
+        "submission": str(output),
+        "images": merged.images,
+        "predicted": predicted,
+        "unreadable": merged.unreadable,
         "checkpoints": len(ckpts),
         "model_file": cfg.model_file,
         "tta": cfg.tta,
         "seconds": round(seconds, 2),
-        "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
+        "images_per_s": round(predicted / seconds, 3) if seconds > 0 and predicted else None,
         "device": str(dev),
+        "processes": ranks.world,
         "precision": precision,
         "nofinding_classifiers": len(classifiers or []),
+        "not_images": sum(index.left_out.values()) if index else 0,
         "classes": classes.name,  # the class set of the ids written
+        "outputs": merged.files,
     }
     if kinds:
         summary["dicom_results"] = {
-            "folder": str(folder), "files": [str(p) for p in dicom["files"]],
-            "skipped": len(dicom["skipped"]),
+            "folder": str(dicom_folder), "files": merged.dicom_files,
+            "skipped": merged.dicom_skipped,
         }  # fmt: skip
     if image_ids is not None and cfg.split.mode:  # the held-out images: cxrdet score reads it
         summary["split"] = asdict(cfg.split)
-    Path(path).with_name("predict.json").write_text(json.dumps(summary, indent=2))
-    log.info("wrote %s: %d images, %.2f images/s", path, len(rows), summary["images_per_s"] or 0)
+    output.with_name("predict.json").write_text(json.dumps(summary, indent=2))
+    log.info(
+        "wrote %s: %d images, %.2f images/s", output, merged.images, summary["images_per_s"] or 0
+    )
     return summary
+
+
+def check_rows(path: Path, classes: ClassSet, n: int) -> None:
+    """Every row of the written submission parses as the scorer parses it, and there are
+    ``n`` (read a row at a time)."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        count = 0
+        for count, (image_id, text) in enumerate(reader, start=1):
+            try:
+                parse_prediction(text, classes)
+            except ValueError as e:
+                raise ValueError(f"{path}, line {count + 1} ({image_id}): {e}") from None
+    if count != n:
+        raise ValueError(f"{path}: {count} rows for {n} images")

@@ -45,8 +45,9 @@ class Node:
 
     def __init__(self, args):
         from cxrdet import __version__
-        from cxrdet.inference.dicom_results import Algorithm, model_sha256
+        from cxrdet.inference.dicom_results import Algorithm
         from cxrdet.inference.predictor import load_models, pick_device
+        from cxrdet.models.weights import checkpoint_sha256
 
         self.args = args
         self.queue = Path(args.queue)
@@ -56,7 +57,7 @@ class Node:
         self.models, self.size = load_models([args.checkpoint], self.device, None, None, args.trust)
         self.names = self.models[0].classes.names
         self.algorithm = Algorithm(
-            __version__, model_sha256([args.checkpoint], None), args.threshold
+            __version__, checkpoint_sha256([args.checkpoint]), args.threshold
         )
         self.arrived = threading.Event()
         self.stopping = threading.Event()

@@ -213,6 +213,16 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_sha256(ckpts: list, model_file: str | None = None) -> str:
+    """The SHA-256 of an exported model file, or of the checkpoint (an ensemble's: of its
+    members' hashes in order)."""
+    files = [model_file] if model_file else [str(c) for c in ckpts]
+    hashes = [sha256(Path(f)) for f in files]
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256(" ".join(hashes).encode()).hexdigest()
+
+
 def save(out_dir: Path) -> list[Path]:
     """Copy (from the cache) or download every named weights file into ``out_dir`` laid out as a
     ``TORCH_HOME`` (``hub/checkpoints/<file>``), with ``SHA256SUMS``."""

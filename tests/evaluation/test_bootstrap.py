@@ -156,7 +156,7 @@ def test_a_mean_over_classes_has_its_interval_over_the_classes_with_five_boxes()
 
 def test_a_figure_on_too_few_images_has_no_interval():
     """Below 300 images no interval tried held the simulated world's value 93 % of the time
-    (benchmarks/coverage.py): none is given, and the text says why."""
+    (benchmarks/interval_coverage.py): none is given, and the text says why."""
     from cxrdet.evaluation.bootstrap import MIN_IMAGES, ci_text, figure_interval
 
     values = np.linspace(0.5, 0.7, 101)

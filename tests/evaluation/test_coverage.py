@@ -5,7 +5,7 @@ value of mAP40, AP40 and the CPM in at least 93 % of the sets. A mean over class
 against the world's mean over the classes its interval counts (those with >= 5 boxes).
 
 Fails on the percentile interval over every class present (what the project printed before:
-mAP40 and AP40 held the world's value in 81 % of these sets): ``benchmarks/coverage.py``
+mAP40 and AP40 held the world's value in 81 % of these sets): ``benchmarks/interval_coverage.py``
 prints the table for 40, 300 and 3,000 images and both intervals.
 """
 

@@ -4,7 +4,7 @@ taken on 20,000 images), the share of test sets whose interval holds the world's
 mAP40, AP40 and the CPM, at several set sizes, for the project's intervals and for the plain
 percentile interval of the mean over every class present (what it printed before).
 
-    python benchmarks/coverage.py [--sizes 40,300,3000] [--sets 200] [--resamples 300]
+    python benchmarks/interval_coverage.py [--sizes 40,300,3000] [--sets 200] [--resamples 300]
 
 A mean over classes is judged against the world's mean over the classes its interval counts
 (the project's: those with >= 5 boxes; the percentile's: every class present); coverage is
