@@ -80,17 +80,24 @@ def whole_lines(path: Path):
             offset += len(line)
 
 
+def image_lines(path: Path):
+    """``(offset, image id)`` of each image's line in ``path``; a line that is no image's (a
+    node that crashed before its disk had the data leaves zeros) is named in the log and
+    skipped: that image is predicted again."""
+    for offset, line in whole_lines(path):
+        try:
+            yield offset, json.loads(line)["id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s, byte %d: not an image's line (skipped): %r", path, offset, line[:40])
+
+
 def rank_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("rank*of*.jsonl"))
 
 
 def done_ids(folder: Path) -> set[str]:
     """The images some earlier or concurrent process has finished, from every rank's file."""
-    done = set()
-    for path in rank_files(folder):
-        for _, line in whole_lines(path):
-            done.add(json.loads(line)["id"])
-    return done
+    return {image_id for path in rank_files(folder) for _, image_id in image_lines(path)}
 
 
 class PartWriter:
@@ -175,8 +182,7 @@ def merge(
     files = rank_files(folder)
     merged = Merged()
     for n, path in enumerate(files):
-        for offset, line in whole_lines(path):
-            image_id = json.loads(line)["id"]
+        for offset, image_id in image_lines(path):
             if image_id not in wanted:
                 continue
             if image_id in where:

@@ -160,7 +160,7 @@ def test_a_killed_run_continues_where_it_stopped_and_refuses_other_settings(
         in_process("predict.py", args(archive, run, "tta=hflip"))
 
 
-def test_a_partial_line_is_dropped_and_a_missing_image_is_named(tmp_path):
+def test_a_partial_line_is_dropped_and_a_missing_image_is_named(tmp_path, caplog):
     folder = tmp_path / "submission.parts"
     writer = PartWriter(folder, 0, 1)
     writer.write([{"id": "a", "row": "14 1 0 0 1 1", "det": []}])
@@ -175,6 +175,10 @@ def test_a_partial_line_is_dropped_and_a_missing_image_is_named(tmp_path):
         "a",
         "b",
     ]
+    (folder / "rank1of2.jsonl").write_bytes(b"\0" * 30 + b"\n")  # a crashed node's zeros
+    with caplog.at_level("WARNING"):
+        assert done_ids(folder) == {"a", "b"}
+    assert "rank1of2.jsonl, byte 0: not an image's line (skipped)" in caplog.text
     out = tmp_path / "submission.csv"
     merge(folder, ["b", "a"], out, ["c"] * 14, "abc", "p.csv", "d.csv", [])
     assert (
