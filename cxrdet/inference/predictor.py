@@ -391,7 +391,8 @@ def predict(
     if not dicoms:  # read before the models load: a bad path fails fast
         dataset = ImageDataset(cfg.image_dir, cfg.meta_csv, image_ids)
     ranks = start_ranks(cfg.trainer.devices, cfg.trainer.num_nodes, pick_device(cfg.device))
-    output = Path(cfg.output)
+    # tasks srun started each name a run folder by their own clock: the first one's is used
+    output = Path(ranks.broadcast(str(Path(cfg.output).resolve())))
     index = None
     if dicoms:  # the first process lists the DICOMs (headers only); the others read its list
         index_csv = Path(cfg.dicom_index or output.parent / "dicom_index.csv")

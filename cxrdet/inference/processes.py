@@ -32,6 +32,10 @@ class Ranks:
     device: torch.device = torch.device("cpu")
     fabric: object = None  # lightning_fabric.Fabric when there is more than one process
 
+    def broadcast(self, value):
+        """The first process's ``value``, on every process."""
+        return value if self.fabric is None else self.fabric.broadcast(value, src=0)
+
     def barrier(self, name: str) -> None:
         """Wait for every process; :class:`PeerStopped` when one of them has stopped."""
         if self.fabric is None:

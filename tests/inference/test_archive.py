@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from collections import Counter
 import pydicom
 import pytest
 import torch
-from conftest import PY, REPO, in_process, run_ok
+from conftest import PY, REPO, in_process
 
 from cxrdet.data import dicom_index
 from cxrdet.inference.parts import PartWriter, done_ids, merge, whole_lines
@@ -64,6 +65,12 @@ def args(archive, run_dir, *extra) -> list[str]:
     ]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def one_thread_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
 
@@ -106,12 +113,35 @@ def test_one_process_streams_every_image_once_and_names_the_failure(single, arch
     assert summary["predicted"] == archive["n"]
 
 
-def test_two_processes_write_the_one_process_files_byte_for_byte(single, archive, tmp_path):
-    run = tmp_path / "two"
-    done = run_ok(["predict.py", *args(archive, run, "trainer.devices=2")], env=one_thread_env())
-    assert "submission:" in done.stdout
+def test_two_launched_processes_write_the_one_process_files_byte_for_byte(
+    single, archive, tmp_path
+):
+    """Two tasks started as srun or torchrun starts them (the environment names each one's
+    rank), each with a run folder of its own, as their own clocks would name them: the first
+    one's folder gets the outputs, the same bytes as one process's. (``trainer.devices=2``
+    starting its own second process is the next test's.)"""
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**one_thread_env(), "LOCAL_RANK": str(rank), "NODE_RANK": "0", "WORLD_SIZE": "2"}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        command = [PY, "predict.py", *args(archive, tmp_path / f"task{rank}", "trainer.devices=2")]
+        procs.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    run = tmp_path / "task0"
     for name in ("submission.csv", "detections.csv", "failures.csv"):
         assert (run / name).read_bytes() == (single / name).read_bytes(), name
+    assert not (tmp_path / "task1" / "submission.parts").exists()
     per_rank = {
         p.name: {json.loads(line)["id"] for _, line in whole_lines(p)}
         for p in (run / "submission.parts").glob("rank*.jsonl")
@@ -133,8 +163,9 @@ def test_a_killed_run_continues_where_it_stopped_and_refuses_other_settings(
     parts = run / "submission.parts"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if parts.is_dir() and max(map(lines_in, parts.glob("rank*.jsonl")), default=0) >= 2:
-            break  # a batch (two images) written by one process
+        files = list(parts.glob("rank*of2.jsonl")) if parts.is_dir() else []
+        if len(files) == 2 and min(map(lines_in, files)) >= 2:
+            break  # a batch (two images) written by each process: the one it started too
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job step, as a node failure or scancel -9
     proc.wait()
