@@ -46,19 +46,8 @@ def fsync_folder(folder: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[IO], object], mode: str = "wb") -> None:
     """Write ``path`` through ``write(file)`` so that it is either the old file or the whole
     new one, whatever kills the process when (module docstring)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_folder(path.parent)
+    with atomic_open(path, mode) as f:
+        write(f)
 
 
 @contextmanager

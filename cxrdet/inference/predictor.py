@@ -492,19 +492,21 @@ def predict(
     part = PartWriter(folder, ranks.rank, ranks.world)
     # rows, DICOM results and lines are made in a thread of their own while the models run;
     # at most two batches wait for it (memory stays flat however many images there are)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rows") as writer:
-        pending = deque()
-        passes = iter_predictions(  # the classifiers' P(abnormal) in the same pass
-            models, dataset, dev, options, classifiers, [list(b) for b in batches]
-        )
-        for batch in passes:
-            left = [im for im in batch if im.image_id not in done]
-            pending.append(writer.submit(lambda b=left: part.write([finished(im) for im in b])))
-            while len(pending) > 2:
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rows") as writer:
+            pending = deque()
+            passes = iter_predictions(  # the classifiers' P(abnormal) in the same pass
+                models, dataset, dev, options, classifiers, [list(b) for b in batches]
+            )
+            for batch in passes:
+                left = [im for im in batch if im.image_id not in done]
+                pending.append(writer.submit(lambda b=left: part.write(list(map(finished, b)))))
+                while len(pending) > 2:
+                    pending.popleft().result()
+            while pending:
                 pending.popleft().result()
-        while pending:
-            pending.popleft().result()
-    part.close()
+    finally:  # what was written is on disk for the next run, whatever stopped this one
+        part.close()
     ranks.barrier("merge")  # every process's share written
     seconds = time.perf_counter() - start
     if ranks.rank != 0:
