@@ -128,7 +128,10 @@ def manifest_files(manifest: Path) -> tuple[list[str], list[str] | None]:
         frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     if "path" not in frame.columns:
         raise ValueError(f"{manifest}: no 'path' column (columns: {list(frame.columns)})")
-    paths = [os.path.normpath(manifest.parent / p) for p in frame["path"]]  # absolute: kept
+    paths = [os.path.normpath(manifest.resolve().parent / p) for p in frame["path"]]
+    twice = [p for p, n in Counter(paths).items() if n > 1]
+    if twice:
+        raise ValueError(f"{manifest}: {len(twice)} files listed twice, e.g. {twice[0]}")
     ids = list(frame["image_id"].astype(str)) if "image_id" in frame.columns else None
     return paths, ids
 

@@ -4,9 +4,10 @@
 Lightning Fabric starts them as Lightning's training does: ``predict.py trainer.devices=4``
 re-runs the same command three more times on this node (Hydra's run folder passed on), and
 under ``srun`` (SLURM's tasks) or ``torchrun`` each task is one process already. The processes
-share nothing but the run folder and two barriers (before the models load, once rank 0 has
-the list of images; before the merge); they wait in them over ``gloo`` on any device, so no
-GPU is held by a waiting rank and no NCCL timeout applies to a rank that has more to do.
+share nothing but the run folder (the first one's, broadcast at the start) and two barriers
+(before the models load, once the first has the list of images; before the merge); they wait
+in them over ``gloo`` on any device, so no GPU is held by a waiting rank and no NCCL timeout
+applies to a rank that has more to do.
 """
 
 from __future__ import annotations
@@ -34,18 +35,23 @@ class Ranks:
 
     def broadcast(self, value):
         """The first process's ``value``, on every process."""
-        return value if self.fabric is None else self.fabric.broadcast(value, src=0)
+        if self.fabric is None:
+            return value
+        return self.together("broadcast", lambda: self.fabric.broadcast(value, src=0))
 
     def barrier(self, name: str) -> None:
-        """Wait for every process; :class:`PeerStopped` when one of them has stopped."""
-        if self.fabric is None:
-            return
+        """Wait for every process."""
+        if self.fabric is not None:
+            self.together(f"{name} barrier", lambda: self.fabric.barrier(name))
+
+    def together(self, what: str, call):
+        """``call()``, a collective: :class:`PeerStopped` when another process has stopped."""
         try:
-            self.fabric.barrier(name)
+            return call()
         except RuntimeError as e:  # gloo: "Connection closed by peer"
             raise PeerStopped(
                 f"process {self.rank} of {self.world}: another process stopped before the "
-                f"{name} barrier (its error is above): {str(e).splitlines()[0][:200]}"
+                f"{what} (its error is above): {str(e).splitlines()[0][:200]}"
             ) from None
 
 

@@ -251,6 +251,9 @@ def test_a_manifest_lists_files_with_their_ids_and_bad_ones_are_named(archive, t
     manifest.write_text("path,image_id\n" + "\n".join(rows) + "\n")
     index = dicom_index.index_dicoms(manifest, tmp_path / "i.csv", progress=False)
     assert index.ids == ["study0", "study1", "study2"] and index.files == files
+    manifest.write_text(f"path\n{files[0]}\n{files[1]}\n{files[0]}\n")
+    with pytest.raises(ValueError, match="1 files listed twice, e.g. "):
+        dicom_index.index_dicoms(manifest, tmp_path / "i.csv", progress=False)
     manifest.write_text("file\nx.dcm\n")
     with pytest.raises(ValueError, match="manifest.csv: no 'path' column"):
         dicom_index.index_dicoms(manifest, tmp_path / "i.csv", progress=False)
