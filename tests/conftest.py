@@ -34,7 +34,7 @@ share_the_cpus()
 # (--no-loadscope-reorder), and a long file handed out last keeps one process busy while the
 # other has nothing left (`make test` prints the slowest tests: keep this list in step).
 LONGEST_FIRST = (  # each file's seconds of pytest on a 2-vCPU AMD EPYC
-    "test_demo_learns.py",  # 250
+    "test_demo_learns.py",  # 210
     "test_cluster_faults.py",  # 80
     "test_resume.py",  # 80
     "test_pipeline.py",  # 70
