@@ -9,9 +9,9 @@ filesystem where every ``stat`` and ``open`` is a round trip. The index:
   out what is not an image (SR, presentation states, key objects, ... of a PACS export: one
   count per kind in the log) and to name a file that is not DICOM at all; a file it cannot read
   stays in the list, so that it gets its row and its line in ``failures.csv``;
-- is **cached** in a CSV (path, size, modification time, modality, problem): a file whose size
-  and time are unchanged is not opened again, so a relaunch (a requeued job, the next run over
-  the same archive) only walks;
+- is **cached** in a CSV (path, image id, size, modification time, modality, problem): a file
+  whose size and time are unchanged is not opened again, so a relaunch (a requeued job, the
+  next run over the same archive) only walks, and the other processes read the list from it;
 - shows progress: files found while walking, headers read with an ETA.
 
 Or a **manifest** lists the files: a CSV (or Parquet, with pyarrow installed) with a ``path``
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dicom", ".dcm")
 NOT_IMAGES = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "DOC", "REG", "PLAN", "AU", "ECG"}
-COLUMNS = ["path", "size", "mtime_ns", "modality", "problem"]
+COLUMNS = ["path", "image_id", "size", "mtime_ns", "modality", "problem"]
 
 
 @dataclass
@@ -185,26 +185,22 @@ def index_dicoms(
                 row["modality"], row["problem"] = read_header(path)
                 bar.update()
         bar.close()
-    order = sorted(range(len(rows)), key=lambda k: Path(rows[k]["path"]))
+    for row, image_id in zip(rows, ids or (Path(r["path"]).stem for r in rows)):
+        row["image_id"] = image_id  # the manifest's, else the file's name without its suffix
     if ids is None:
-        rows = [rows[k] for k in order]
+        rows.sort(key=lambda r: Path(r["path"]))
     write_index(cache, rows)
-    return to_index(rows, ids, source)
+    return to_index(rows, source)
 
 
 def read_index(cache: str | Path, source: str | Path) -> DicomIndex:
     """The index another process of the same prediction wrote (:func:`index_dicoms`)."""
-    rows = list(read_cache(Path(cache)).values())
-    source = Path(source)
-    ids = manifest_files(source)[1] if source.suffix.lower() in (".csv", ".parquet") else None
-    return to_index(rows, ids, source)
+    return to_index(list(read_cache(Path(cache)).values()), Path(source))
 
 
-def to_index(rows: list[dict], ids: list[str] | None, source: Path) -> DicomIndex:
-    """The images among ``rows`` (those of another modality left out, counted) and their ids
-    (the manifest's, else each file's name without its suffix), checked to be unique."""
-    if ids is None:
-        ids = [Path(r["path"]).stem for r in rows]
+def to_index(rows: list[dict], source: Path) -> DicomIndex:
+    """The images among ``rows`` (those of another modality left out, counted) with their
+    ids, checked to be unique."""
     left_out = Counter(r["modality"] for r in rows if r["modality"].upper() in NOT_IMAGES)
     keep = [k for k, r in enumerate(rows) if r["modality"].upper() not in NOT_IMAGES]
     if left_out:
@@ -219,7 +215,7 @@ def to_index(rows: list[dict], ids: list[str] | None, source: Path) -> DicomInde
             "failures.csv",
             unreadable,
         )
-    ids = [ids[k] for k in keep]
+    ids = [rows[k]["image_id"] for k in keep]
     dup = sorted(k for k, n in Counter(ids).items() if n > 1)
     if dup:
         raise ValueError(

@@ -250,6 +250,19 @@ def write_results(
     return paths
 
 
+def write_image(
+    source_path, pred, names: list[str], algorithm: Algorithm, folder, image_id: str, kinds
+) -> tuple[list[Path], str | None]:
+    """:func:`write_results` of one image's final prediction (boxes in original pixels,
+    scores, class ids) at the algorithm's threshold: the paths written, or none and why (a
+    header a result cannot reference must not stop the other images)."""
+    detections = detections_to_write(pred, names, algorithm.threshold)
+    try:
+        return write_results(source_path, detections, algorithm, folder, image_id, kinds), None
+    except Exception as e:  # noqa: BLE001
+        return [], str(e) if str(source_path) in str(e) else f"{source_path}: {e}"
+
+
 def check_kinds(kinds) -> list[str]:
     kinds = list(kinds or [])
     unknown = [k for k in kinds if k not in KINDS]
@@ -291,11 +304,10 @@ def write_all(
         if image_id in errors:
             skipped[image_id] = f"unreadable: {errors[image_id]}"
             continue
-        detections = detections_to_write(preds[image_id], names, algorithm.threshold)
-        try:
-            written += write_results(path, detections, algorithm, folder, image_id, kinds)
-        except Exception as e:  # noqa: BLE001 (one image's header must not stop the others)
-            skipped[image_id] = str(e) if str(path) in str(e) else f"{path}: {e}"
+        paths, why = write_image(path, preds[image_id], names, algorithm, folder, image_id, kinds)
+        written += paths
+        if why:
+            skipped[image_id] = why
     for image_id, why in skipped.items():
         log.warning("%s: no DICOM results: %s", image_id, why)
     if skipped:

@@ -48,8 +48,16 @@ from cxrdet.inference.nofinding_probs import (
     check_tta,
     load_classifiers,
 )
-from cxrdet.inference.parts import record
+from cxrdet.inference.parts import (
+    PartWriter,
+    check_settings,
+    done_ids,
+    merge,
+    parts_folder,
+    record,
+)
 from cxrdet.inference.postprocess import fuse_predictions, hflip_boxes
+from cxrdet.inference.processes import share, start_ranks
 from cxrdet.models.precision import autocast, autocast_dtype, choose_precision
 from cxrdet.models.safe_load import safe_load
 from cxrdet.reports.draw import draw_boxes
@@ -359,18 +367,11 @@ def predict(
     their own; the first then merges them (:mod:`cxrdet.inference.parts`). Images a killed run
     already wrote, with the same settings, are not predicted again.
     """
-    from cxrdet.inference.parts import PartWriter, check_settings, done_ids, merge, parts_folder
-    from cxrdet.inference.processes import share, start_ranks
 
     workers = worker_count(cfg.num_workers, key="num_workers")  # a bad value: before any work
     kinds = list(cfg.results.dicom or [])
     if kinds:  # highdicom and DICOM's code tables load only for DICOM results
-        from cxrdet.inference.dicom_results import (
-            Algorithm,
-            check_kinds,
-            detections_to_write,
-            write_results,
-        )
+        from cxrdet.inference.dicom_results import Algorithm, check_kinds, write_image
 
         check_kinds(kinds)
     dicoms = cfg.dicom_dir or cfg.manifest
@@ -466,12 +467,11 @@ def predict(
             final = pred
         written, skipped = None, None
         if kinds:
-            try:
-                found = detections_to_write(final, classes.names, algorithm.threshold)
-                paths = write_results(files[i], found, algorithm, dicom_folder, i, kinds)
-                written = [str(path) for path in paths]
-            except Exception as e:  # noqa: BLE001 (one image's header must not stop the others)
-                skipped = str(e) if str(files[i]) in str(e) else f"{files[i]}: {e}"
+            paths, skipped = write_image(
+                files[i], final, classes.names, algorithm, dicom_folder, i, kinds
+            )
+            written = [str(path) for path in paths] if not skipped else None
+            if skipped:
                 log.warning("%s: no DICOM results: %s", i, skipped)
         row = format_prediction(*final, classes)
         return record(i, row, pred, p=p, dx=dx, dicom=written, dicom_skipped=skipped)
