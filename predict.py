@@ -96,7 +96,8 @@ def run(cfg: DictConfig) -> dict:
     """Predict with the settings in ``cfg`` (conf/predict.yaml, typed by PredictConfig)."""
     from cxrdet.data.labels import read_labels
     from cxrdet.data.splits import split_ids
-    from cxrdet.inference.predictor import predict, trained_size
+    from cxrdet.inference.detectors import trained_size
+    from cxrdet.inference.predictor import predict
 
     if cfg.prepared_size is None:  # the folders of the size the model trained at
         cfg.prepared_size = trained_size(cfg.ckpt_path, cfg.model_file, cfg.trust_checkpoint)

@@ -95,7 +95,7 @@ def best_validation(run_dir: Path, ckpt: Path, keys: list[str]) -> dict[str, flo
 
 def score_detector(run_dir: Path, ckpt: Path, size: int) -> dict:
     from cxrdet.evaluation.bootstrap import RESAMPLES
-    from cxrdet.evaluation.score import score
+    from cxrdet.evaluation.scoring import score
 
     submission = run_dir / "submission.csv"
     predict(f"predict {run_dir.name}", submission, [ckpt], [], size)

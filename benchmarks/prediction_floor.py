@@ -25,9 +25,10 @@ from cxrdet.data.dataset import ImageDataset  # noqa: E402
 from cxrdet.data.labels import read_labels  # noqa: E402
 from cxrdet.data.splits import split_ids  # noqa: E402
 from cxrdet.evaluation.nofinding import with_no_finding  # noqa: E402
-from cxrdet.evaluation.score import score  # noqa: E402
+from cxrdet.evaluation.scoring import score  # noqa: E402
 from cxrdet.evaluation.submission import format_prediction, write_submission  # noqa: E402
-from cxrdet.inference.predictor import PassOptions, load_models, predict_dataset  # noqa: E402
+from cxrdet.inference.detectors import load_models  # noqa: E402
+from cxrdet.inference.prediction_pass import PassOptions, predict_dataset  # noqa: E402
 
 DEMO = Path("outputs/demo")
 QUIET = PassOptions(batch_size=4, progress=False)

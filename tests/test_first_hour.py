@@ -233,7 +233,7 @@ def test_the_help_offers_only_real_options():
 def test_score_on_a_held_out_file_suggests_the_split(tiny_data, tmp_path):
     from cxrdet.data.labels import read_labels
     from cxrdet.data.splits import split_ids
-    from cxrdet.evaluation.score import score
+    from cxrdet.evaluation.scoring import score
 
     labels, _ = read_labels(tiny_data["raw"] / "train.csv")
     _, val = split_ids(labels, "kfold", fold=1, n_folds=5)

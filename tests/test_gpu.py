@@ -57,7 +57,7 @@ def test_fp16_prediction_on_cuda_runs_in_fp16_and_matches_fp32_on_cpu(tiny_data)
     from torchvision.ops import box_iou
 
     from cxrdet.data.dataset import ImageDataset
-    from cxrdet.inference.predictor import PassOptions, predict_dataset
+    from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
 
     torch.manual_seed(0)
     module = DetectorModule(model={"num_classes": 14, "image_size": 64}, optim=OPTIM)

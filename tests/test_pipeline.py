@@ -22,7 +22,7 @@ from conftest import (
 
 from cxrdet.data.labels import CLASS_NAMES
 from cxrdet.evaluation.score import main as score_main
-from cxrdet.evaluation.score import score
+from cxrdet.evaluation.scoring import score
 from cxrdet.evaluation.submission import (
     SubmissionError,
     format_prediction,
@@ -270,7 +270,7 @@ def test_an_ensemble_fuses_every_member_with_its_weight(tiny_data, trained, tmp_
 
 
 def test_ensemble_weights_follow_weighted_boxes_fusion(tmp_path):
-    from cxrdet.inference.predictor import PassOptions, predict_dataset
+    from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
 
     class OneBox(torch.nn.Module):
         def __init__(self, box, score):
@@ -361,7 +361,7 @@ def test_hflip_tta_fuses_each_box_with_its_flipped_view_s_mirror(trained, tmp_pa
     import cv2
 
     from cxrdet.data.dataset import ImageDataset
-    from cxrdet.inference.predictor import PassOptions, predict_dataset
+    from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
     from cxrdet.models.module import load_detector
 
     image = np.zeros((64, 64), np.uint8)  # no two blobs mirror each other
@@ -993,16 +993,16 @@ def test_prediction_reads_images_in_worker_processes_by_default(tiny_data, tmp_p
     reading PNGs overlaps the model (on an H200, predict.py ran at 0.6x the bare model loop with
     images read in its own process); a bad value is named before any model loads."""
     from cxrdet.data import cpus
-    from cxrdet.inference import predictor
+    from cxrdet.inference import prediction_pass, predictor
 
-    loader, workers = predictor.prediction_loader, []
+    loader, workers = prediction_pass.prediction_loader, []
     monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
 
     def spy(dataset, batch_size, num_workers, device, batches=None):
         workers.append(num_workers)
         return loader(dataset, batch_size, 0, device, batches)
 
-    monkeypatch.setattr(predictor, "prediction_loader", spy)
+    monkeypatch.setattr(prediction_pass, "prediction_loader", spy)
     assert len(_predict_with_the_class_14_stand_in(tiny_data, tmp_path, monkeypatch)) == 4
     assert workers == [3]
     monkeypatch.setattr(predictor, "load_models", lambda *a, **k: pytest.fail("models loaded"))
@@ -1023,7 +1023,8 @@ def test_the_default_score_floor_and_pre_nms_cap_keep_the_validation_mAP40(
     from cxrdet.data.splits import split_ids
     from cxrdet.evaluation.nofinding import with_no_finding
     from cxrdet.evaluation.submission import format_prediction, write_submission
-    from cxrdet.inference.predictor import PassOptions, load_models, predict_dataset
+    from cxrdet.inference.detectors import load_models
+    from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
 
     labels = str(tiny_data["raw"] / "train.csv")
     _, val = split_ids(read_labels(labels)[0], "kfold", fold=1, n_folds=2)

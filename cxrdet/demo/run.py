@@ -266,7 +266,7 @@ def test_rows(classifier: Path) -> list[tuple[str, str]]:
         image_weights,
         paired_difference,
     )
-    from cxrdet.evaluation.score import score
+    from cxrdet.evaluation.scoring import score
     from cxrdet.inference.predictor import PROBS_CSV
 
     labels = RAW / "test_labels.csv"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -180,3 +181,19 @@ def to_original_prediction(
     boxes, scores, classes = no_finding_as_image_label(boxes, scores, classes, no_finding)
     keep = valid(boxes)
     return boxes[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]
+
+
+def check_submission(path: Path, classes: ClassSet, n: int) -> None:
+    """Every row of the written submission parses as the scorer parses it, and there are
+    ``n`` (read a row at a time)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        count = 0
+        for count, (image_id, text) in enumerate(reader, start=1):
+            try:
+                parse_prediction(text, classes)
+            except ValueError as e:
+                raise ValueError(f"{path}, line {count + 1} ({image_id}): {e}") from None
+    if count != n:
+        raise ValueError(f"{path}: {count} rows for {n} images")

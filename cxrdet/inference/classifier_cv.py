@@ -46,9 +46,9 @@ from cxrdet.evaluation.competition import competition_map
 from cxrdet.evaluation.nofinding import filter_input, nofinding_filter
 from cxrdet.evaluation.submission import read_submission
 from cxrdet.inference.config import checkpoint_data, split_of
+from cxrdet.inference.detectors import pick_device
 from cxrdet.inference.folds import check_same_folds, checkpoint_of, fold_images, fold_runs
 from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs
-from cxrdet.inference.predictor import pick_device
 from cxrdet.models.precision import choose_precision
 
 LOWS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3)  # the grid of nofinding.low ...

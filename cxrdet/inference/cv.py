@@ -40,7 +40,7 @@ from cxrdet.data.config import fold_index
 from cxrdet.data.cpus import worker_count
 from cxrdet.data.labels import read_labels
 from cxrdet.evaluation.bootstrap import ci_text, difference_text
-from cxrdet.evaluation.score import score
+from cxrdet.evaluation.scoring import score
 from cxrdet.evaluation.submission import format_prediction, read_submission, write_submission
 from cxrdet.inference.classifier_cv import cross_validate_classifier
 from cxrdet.inference.config import PredictConfig

@@ -45,8 +45,8 @@ class Node:
 
     def __init__(self, args):
         from cxrdet import __version__
+        from cxrdet.inference.detectors import load_models, pick_device
         from cxrdet.inference.dicom_results import Algorithm
-        from cxrdet.inference.predictor import load_models, pick_device
         from cxrdet.models.weights import checkpoint_sha256
 
         self.args = args
@@ -134,7 +134,7 @@ class Node:
         them)."""
         from cxrdet.data.dataset import DicomDataset
         from cxrdet.inference.dicom_results import write_all
-        from cxrdet.inference.predictor import PassOptions, predict_dataset
+        from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
 
         dataset = DicomDataset(self.queue / "batch", self.size)
         options = PassOptions(batch_size=self.args.batch_size, progress=False)

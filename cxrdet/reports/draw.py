@@ -1,11 +1,16 @@
-"""Boxes drawn on images, one colour per class (the report's detection figures)."""
+"""Boxes drawn on images, one colour per class (the report's detection figures, predict.py's
+``viz``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from cxrdet.data.boxes import to_prepared
 from cxrdet.data.classes import KAGGLE14, NO_FINDING_NAME
+from cxrdet.data.dataset import grey_pixels
 
 # 23 distinguishable BGR colours (tab20-like, then darker ones): one per id of either class set.
 COLOURS = [
@@ -60,3 +65,27 @@ def draw_boxes(image: np.ndarray, boxes, classes, scores=None, min_score: float 
             cv2.LINE_AA,
         )
     return out
+
+
+def write_viz(
+    dataset, results: dict, out_dir: Path, n: int, min_score: float = 0.3, names=None
+) -> None:
+    """The first ``n`` images with their predicted boxes (original-pixel boxes drawn to scale);
+    ``names``: the class set's names by id."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(min(n, len(dataset))):
+        image, info = dataset[i]
+        if info["image_id"] not in results:
+            continue
+        boxes, scores, classes = results[info["image_id"]]
+        hw = tuple(image.shape[-2:])
+        small = grey_pixels(image)
+        drawn = draw_boxes(
+            small,
+            to_prepared(boxes, info["orig_hw"], hw, info["content"]),
+            classes,
+            scores,
+            min_score,
+            names,
+        )
+        cv2.imwrite(str(out_dir / f"{info['image_id']}.png"), drawn)

@@ -15,7 +15,7 @@ from cxrdet.cli import main as cli
 from cxrdet.data.classes import GLOBAL6, KAGGLE14, LOCAL22, of_names
 from cxrdet.data.global_labels import read_global_labels
 from cxrdet.data.labels import ground_truth, labels_class_set, read_labels
-from cxrdet.evaluation.score import score
+from cxrdet.evaluation.scoring import score
 from cxrdet.evaluation.submission import SubmissionError, format_prediction, write_submission
 
 TINY = 64

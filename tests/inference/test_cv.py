@@ -13,7 +13,7 @@ from conftest import tiny_overrides, train_in_process
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from cxrdet.evaluation.score import score
+from cxrdet.evaluation.scoring import score
 from cxrdet.inference import cv
 
 pytestmark = pytest.mark.slow

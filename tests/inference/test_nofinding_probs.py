@@ -103,8 +103,9 @@ def test_the_classifier_shares_the_detector_s_pass_and_gives_what_it_gives_alone
     checkpoints, tiny_data
 ):
     from cxrdet.data.dataset import ImageDataset
+    from cxrdet.inference.detectors import load_models
     from cxrdet.inference.nofinding_probs import load_classifiers, predict_probs
-    from cxrdet.inference.predictor import PassOptions, load_models, predict_dataset
+    from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
 
     prepared = tiny_data["prepared"] / "64"
 

@@ -164,7 +164,7 @@ def _stand_in_heads(model, seen: list):
 
 def test_min_size_list_and_test_size_map_boxes_back_to_original_pixels(tiny_data):
     from cxrdet.data.dataset import ImageDataset
-    from cxrdet.inference.predictor import PassOptions, predict_dataset
+    from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
 
     torch.manual_seed(0)
     model = build_fasterrcnn(image_size=64, min_size=[96, 128], max_size=1333, test_size=160)

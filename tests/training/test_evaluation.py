@@ -78,7 +78,8 @@ def test_a_tiny_run_with_evaluation_coco_and_radiology_logs_them_beside_ap40(tin
     from cxrdet.evaluation.nofinding import with_no_finding
     from cxrdet.evaluation.readers import leave_one_out, readers_baseline
     from cxrdet.evaluation.submission import as_read_back
-    from cxrdet.inference.predictor import PassOptions, load_models, predict_dataset
+    from cxrdet.inference.detectors import load_models
+    from cxrdet.inference.prediction_pass import PassOptions, predict_dataset
 
     run = tmp_path / "run"
     train_in_process(
