@@ -12,8 +12,9 @@ saw it. Models of different folds score on different scales, which pooling mixes
 ``--calibrate rank`` replaces each fold's scores by their rank within the fold and class
 (each fold's own AP unchanged); both pooled figures are reported. It prints per-fold and
 out-of-fold AP40 and mAP40 with the per-class table, writes ``MULTIRUN_DIR/oof/``
-(``fold<k>.csv`` and ``fold<k>.json``, predict.py's summary of that fold, and the pooled
-``oof_submission.csv``, calibrated as asked), and prints the ``predict.py`` command that
+(``fold<k>.csv``; ``fold<k>.json``, predict.py's summary of that fold; the fold's other
+predict.py tables as ``fold<k>_detections.csv``, ...; and the pooled ``oof_submission.csv``,
+calibrated as asked), and prints the ``predict.py`` command that
 ensembles the folds. With ``--json`` the last line is one object: ``{"folds": [{"fold", "run",
 "checkpoint", "images", "AP40", "mAP40"}, ...], "oof": {"AP40", "mAP40", "images",
 "per_class", "calibrate", "mAP40_uncalibrated", "mAP40_rank", ...}, "command"}``.
@@ -51,6 +52,16 @@ from cxrdet.models.safe_load import TRUST_HELP
 CALIBRATIONS = ("none", "rank")
 
 
+def fold_file(path: Path, fold_csv: Path) -> Path:
+    """A file predict() wrote beside a fold's CSV, renamed ``fold<k>_<name>`` (the fold CSV
+    itself stays)."""
+    if path.name == fold_csv.name:
+        return path
+    named = path.with_name(f"{fold_csv.stem}_{path.name}")
+    os.replace(path, named)
+    return named
+
+
 def cross_validate(
     sweep_dir,
     tta: str = "none",
@@ -76,7 +87,7 @@ def cross_validate(
         ckpt = checkpoint_of(run, trust)
         val_ids = fold_images(cfg, labels)
         fold_csv = out / f"fold{fold_index(d)}.csv"
-        predict(
+        summary = predict(
             PredictConfig(
                 ckpt_path=str(ckpt),
                 output=str(fold_csv),
@@ -93,8 +104,11 @@ def cross_validate(
             image_ids=val_ids,
             opt_in="--trust",
         )
-        # predict() writes predict.json beside its CSV: one per fold, not the last fold's only
-        os.replace(out / "predict.json", fold_csv.with_suffix(".json"))
+        # predict() writes predict.json, detections.csv (failures.csv, ...) beside its CSV: one
+        # of each per fold, not the last fold's only
+        summary["outputs"] = [str(fold_file(Path(f), fold_csv)) for f in summary["outputs"]]
+        fold_csv.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+        (out / "predict.json").unlink()
         split = {
             "split": "kfold",
             "fold": fold_index(d),

@@ -73,6 +73,12 @@ def test_a_two_fold_sweep_gets_its_out_of_fold_score(tiny_data, detector_sweep, 
     for k in (0, 1):
         summary = json.loads((sweep / "oof" / f"fold{k}.json").read_text())
         assert summary["images"] == 8 and summary["submission"].endswith(f"fold{k}.csv")
+        # and its own table of detections, named in its summary: the images of that fold
+        detections = sweep / "oof" / f"fold{k}_detections.csv"
+        assert detections.name in [Path(f).name for f in summary["outputs"]]
+        found = set(pd.read_csv(detections, dtype={"image_id": str}).image_id)
+        assert found and found <= set(read_submission(sweep / "oof" / f"fold{k}.csv"))
+    assert not (sweep / "oof" / "detections.csv").exists()
     # Ranked within each fold and class, pooled: the figure cv reports beside.
     ranked = {}
     for k in (0, 1):
