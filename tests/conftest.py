@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,13 @@ def tiny_overrides(data: dict, run_dir: Path) -> list[str]:
         "data.empty_images=keep",  # every tiny image, so that epochs are 6 batches long
         f"hydra.run.dir={run_dir}",
     ]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (a server's, a process group's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cannot_run(reason: str):

@@ -31,10 +31,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cxrdet.atomic import atomic_open
+from cxrdet.data.prepare import DICOM_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-DICOM_SUFFIXES = (".dicom", ".dcm")
 NOT_IMAGES = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "DOC", "REG", "PLAN", "AU", "ECG"}
 COLUMNS = ["path", "image_id", "size", "mtime_ns", "modality", "problem"]
 

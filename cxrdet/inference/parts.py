@@ -31,6 +31,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cxrdet.atomic import atomic_open, atomic_write
 
 log = logging.getLogger(__name__)
@@ -175,8 +177,6 @@ def merge(
     ``folder``. Each file is written whole or not at all. ``names``: the class names by id;
     ``checkpoint``: the detections' checkpoint column; ``keep_first``: how many of the first
     images' detections to return (drawn by ``viz``)."""
-    import numpy as np
-
     wanted = set(ids)
     where: dict[str, tuple[int, int]] = {}
     files = rank_files(folder)

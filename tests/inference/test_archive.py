@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from collections import Counter
 import pydicom
 import pytest
 import torch
-from conftest import PY, REPO, in_process
+from conftest import PY, REPO, free_port, in_process
 
 from cxrdet.data import dicom_index
 from cxrdet.inference.parts import PartWriter, done_ids, merge, whole_lines
@@ -63,12 +62,6 @@ def args(archive, run_dir, *extra) -> list[str]:
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_thread_env() -> dict:

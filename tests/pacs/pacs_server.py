@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from conftest import cannot_run
+from conftest import cannot_run, free_port
 
 HERE = Path(__file__).resolve().parent
 USER, PASSWORD = "cxrdet", "test-only-password"  # orthanc.json's RegisteredUsers
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Orthanc:

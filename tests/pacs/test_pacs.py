@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import cannot_run, in_process, tiny_overrides, train_in_process
+from conftest import cannot_run, free_port, in_process, tiny_overrides, train_in_process
 from pacs_server import PASSWORD, USER, start_orthanc
 
 from cxrdet.evaluation.submission import read_submission
@@ -264,7 +264,6 @@ def test_orthanc_routes_a_study_to_cxrdet_serve_and_gets_sr_and_gsps_back(
     import signal
 
     from conftest import PY, REPO
-    from pacs_server import free_port
 
     port = free_port()
     orthanc = start_orthanc(tmp_path / "orthanc", {"cxrdet": ["CXRDET", "127.0.0.1", port]})
@@ -319,8 +318,6 @@ def test_orthanc_routes_a_study_to_cxrdet_serve_and_gets_sr_and_gsps_back(
 
 
 def test_a_server_that_does_not_answer_is_named_in_one_line(tmp_path):
-    from pacs_server import free_port
-
     from cxrdet.inference.config import DicomwebConfig
     from cxrdet.inference.dicomweb import fetch
 
